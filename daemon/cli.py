@@ -1,0 +1,53 @@
+"""The ``i2vd`` command: thin over the library; domain errors become one clear message."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import SettingsError, load_settings
+
+EXIT_OK, EXIT_JOBS_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i2vd", description="Image-to-video hot-folder daemon.")
+    parser.add_argument("--version", action="version", version=f"i2vd {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser("run", help="watch the inboxes and process images")
+    run.add_argument("--config", type=Path, help="YAML settings file (default: $I2VD_CONFIG)")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="process what is in the inboxes now, wait for the queue to drain, and exit "
+        "(0 when every job succeeded, 1 otherwise)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"i2vd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # APScheduler logs every timer tick at INFO and skipped overlaps at WARNING.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+    from .service import Service  # keeps `i2vd --help` from importing the whole daemon
+
+    return Service(settings, once=args.once).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Settings: a YAML config file plus ``I2VD_*`` environment variables, validated at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "I2VD_"
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names the key and the bad value."""
+
+
+def _one_or_many(value: Any) -> Any:
+    # `inbox: ./inbox` and `inbox: [a, b]` both mean "these folders"; an env var may
+    # also carry several folders separated by the platform's path separator.
+    if isinstance(value, str):
+        return [part for part in value.split(os.pathsep) if part]
+    if isinstance(value, Path):
+        return [value]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the daemon. Relative paths resolve against ``base_dir``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    inbox: Annotated[list[Path], BeforeValidator(_one_or_many)] = Field(
+        default_factory=lambda: [Path("inbox")], min_length=1
+    )
+    outbox: Path = Path("outbox")
+    failed_dir: Path = Path("failed")
+    rules_dir: Path = Path("rules")
+    state_dir: Path = Path("state")
+    database_url: str = ""
+    device: str = "auto"
+    watch_mode: Literal["auto", "events", "polling"] = "auto"
+    settle_seconds: float = Field(2.0, ge=0, le=3600)
+    rescan_seconds: float = Field(30.0, gt=0, le=86400)
+    settle_poll_seconds: float = Field(0.2, gt=0, le=60)
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_delay_seconds: float = Field(10.0, ge=0, le=86400)
+    lease_seconds: float = Field(120.0, gt=5, le=86400)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Directory that relative paths are resolved against: the config file's folder
+    # when there is one, else the working directory.
+    base_dir: Path = Field(default_factory=Path.cwd)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        base = self.base_dir.expanduser().resolve()
+        self.base_dir = base
+        self.inbox = [(base / p.expanduser()).resolve() for p in self.inbox]
+        for key in ("outbox", "failed_dir", "rules_dir", "state_dir"):
+            setattr(self, key, (base / Path(getattr(self, key)).expanduser()).resolve())
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.state_dir / 'i2vd.db'}"
+        outputs = {"outbox": self.outbox, "failed_dir": self.failed_dir}
+        for key, out in outputs.items():
+            for inbox in self.inbox:
+                # An output folder inside an inbox would be re-ingested forever.
+                if out == inbox or out.is_relative_to(inbox):
+                    raise ValueError(f"{key} ({out}) must not be inside the inbox {inbox}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment variables beat the config file, which is passed as init values.
+        return (env_settings, init_settings)
+
+    @property
+    def work_dir(self) -> Path:
+        """Scratch space for encodes in progress; wiped of stale files at start."""
+        return self.state_dir / "work"
+
+
+def load_settings(config_file: Path | None = None) -> Settings:
+    """Build settings from ``config_file`` (or ``I2VD_CONFIG``) and the environment."""
+    if config_file is None and os.environ.get(f"{ENV_PREFIX}CONFIG"):
+        config_file = Path(os.environ[f"{ENV_PREFIX}CONFIG"])
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values = _read_config_file(config_file)
+        values.setdefault("base_dir", config_file.resolve().parent)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, config_file)) from None
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of setting: value")
+    return data
+
+
+def _describe(exc: ValidationError, config_file: Path | None) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(settings)"
+        env = ENV_PREFIX + key.upper().replace(".", "__")
+        origin = f"in {config_file} or {env}" if config_file else f"from {env} or the default"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown setting ({origin}); see README 'Settings'")
+        else:
+            lines.append(f"  {key}{shown} ({origin}): {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Engine lookup. Heavy engines are imported only when a job asks for them."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from .base import Clip, Engine, JobInterrupted, RenderRequest
+
+__all__ = ["Clip", "Engine", "EngineUnavailable", "JobInterrupted", "RenderRequest", "get_engine"]
+
+
+class EngineUnavailable(Exception):
+    """The rule names an engine this installation cannot run. ``hint`` says how to fix it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+_DIFFUSION_PACKAGES = ("torch", "diffusers", "transformers")
+
+
+def get_engine(name: str, cache: dict[str, Engine]) -> Engine:
+    """The engine called ``name``, created once per daemon and kept warm in ``cache``."""
+    if name in cache:
+        return cache[name]
+    if name == "motion":
+        from .motion import MotionEngine
+
+        engine: Engine = MotionEngine()
+    elif name == "diffusion":
+        missing = [p for p in _DIFFUSION_PACKAGES if importlib.util.find_spec(p) is None]
+        if missing:
+            raise EngineUnavailable(
+                f"engine 'diffusion' needs {', '.join(missing)}, which this host does not have",
+                "install it with: pip install 'i2vd[diffusion]' (GPU hosts: install the CUDA "
+                "build of torch first), restart i2vd, then move the image back into the inbox; "
+                "or drop it into a folder served by a 'motion' rule",
+            )
+        raise EngineUnavailable(
+            "engine 'diffusion' is not part of this i2vd release yet",
+            "use a 'motion' rule for now, or move the image back into the inbox after upgrading",
+        )
+    else:
+        raise EngineUnavailable(f"unknown engine {name!r}", "use 'motion' or 'diffusion'")
+    cache[name] = engine
+    return engine

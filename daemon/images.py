@@ -1,0 +1,93 @@
+"""Reading a dropped still: full decode, EXIF orientation, and every mode to plain RGB."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Decompression bombs are refused rather than allowed to eat the host's memory.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+class BadImage(Exception):
+    """The file is not a usable image. ``hint`` tells the user what to do about it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """A fully decoded image and the hash of the exact bytes it came from."""
+
+    sha256: str
+    size_bytes: int
+    image: Image.Image  # RGB, orientation applied
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+
+def read_image(path: Path) -> CheckedImage:
+    """Read, hash and decode ``path`` in one pass over its bytes; raise BadImage if unusable."""
+    data = path.read_bytes()
+    return CheckedImage(sha256_of(data), len(data), decode_image(data))
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    if not data:
+        raise BadImage("the file is empty (0 bytes)", "copy the image again; the upload was lost")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as opened:
+                opened.load()  # a full decode is the only reliable truncation check
+                oriented = ImageOps.exif_transpose(opened)
+                return to_rgb(oriented)
+    except UnidentifiedImageError:
+        raise BadImage(
+            "not an image Pillow can read (wrong extension, or not an image at all)",
+            "save it as JPEG, PNG, WebP, BMP or TIFF and drop it again",
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"image too large: {exc}", "scale it below 200 megapixels") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(
+            f"the image data is damaged or cut short ({exc})",
+            "export or copy the image again; the file on disk is incomplete or corrupt",
+        ) from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Flatten any Pillow mode (CMYK, P, LA, RGBA, I;16, F, …) to 8-bit RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float greys: scale the real value range to 8 bits instead of clipping.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else array * 0
+        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Transparent areas become white, as most viewers show them, not black.
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,143 @@
+"""From a stable path to a queued job: check the image, hash it, pick its rule, enqueue.
+
+Idempotent: the same file content at the same path is queued once, however many
+events and rescans report it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .images import BadImage, decode_image, sha256_of
+from .publish import quarantine
+from .rules import LoadedRule, pick_rule
+from .store import Job, JobState, JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    outcome: str  # queued | known | unmatched | rejected | vanished
+    job: Job | None = None
+
+
+class Intake:
+    def __init__(
+        self,
+        store: JobStore,
+        rules: Callable[[], list[LoadedRule]],
+        failed_dir: Path,
+        max_attempts: int,
+        on_queued: Callable[[Job], None] = lambda job: None,
+    ) -> None:
+        self.store = store
+        self.rules = rules
+        self.failed_dir = failed_dir
+        self.max_attempts = max_attempts
+        self.on_queued = on_queued
+        # path -> (size, mtime_ns) already dealt with: rescans then cost a stat, not a read.
+        self._handled: dict[Path, tuple[int, int]] = {}
+
+    def forget_unmatched(self) -> None:
+        """Rules changed: images that matched nothing deserve another look."""
+        self._handled.clear()
+
+    def take(self, root: Path, path: Path) -> IntakeResult:
+        try:
+            stat = path.stat()
+        except OSError:
+            return IntakeResult("vanished")
+        fingerprint = (stat.st_size, stat.st_mtime_ns)
+        if self._handled.get(path) == fingerprint:
+            return IntakeResult("known")
+        relative = PurePosixPath(path.relative_to(root).as_posix())
+
+        loaded = pick_rule(self.rules(), relative)
+        if loaded is None:
+            self._handled[path] = fingerprint
+            log.info("no rule matches %s; it stays in the inbox (add or widen a rule)", relative)
+            return IntakeResult("unmatched")
+
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return IntakeResult("vanished")
+        sha256 = sha256_of(data)
+        known = self.store.seen(str(path), sha256)
+        if known is not None:
+            self._handled[path] = fingerprint
+            return IntakeResult("known", known)
+
+        job = self._new_job(root, path, relative, sha256, len(data), loaded)
+        try:
+            decode_image(data)
+        except BadImage as exc:
+            self._handled[path] = fingerprint
+            return IntakeResult("rejected", self._reject(job, path, exc))
+
+        job = self.store.enqueue(job)
+        self._handled[path] = fingerprint
+        log.info("job %d queued: %s -> rule %s (%s)", job.id, relative, job.rule_name, job.engine)
+        self.on_queued(job)
+        return IntakeResult("queued", job)
+
+    def _new_job(
+        self,
+        root: Path,
+        path: Path,
+        relative: PurePosixPath,
+        sha256: str,
+        size: int,
+        loaded: LoadedRule,
+    ) -> Job:
+        rule = loaded.rule
+        return Job(
+            source=str(path),
+            inbox_root=str(root),
+            relative=relative.as_posix(),
+            sha256=sha256,
+            size_bytes=size,
+            rule_name=rule.name,
+            rule_hash=rule.content_hash(),
+            rule_file=str(loaded.file),
+            rule_json=json.dumps(rule.model_dump(mode="json")),
+            engine=rule.engine,
+            max_attempts=self.max_attempts,
+        )
+
+    def _reject(self, job: Job, path: Path, exc: BadImage) -> Job:
+        """A file that is not a usable image goes straight to failed/, with the reason."""
+        now = time.time()
+        job.state, job.attempts, job.finished_at = JobState.FAILED, 1, now
+        job.error, job.hint = str(exc), exc.hint
+        job = self.store.enqueue(job)
+        relative = PurePosixPath(job.relative)
+        report = {
+            "error": str(exc),
+            "hint": exc.hint,
+            "attempts": 1,
+            "rule": job.rule_name,
+            "source": job.relative,
+            "sha256": job.sha256,
+            "job": job.id,
+        }
+        try:
+            dest = quarantine(path, self.failed_dir / relative.parent, report)
+        except OSError as move_error:
+            log.error(
+                "job %d failed: %s: %s; could not move it to %s either (%s)",
+                job.id,
+                relative,
+                exc,
+                self.failed_dir,
+                move_error,
+            )
+            return job
+        log.warning("job %d failed: %s: %s -> %s", job.id, relative, exc, dest)
+        return job

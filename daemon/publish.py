@@ -1,0 +1,148 @@
+"""Putting files where users see them, never half-written: temp name, fsync, rename.
+
+Also the failed/ quarantine with its ``.error.json``, and the start-up sweep of
+temporaries that a crash left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+TEMP_MARK = ".i2vd-tmp"
+
+
+class PublishError(Exception):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def temp_name(dest: Path) -> Path:
+    """A hidden sibling of ``dest`` that watchers and users ignore, and sweeps can find."""
+    return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TEMP_MARK}")
+
+
+def write_json(dest: Path, data: dict[str, Any]) -> None:
+    payload = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(dest)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(dest.parent)
+
+
+def place(src: Path, dest: Path, keep_src: bool = False, link: bool = False) -> None:
+    """Move (or copy, or hard-link) ``src`` to ``dest`` atomically, across filesystems too.
+
+    ``dest`` must not exist: callers pick free names, so nothing is ever overwritten.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        with contextlib.suppress(OSError):
+            os.link(src, dest)
+            _fsync_dir(dest.parent)
+            return
+        # Hard links fail across filesystems and on some shares: fall through to a copy.
+    if not keep_src and not link:
+        try:
+            os.rename(src, dest)
+            _fsync_dir(dest.parent)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    tmp = temp_name(dest)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(dest.parent)
+    if not keep_src and not link:
+        src.unlink()
+
+
+def free_stem(folder: Path, stem: str, suffixes: Iterable[str]) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``…: the first for which no ``stem+suffix`` exists."""
+    suffixes = list(suffixes)
+    candidate, n = stem, 1
+    while any((folder / f"{candidate}{s}").exists() for s in suffixes):
+        n += 1
+        candidate = f"{stem}-{n}"
+    return candidate
+
+
+def free_path(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``name`` with ``-2``, ``-3``… before its extension if taken."""
+    path = Path(name)
+    stem = free_stem(folder, path.stem, [path.suffix])
+    return folder / f"{stem}{path.suffix}"
+
+
+def quarantine(source: Path, dest_folder: Path, report: dict[str, Any]) -> Path:
+    """Move a failed image to ``dest_folder`` with ``<name>.error.json`` beside it."""
+    dest = free_path(dest_folder, source.name)
+    write_json(dest.with_name(dest.name + ".error.json"), report)
+    if source.exists():
+        place(source, dest)
+    return dest
+
+
+def sweep_temporaries(roots: Iterable[Path]) -> list[Path]:
+    """Delete temporaries that a crash left in the output folders."""
+    removed = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for folder, _dirs, files in os.walk(root):
+            for name in files:
+                if name.startswith(".") and name.endswith(TEMP_MARK):
+                    path = Path(folder, name)
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
+
+
+def describe_os_error(exc: OSError, path: Path) -> PublishError:
+    """Turn a failed write into a message and a hint a user can act on."""
+    if exc.errno == errno.ENOSPC:
+        return PublishError(
+            f"no space left on the device holding {path}",
+            "free disk space there; the job is retried automatically",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PublishError(
+            f"not allowed to write {path} ({exc.strerror})",
+            "give the i2vd service user write access to that folder",
+        )
+    return PublishError(
+        f"could not write {path}: {exc.strerror or exc}",
+        "check the folder exists and is reachable; the job is retried",
+    )
+
+
+def _fsync_dir(folder: Path) -> None:
+    # A rename is durable only once its directory entry is on disk; some network
+    # filesystems cannot fsync a directory, which is fine to skip there.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

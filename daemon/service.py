@@ -1,0 +1,197 @@
+"""Wiring: settings, store, watcher, intake and worker on one timeline; signals; lifecycle.
+
+No business logic lives here. Timers run on an APScheduler background scheduler;
+the worker runs on its own thread so a long job never delays noticing new files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from .config import Settings
+from .intake import Intake
+from .publish import sweep_temporaries
+from .rules import LoadedRule, load_rules
+from .store import JobStore
+from .watch import InboxWatcher, SettleTracker, scan
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings, once: bool = False) -> None:
+        self.settings = settings
+        self.once = once
+        self.stop_event = threading.Event()
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}"
+        self.rules: list[LoadedRule] = []
+        self._wake = threading.Event()
+        self._intake_lock = threading.Lock()
+        self._started_at = time.time()
+        self._scanned = threading.Event()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until a signal (or, with ``once``, until the inbox is drained). Exit code."""
+        self._install_signal_handlers()
+        self._start()
+        try:
+            while not self.stop_event.wait(0.2):
+                if self.once and self._drained():
+                    break
+        finally:
+            self._shutdown()
+        if not self.once:
+            return 0
+        failed = self.store.failed_since(self._started_at)
+        for job in failed:
+            log.error("failed: %s (%s)", job.relative, job.error)
+        return 1 if failed else 0
+
+    def _start(self) -> None:
+        s = self.settings
+        for folder in (*s.inbox, s.outbox, s.failed_dir, s.state_dir, s.work_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(s.database_url)
+        for job in self.store.recover(self.host, time.time()):
+            log.warning(
+                "job %d was running when i2vd stopped; queued again (%s)", job.id, job.relative
+            )
+        for path in sweep_temporaries([s.outbox, s.failed_dir, s.work_dir]):
+            log.info("removed a temporary left by an earlier crash: %s", path)
+        self._load_rules()
+
+        self.tracker = SettleTracker(s.inbox, s.settle_seconds)
+        self.intake = Intake(
+            self.store,
+            lambda: self.rules,
+            s.failed_dir,
+            s.max_attempts,
+            on_queued=lambda job: self._wake.set(),
+        )
+        self.worker = Worker(s, self.store, self.owner, stop=self.stop_event)
+        self.watcher = InboxWatcher(self.tracker, s.watch_mode)
+        if not self.once:
+            self.watcher.start()
+
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        self.scheduler.add_job(self._settle_tick, "interval", seconds=s.settle_poll_seconds)
+        self.scheduler.add_job(self._rescan, "interval", seconds=s.rescan_seconds)
+        self.scheduler.add_job(
+            lambda: self.worker.heartbeat(time.time()),
+            "interval",
+            seconds=max(1.0, s.lease_seconds / 4),
+        )
+        self.scheduler.start()
+        self._rescan()  # whatever arrived while the daemon was down
+        self._scanned.set()
+
+        self._worker_thread = threading.Thread(target=self._work_loop, name="worker")
+        self._worker_thread.start()
+        log.info(
+            "i2vd started: watching %s (%s), %d rule(s), outbox %s, database %s",
+            ", ".join(map(str, s.inbox)),
+            self.watcher.kind or "scan only",
+            len(self.rules),
+            s.outbox,
+            _redact(s.database_url),
+        )
+
+    def _shutdown(self) -> None:
+        log.info("stopping: the running job, if any, goes back to the queue")
+        self.stop_event.set()
+        self._wake.set()
+        self.scheduler.shutdown(wait=True)
+        self.watcher.stop()
+        self._worker_thread.join()
+        self.store.close()
+        log.info("stopped")
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum: int, _frame: FrameType | None) -> None:
+            # Only a flag: the loops notice it and unwind at a safe point.
+            log.info("received %s", signal.Signals(signum).name)
+            self.stop_event.set()
+            self._wake.set()
+
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+
+    # --- the moving parts --------------------------------------------------------------
+
+    def _load_rules(self) -> None:
+        rules_dir = self.settings.rules_dir
+        if not rules_dir.is_dir():
+            log.error(
+                "rules folder %s does not exist: no image will be processed. Create it "
+                "(examples are in the i2vd repository's rules/) or set rules_dir",
+                rules_dir,
+            )
+            return
+        self.rules, problems = load_rules(rules_dir)
+        for problem in problems:
+            log.error("rule skipped: %s", problem)
+        if not self.rules:
+            log.warning("no valid rules in %s: images will wait in the inbox", rules_dir)
+
+    def _settle_tick(self) -> None:
+        for folder in self.watcher.take_folder_rescans():
+            for path in scan(folder):
+                self.tracker.note(path)
+        with self._intake_lock:
+            for root, path in self.tracker.poll(time.time()):
+                try:
+                    self.intake.take(root, path)
+                except Exception:
+                    # One unreadable file must not stop intake of the others.
+                    log.exception("intake of %s failed; it stays in the inbox", path)
+
+    def _rescan(self) -> None:
+        for root in self.settings.inbox:
+            for path in scan(root):
+                self.tracker.note(path)
+
+    def _work_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                job = self.worker.run_once(time.time())
+            except Exception:
+                log.exception("the worker loop hit an error; pausing 5s")
+                self.stop_event.wait(5)
+                continue
+            if job is None:
+                self._wake.wait(self._idle_wait())
+                self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        due = self.store.next_due()
+        if due is None:
+            return 5.0
+        return min(5.0, max(0.05, due - time.time()))
+
+    def _drained(self) -> bool:
+        if not self._scanned.is_set():
+            return False
+        with self._intake_lock:
+            return self.tracker.pending() == 0 and self.store.pending() == 0
+
+
+def _redact(url: str) -> str:
+    """Never log a database password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

@@ -1,0 +1,298 @@
+"""The durable job queue: SQLModel tables and the queue API (enqueue, claim, finish, …).
+
+Knows nothing about engines. Claiming is one atomic UPDATE, so two workers never get
+the same job; a claimed job carries a lease that a crashed worker lets expire.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Index, event, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
+
+log = logging.getLogger(__name__)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+PENDING = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
+
+
+class Job(SQLModel, table=True):
+    __table_args__ = (
+        Index("ix_job_claim", "state", "not_before"),
+        Index("ix_job_source", "source", "sha256"),
+        Index("ix_job_identity", "sha256", "rule_name", "rule_hash"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str  # absolute path where the image was found
+    inbox_root: str
+    relative: str  # inbox-relative, POSIX separators
+    sha256: str
+    size_bytes: int = 0
+    rule_name: str
+    rule_hash: str
+    rule_file: str
+    rule_json: str  # the rule as it was when queued: later edits do not change this job
+    engine: str
+    state: str = JobState.QUEUED
+    attempts: int = 0
+    max_attempts: int = 3
+    not_before: float = 0.0
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    hint: str | None = None
+    duplicate_of: int | None = None
+    # Output paths are recorded before they are written, so a retry after a crash
+    # knows exactly which half-published files are its own to remove.
+    video_path: str | None = None
+    sidecar_path: str | None = None
+    source_dest: str | None = None
+    progress: float = 0.0
+    timings_json: str | None = None
+
+    @property
+    def rule_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.rule_json)
+        return data
+
+
+class JobStore:
+    """All queue operations. One instance per process; safe to share between threads."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        SQLModel.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    # --- writing -------------------------------------------------------------
+
+    def enqueue(self, job: Job) -> Job:
+        with self._session() as session:
+            session.add(job)
+            session.commit()
+            session.refresh(job)
+            return job
+
+    def claim(self, owner: str, now: float, lease_seconds: float) -> Job | None:
+        """Atomically take the oldest runnable job and lease it to ``owner``."""
+        lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
+        statement = text(
+            "UPDATE job SET state = :running, attempts = attempts + 1, lease_owner = :owner, "
+            "lease_expires = :expires, started_at = :now, progress = 0 "
+            "WHERE id = (SELECT id FROM job WHERE state IN (:queued, :retrying) "
+            f"AND not_before <= :now ORDER BY not_before, id LIMIT 1{lock}) RETURNING id"
+        )
+        with self._session() as session:
+            row = session.execute(
+                statement,
+                {
+                    "running": JobState.RUNNING.value,
+                    "queued": JobState.QUEUED.value,
+                    "retrying": JobState.RETRYING.value,
+                    "owner": owner,
+                    "expires": now + lease_seconds,
+                    "now": now,
+                },
+            ).first()
+            session.commit()
+        return self.get(row[0]) if row else None
+
+    def heartbeat(
+        self,
+        job_id: int,
+        owner: str,
+        now: float,
+        lease_seconds: float,
+        progress: float | None = None,
+    ) -> None:
+        values: dict[str, Any] = {"lease_expires": now + lease_seconds}
+        if progress is not None:
+            values["progress"] = progress
+        self._update(job_id, owner=owner, **values)
+
+    def plan_outputs(
+        self, job_id: int, video: str | None, sidecar: str | None, source_dest: str | None
+    ) -> None:
+        self._update(job_id, video_path=video, sidecar_path=sidecar, source_dest=source_dest)
+
+    def finish(
+        self, job_id: int, now: float, timings: dict[str, float], duplicate_of: int | None = None
+    ) -> None:
+        self._update(
+            job_id,
+            state=JobState.DONE,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires=None,
+            progress=1.0,
+            timings_json=json.dumps(timings),
+            duplicate_of=duplicate_of,
+            error=None,
+            hint=None,
+        )
+
+    def fail(
+        self, job_id: int, now: float, error: str, hint: str, retry_at: float | None
+    ) -> JobState:
+        """Record a failed attempt: back to the queue at ``retry_at``, or given up."""
+        state = JobState.RETRYING if retry_at is not None else JobState.FAILED
+        self._update(
+            job_id,
+            state=state,
+            error=error,
+            hint=hint,
+            lease_owner=None,
+            lease_expires=None,
+            not_before=retry_at or 0.0,
+            finished_at=None if retry_at else now,
+        )
+        return state
+
+    def requeue_interrupted(self, job_id: int) -> None:
+        """Put back a job the daemon stopped in the middle of; the attempt does not count."""
+        with self._session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return
+            job.state = JobState.QUEUED
+            job.attempts = max(0, job.attempts - 1)
+            job.lease_owner = job.lease_expires = None
+            session.add(job)
+            session.commit()
+
+    def recover(self, host: str, now: float) -> list[Job]:
+        """Re-queue jobs left running by a crashed daemon on ``host`` or whose lease ran out.
+
+        Attempts are not refunded: a file that kills the daemon every time must still
+        reach its ``max_attempts`` instead of looping forever.
+        """
+        with self._session() as session:
+            stale = session.exec(
+                select(Job).where(
+                    Job.state == JobState.RUNNING,
+                    (col(Job.lease_owner).startswith(f"{host}:"))
+                    | (col(Job.lease_expires) < now)
+                    | (col(Job.lease_expires).is_(None)),
+                )
+            ).all()
+            for job in stale:
+                job.state = JobState.QUEUED
+                job.lease_owner = job.lease_expires = None
+                session.add(job)
+            session.commit()
+            return list(stale)
+
+    def _update(self, job_id: int, owner: str | None = None, **values: Any) -> None:
+        with self._session() as session:
+            job = session.get(Job, job_id)
+            if job is None or (owner is not None and job.lease_owner != owner):
+                return
+            for key, value in values.items():
+                setattr(job, key, value)
+            session.add(job)
+            session.commit()
+
+    # --- reading -------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        with self._session() as session:
+            return session.get(Job, job_id)
+
+    def seen(self, source: str, sha256: str) -> Job | None:
+        """The job for this exact file content at this path, whatever its state."""
+        with self._session() as session:
+            return session.exec(
+                select(Job)
+                .where(Job.source == source, Job.sha256 == sha256)
+                .order_by(col(Job.id).desc())
+            ).first()
+
+    def find_done(
+        self, sha256: str, rule_name: str, rule_hash: str, exclude: int | None = None
+    ) -> list[Job]:
+        """Finished jobs with the same identity, newest first: candidates for reuse."""
+        with self._session() as session:
+            query = select(Job).where(
+                Job.sha256 == sha256,
+                Job.rule_name == rule_name,
+                Job.rule_hash == rule_hash,
+                Job.state == JobState.DONE,
+            )
+            if exclude is not None:
+                query = query.where(Job.id != exclude)
+            return list(session.exec(query.order_by(col(Job.id).desc())).all())
+
+    def count_by_state(self) -> dict[str, int]:
+        with self._session() as session:
+            rows = session.exec(select(Job.state, func.count()).group_by(Job.state)).all()
+            return {state: count for state, count in rows}
+
+    def pending(self) -> int:
+        with self._session() as session:
+            return session.exec(
+                select(func.count()).select_from(Job).where(col(Job.state).in_(PENDING))
+            ).one()
+
+    def next_due(self) -> float | None:
+        """When the earliest waiting job becomes runnable (None if nothing waits)."""
+        with self._session() as session:
+            return session.exec(
+                select(func.min(Job.not_before)).where(
+                    col(Job.state).in_((JobState.QUEUED, JobState.RETRYING))
+                )
+            ).one()
+
+    def failed_since(self, since: float) -> list[Job]:
+        with self._session() as session:
+            return list(
+                session.exec(
+                    select(Job).where(Job.state == JobState.FAILED, col(Job.finished_at) >= since)
+                ).all()
+            )
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            # WAL lets readers (the CLI, status) work while the worker writes; FULL
+            # syncs each commit so a power cut never loses a queued job.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)

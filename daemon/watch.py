@@ -1,0 +1,213 @@
+"""Noticing files: watchdog events plus periodic rescans feed a settle tracker.
+
+A path becomes *stable* once its size and mtime have not changed for
+``settle_seconds``. Event handlers only record a path; all stat calls happen in
+``SettleTracker.poll``, which the service calls on a timer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from stat import S_ISREG
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger(__name__)
+
+_PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".temp", ".swp")
+_SYSTEM_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
+
+
+def is_candidate_name(name: str) -> bool:
+    """False for hidden, temporary and partial names: they wait until renamed."""
+    lower = name.lower()
+    return not (
+        lower.startswith((".", "~$", "~"))
+        or lower.endswith(_PARTIAL_SUFFIXES)
+        or lower in _SYSTEM_NAMES
+    )
+
+
+def inside(path: Path, root: Path) -> bool:
+    """True when ``path`` is a regular file reached without any symlink, under ``root``."""
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        return False
+    current = root
+    for part in relative.parts:
+        current = current / part
+        if current.is_symlink():
+            return False
+    return path.is_file()
+
+
+@dataclass
+class _Sighting:
+    root: Path
+    size: int
+    mtime_ns: int
+    unchanged_since: float
+
+
+class SettleTracker:
+    """Candidates waiting to stop changing. Thread-safe; ``poll`` does the I/O."""
+
+    def __init__(self, roots: list[Path], settle_seconds: float) -> None:
+        self.roots = roots
+        self.settle_seconds = settle_seconds
+        self._lock = threading.Lock()
+        self._noted: dict[Path, Path] = {}  # path -> root, waiting for the next poll
+        self._watching: dict[Path, _Sighting] = {}
+
+    def note(self, path: Path) -> None:
+        """Record that ``path`` may be new or changed. Cheap: called from event threads."""
+        root = self._root_of(path)
+        if root is not None and is_candidate_name(path.name):
+            with self._lock:
+                self._noted[path] = root
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._noted) + len(self._watching)
+
+    def poll(self, now: float) -> list[tuple[Path, Path]]:
+        """Stat every candidate; return the (root, path) pairs that have settled."""
+        with self._lock:
+            noted, self._noted = self._noted, {}
+        stable: list[tuple[Path, Path]] = []
+        for path, root in noted.items():
+            # Symlinks anywhere on the way are refused once, when a path is first seen.
+            if path not in self._watching and inside(path, root):
+                self._watching[path] = _Sighting(root, -1, -1, now)
+        for path, sighting in list(self._watching.items()):
+            try:
+                stat = path.lstat()
+            except OSError:
+                del self._watching[path]  # gone or renamed: its new name gets an event
+                continue
+            if not S_ISREG(stat.st_mode):
+                del self._watching[path]
+                continue
+            if (stat.st_size, stat.st_mtime_ns) != (sighting.size, sighting.mtime_ns):
+                sighting.size, sighting.mtime_ns = stat.st_size, stat.st_mtime_ns
+                sighting.unchanged_since = now
+            elif now - sighting.unchanged_since >= self.settle_seconds:
+                del self._watching[path]
+                stable.append((sighting.root, path))
+        return stable
+
+    def _root_of(self, path: Path) -> Path | None:
+        for root in self.roots:
+            if path.is_relative_to(root):
+                return root
+        return None
+
+
+def scan(root: Path) -> Iterator[Path]:
+    """Every candidate file under ``root``; symlinked files and folders are not followed."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            log.warning("cannot list %s: %s", folder, exc.strerror)
+            continue
+        for entry in entries:
+            if not is_candidate_name(entry.name) or entry.is_symlink():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                yield Path(entry.path)
+
+
+class _Recorder(FileSystemEventHandler):
+    """Hands every file path an event mentions to the tracker, and nothing more."""
+
+    def __init__(self, note: Callable[[Path], None], rescan_folder: Callable[[Path], None]):
+        self._note = note
+        self._rescan_folder = rescan_folder
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("deleted", "opened", "closed_no_write"):
+            return
+        if isinstance(event, DirMovedEvent | DirCreatedEvent):
+            # A folder moved in whole (or created with files in it) sends no file events.
+            self._rescan_folder(Path(os.fsdecode(event.dest_path or event.src_path)))
+            return
+        if event.is_directory:
+            return
+        target = event.dest_path or event.src_path
+        self._note(Path(os.fsdecode(target)))
+
+
+class InboxWatcher:
+    """One watchdog observer over every inbox root, with fallback to polling."""
+
+    def __init__(self, tracker: SettleTracker, mode: str, poll_interval: float = 2.0) -> None:
+        self.tracker = tracker
+        self.mode = mode
+        self.poll_interval = poll_interval
+        self.observer: BaseObserver | None = None
+        self.kind = ""
+        self._folder_rescans: list[Path] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        recorder = _Recorder(self.tracker.note, self._queue_folder_rescan)
+        if self.mode in ("auto", "events"):
+            try:
+                self.observer = self._start(Observer(), recorder)
+                self.kind = "events"
+                return
+            except OSError as exc:
+                if self.mode == "events":
+                    raise
+                # Typically ENOSPC: fs.inotify.max_user_watches is exhausted.
+                log.warning(
+                    "file events unavailable (%s); watching by polling every %.1fs. Raise "
+                    "fs.inotify.max_user_watches, or set watch_mode: polling to silence this",
+                    exc,
+                    self.poll_interval,
+                )
+        self.observer = self._start(PollingObserver(timeout=self.poll_interval), recorder)
+        self.kind = "polling"
+
+    def _start(self, observer: BaseObserver, recorder: _Recorder) -> BaseObserver:
+        try:
+            for root in self.tracker.roots:
+                observer.schedule(recorder, str(root), recursive=True)
+            observer.start()
+        except OSError:
+            observer.stop()
+            raise
+        return observer
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+
+    def _queue_folder_rescan(self, folder: Path) -> None:
+        with self._lock:
+            self._folder_rescans.append(folder)
+
+    def take_folder_rescans(self) -> list[Path]:
+        with self._lock:
+            folders, self._folder_rescans = self._folder_rescans, []
+        return folders

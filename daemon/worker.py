@@ -1,0 +1,370 @@
+"""The claim loop: one job at a time, from a queue row to published files (or failed/).
+
+Failures are sorted into *permanent* (the input can never work: quarantine now) and
+*retryable* (disk full, encoder hiccup, unexpected error: back off and try again
+until ``max_attempts``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .config import Settings
+from .engines import Engine, EngineUnavailable, JobInterrupted, RenderRequest, get_engine
+from .images import BadImage, decode_image, sha256_of
+from .publish import (
+    PublishError,
+    describe_os_error,
+    free_path,
+    free_stem,
+    place,
+    quarantine,
+    write_json,
+)
+from .rules import Rule, TemplateProblem, render, safe_output_name, template_context
+from .sidecar import build_sidecar, params_block
+from .sizing import frame_size
+from .store import Job, JobStore
+from .video import VideoError, encode_mp4, verify
+
+log = logging.getLogger(__name__)
+
+
+class PermanentFailure(Exception):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass
+class _Plan:
+    folder: Path
+    video: Path
+    sidecar: Path
+    source_dest: Path
+    prompt: str
+    negative_prompt: str
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    store: JobStore
+    owner: str  # "host:pid", the lease holder's name
+    stop: threading.Event = field(default_factory=threading.Event)
+    engines: dict[str, Engine] = field(default_factory=dict)
+    current: Job | None = None
+
+    def run_once(self, now: float) -> Job | None:
+        """Claim and run one job; None when nothing is runnable."""
+        job = self.store.claim(self.owner, now, self.settings.lease_seconds)
+        if job is None:
+            return None
+        self.current = job
+        try:
+            self._run(job)
+        finally:
+            self.current = None
+        return self.store.get(job.id)  # type: ignore[arg-type]
+
+    def heartbeat(self, now: float) -> None:
+        job = self.current
+        if job is not None and job.id is not None:
+            self.store.heartbeat(job.id, self.owner, now, self.settings.lease_seconds)
+
+    # --- one job ---------------------------------------------------------------
+
+    def _run(self, job: Job) -> None:
+        assert job.id is not None
+        log.info(
+            "job %d running: %s (rule %s, attempt %d/%d)",
+            job.id,
+            job.relative,
+            job.rule_name,
+            job.attempts,
+            job.max_attempts,
+        )
+        work_file = self.settings.work_dir / f"job-{job.id}.mp4"
+        try:
+            if self._finish_interrupted_publish(job):
+                return
+            self._process(job, work_file)
+        except JobInterrupted:
+            self._discard_partial(job)
+            self.store.requeue_interrupted(job.id)
+            log.info("job %d interrupted by shutdown; back in the queue", job.id)
+        except (PermanentFailure, BadImage, EngineUnavailable, TemplateProblem) as exc:
+            self._failed(job, str(exc), exc.hint if hasattr(exc, "hint") else "", retryable=False)
+        except PublishError as exc:
+            self._failed(job, str(exc), exc.hint, retryable=True)
+        except VideoError as exc:
+            self._failed(job, str(exc), "the encoder failed; the job is retried", retryable=True)
+        except OSError as exc:
+            problem = describe_os_error(exc, Path(exc.filename or job.source))
+            self._failed(job, str(problem), problem.hint, retryable=True)
+        except Exception as exc:
+            log.exception("job %d: unexpected error", job.id)
+            self._failed(
+                job,
+                f"unexpected error: {exc!r}",
+                "this is a bug in i2vd; the log has the traceback",
+                retryable=True,
+            )
+        finally:
+            work_file.unlink(missing_ok=True)
+
+    def _process(self, job: Job, work_file: Path) -> None:
+        assert job.id is not None
+        started = time.time()
+        rule = Rule.model_validate(job.rule_data)
+        source = Path(job.source)
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            raise PermanentFailure(
+                f"{job.relative} is no longer in the inbox", "drop the image again"
+            ) from None
+        if sha256_of(data) != job.sha256:
+            raise PermanentFailure(
+                f"{job.relative} changed after it was queued",
+                "the new content is queued as a job of its own",
+            )
+        plan = self._plan(job, rule, source)
+        self.store.plan_outputs(job.id, str(plan.video), str(plan.sidecar), str(plan.source_dest))
+
+        original = self._reusable(job)
+        if original is not None:
+            self._publish_duplicate(job, plan, original, source, started)
+            return
+
+        engine = get_engine(rule.engine, self.engines)
+        image = decode_image(data)
+        params = rule.resolved()
+        width, height = frame_size(params.resolution, rule.aspect, image.width, image.height)
+        requested = params_block(params, width, height)
+        request = RenderRequest(
+            image=image,
+            params=params,
+            aspect=rule.aspect,
+            prompt=plan.prompt,
+            negative_prompt=plan.negative_prompt,
+            model=rule.model,
+            motion=rule.motion,
+            checkpoint=lambda done: self._checkpoint(job, done),
+        )
+        t_generate = time.time()
+        clip = engine.render(request)
+        t_encode = time.time()
+        self._checkpoint(job, 1.0)
+        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        encode_mp4(clip.frames, work_file, clip.fps)
+        verify(work_file, clip.width, clip.height, clip.fps, len(clip.frames))
+        t_publish = time.time()
+
+        timings = {
+            "queued": started - job.created_at,
+            "load": clip.load_seconds,
+            "generate": t_encode - t_generate - clip.load_seconds,
+            "encode": t_publish - t_encode,
+        }
+        outputs = [plan.video.name, plan.sidecar.name, plan.source_dest.name]
+        document = build_sidecar(
+            job, rule, plan.prompt, plan.negative_prompt, requested, clip, timings, outputs
+        )
+        self._publish(job, plan, work_file, source, document, started)
+
+    def _plan(self, job: Job, rule: Rule, source: Path) -> _Plan:
+        relative = PurePosixPath(job.relative)
+        context = template_context(relative, rule.name, dt.datetime.now())
+        stem = safe_output_name(render(rule.output.name, context, "output.name"))
+        folder = self.settings.outbox / relative.parent
+        stem = free_stem(folder, stem, [".mp4", ".json"])
+        return _Plan(
+            folder=folder,
+            video=folder / f"{stem}.mp4",
+            sidecar=folder / f"{stem}.json",
+            source_dest=free_path(folder, source.name),
+            prompt=render(rule.prompt, context, "prompt"),
+            negative_prompt=render(rule.negative_prompt, context, "negative_prompt"),
+        )
+
+    def _publish(
+        self,
+        job: Job,
+        plan: _Plan,
+        video_file: Path,
+        source: Path,
+        document: dict[str, Any],
+        started: float,
+        duplicate_of: Job | None = None,
+    ) -> None:
+        """Video, then sidecar, then the original: each appears whole or not at all."""
+        assert job.id is not None
+        try:
+            # A duplicate hard-links the original's video: same bytes, no second copy.
+            linked = duplicate_of is not None
+            place(video_file, plan.video, keep_src=linked, link=linked)
+            document["timings"]["total"] = round(time.time() - job.created_at, 4)
+            write_json(plan.sidecar, document)
+            place(source, plan.source_dest)
+        except OSError as exc:
+            raise describe_os_error(exc, Path(exc.filename or plan.folder)) from exc
+        now = time.time()
+        self.store.finish(
+            job.id, now, document["timings"], duplicate_of.id if duplicate_of is not None else None
+        )
+        log.info(
+            "job %d done in %.2fs (queued %.2fs, generate %.2fs, encode %.2fs) -> %s",
+            job.id,
+            now - started,
+            document["timings"].get("queued", 0.0),
+            document["timings"].get("generate", 0.0),
+            document["timings"].get("encode", 0.0),
+            plan.video,
+        )
+
+    # --- duplicates --------------------------------------------------------------
+
+    def _reusable(self, job: Job) -> Job | None:
+        """A finished job with the same identity whose video and sidecar still exist."""
+        for done in self.store.find_done(job.sha256, job.rule_name, job.rule_hash, exclude=job.id):
+            if (
+                done.video_path
+                and done.sidecar_path
+                and Path(done.video_path).is_file()
+                and Path(done.sidecar_path).is_file()
+            ):
+                return done
+        return None
+
+    def _publish_duplicate(
+        self, job: Job, plan: _Plan, original: Job, source: Path, started: float
+    ) -> None:
+        assert original.video_path and original.sidecar_path
+        original_video = Path(original.video_path)
+        document = json.loads(Path(original.sidecar_path).read_text(encoding="utf-8"))
+        document.update(
+            source=job.relative,
+            outputs=[plan.video.name, plan.sidecar.name, plan.source_dest.name],
+            duplicate_of=original_video.relative_to(self.settings.outbox).as_posix(),
+            job=job.id,
+            timings={
+                "queued": round(started - job.created_at, 4),
+                "load": 0.0,
+                "generate": 0.0,
+                "encode": 0.0,
+            },
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        log.info("job %d: same image and rule as job %d; reusing its video", job.id, original.id)
+        self._publish(job, plan, original_video, source, document, started, duplicate_of=original)
+
+    # --- failure and recovery ------------------------------------------------------
+
+    def _checkpoint(self, job: Job, done: float) -> None:
+        if self.stop.is_set():
+            raise JobInterrupted()
+        assert job.id is not None
+        self.store.heartbeat(
+            job.id, self.owner, time.time(), self.settings.lease_seconds, progress=round(done, 3)
+        )
+
+    def _finish_interrupted_publish(self, job: Job) -> bool:
+        """A crash mid-publish: complete it if everything landed, else remove our partials."""
+        if not job.video_path:
+            return False
+        video, sidecar = Path(job.video_path), Path(job.sidecar_path or "")
+        moved = Path(job.source_dest or "")
+        if (
+            video.is_file()
+            and sidecar.is_file()
+            and moved.is_file()
+            and not Path(job.source).exists()
+        ):
+            assert job.id is not None
+            self.store.finish(job.id, time.time(), {})
+            log.info("job %d: its publish had completed before a restart; marked done", job.id)
+            return True
+        self._discard_partial(job)
+        return False
+
+    def _discard_partial(self, job: Job) -> None:
+        """Remove outputs this job planned and may have half-published (they are its own)."""
+        current = self.store.get(job.id) if job.id is not None else None
+        if current is None or not current.video_path:
+            return
+        if (
+            current.source_dest
+            and Path(current.source_dest).exists()
+            and not Path(current.source).exists()
+        ):
+            return  # the original already moved: the publish is complete, keep it
+        for planned in (current.video_path, current.sidecar_path):
+            if planned:
+                with contextlib.suppress(FileNotFoundError):
+                    Path(planned).unlink()
+        self.store.plan_outputs(current.id, None, None, None)  # type: ignore[arg-type]
+
+    def _failed(self, job: Job, error: str, hint: str, retryable: bool) -> None:
+        assert job.id is not None
+        self._discard_partial(job)
+        now = time.time()
+        if retryable and job.attempts < job.max_attempts:
+            delay = self.settings.retry_delay_seconds * 2 ** (job.attempts - 1)
+            self.store.fail(job.id, now, error, hint, retry_at=now + delay)
+            log.warning(
+                "job %d attempt %d/%d failed: %s; retrying in %.0fs",
+                job.id,
+                job.attempts,
+                job.max_attempts,
+                error,
+                delay,
+            )
+            return
+        self.store.fail(job.id, now, error, hint, retry_at=None)
+        self._quarantine(job, error, hint)
+
+    def _quarantine(self, job: Job, error: str, hint: str) -> None:
+        source = Path(job.source)
+        relative = PurePosixPath(job.relative)
+        report = {
+            "error": error,
+            "hint": hint,
+            "attempts": job.attempts,
+            "rule": job.rule_name,
+            "source": job.relative,
+            "sha256": job.sha256,
+            "job": job.id,
+        }
+        if not source.exists():
+            log.error("job %d failed: %s: %s", job.id, relative, error)
+            return
+        try:
+            dest = quarantine(source, self.settings.failed_dir / relative.parent, report)
+        except OSError as exc:
+            log.error(
+                "job %d failed: %s: %s; it stays in the inbox because moving it to "
+                "%s failed too (%s)",
+                job.id,
+                relative,
+                error,
+                self.settings.failed_dir,
+                exc,
+            )
+            return
+        log.warning(
+            "job %d failed after %d attempt(s): %s: %s -> %s",
+            job.id,
+            job.attempts,
+            relative,
+            error,
+            dest,
+        )
