@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -10,9 +11,11 @@ import yaml
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX = "I2VD_"
 
@@ -23,8 +26,13 @@ class SettingsError(Exception):
 
 def _one_or_many(value: Any) -> Any:
     # `inbox: ./inbox` and `inbox: [a, b]` both mean "these folders"; an env var may
-    # also carry several folders separated by the platform's path separator.
+    # also carry several folders as a JSON list or separated by the path separator.
     if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list: {exc}") from None
         return [part for part in value.split(os.pathsep) if part]
     if isinstance(value, Path):
         return [value]
@@ -41,7 +49,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    inbox: Annotated[list[Path], BeforeValidator(_one_or_many)] = Field(
+    inbox: Annotated[list[Path], NoDecode, BeforeValidator(_one_or_many)] = Field(
         default_factory=lambda: [Path("inbox")], min_length=1
     )
     outbox: Path = Path("outbox")
@@ -118,6 +126,8 @@ def load_settings(config_file: Path | None = None) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, config_file)) from None
+    except SourceError as exc:  # an environment variable that cannot be parsed at all
+        raise SettingsError(f"invalid settings: {exc}") from None
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

@@ -159,10 +159,18 @@ class _Recorder(FileSystemEventHandler):
 class InboxWatcher:
     """One watchdog observer over every inbox root, with fallback to polling."""
 
-    def __init__(self, tracker: SettleTracker, mode: str, poll_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        tracker: SettleTracker,
+        mode: str,
+        poll_interval: float = 2.0,
+        event_observer: Callable[[], BaseObserver] = Observer,
+    ) -> None:
         self.tracker = tracker
         self.mode = mode
         self.poll_interval = poll_interval
+        # Injectable so tests can stand in for inotify failing (watch limit reached).
+        self.event_observer = event_observer
         self.observer: BaseObserver | None = None
         self.kind = ""
         self._folder_rescans: list[Path] = []
@@ -172,7 +180,7 @@ class InboxWatcher:
         recorder = _Recorder(self.tracker.note, self._queue_folder_rescan)
         if self.mode in ("auto", "events"):
             try:
-                self.observer = self._start(Observer(), recorder)
+                self.observer = self._start(self.event_observer(), recorder)
                 self.kind = "events"
                 return
             except OSError as exc:
