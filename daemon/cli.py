@@ -10,7 +10,7 @@ from pathlib import Path
 from . import __version__
 from .config import SettingsError, load_settings
 
-EXIT_OK, EXIT_JOBS_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_JOBS_FAILED, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,9 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     # APScheduler logs every timer tick at INFO and skipped overlaps at WARNING.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
-    from .service import Service  # keeps `i2vd --help` from importing the whole daemon
+    from .service import Service, StartupError  # keeps `i2vd --help` light
 
-    return Service(settings, once=args.once).run()
+    try:
+        return Service(settings, once=args.once).run()
+    except StartupError as exc:
+        print(f"i2vd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
 
 
 if __name__ == "__main__":

@@ -16,15 +16,24 @@ from pathlib import Path, PurePosixPath
 from .images import BadImage, decode_image, sha256_of
 from .publish import quarantine
 from .rules import LoadedRule, pick_rule
-from .store import Job, JobState, JobStore
+from .store import PENDING, Job, JobState, JobStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class IntakeResult:
-    outcome: str  # queued | known | unmatched | rejected | vanished
+    outcome: str  # queued | known | unmatched | unreadable | rejected | vanished
     job: Job | None = None
+
+
+def still_in_inbox(job: Job | None) -> bool:
+    """True when ``job`` accounts for the file now at its path: it is pending, or it
+    ended but could not move the file away (taking it again would loop forever).
+    A file at the same path after the job moved its original is a new drop."""
+    if job is None:
+        return False
+    return job.state in PENDING or not job.source_moved
 
 
 class Intake:
@@ -41,8 +50,9 @@ class Intake:
         self.failed_dir = failed_dir
         self.max_attempts = max_attempts
         self.on_queued = on_queued
-        # path -> (size, mtime_ns) already dealt with: rescans then cost a stat, not a read.
-        self._handled: dict[Path, tuple[int, int]] = {}
+        # path -> ((size, mtime_ns), job id or None) already dealt with, so a rescan
+        # costs a stat (and a primary-key lookup), not a read and a hash.
+        self._handled: dict[Path, tuple[tuple[int, int], int | None]] = {}
 
     def forget_unmatched(self) -> None:
         """Rules changed: images that matched nothing deserve another look."""
@@ -54,13 +64,16 @@ class Intake:
         except OSError:
             return IntakeResult("vanished")
         fingerprint = (stat.st_size, stat.st_mtime_ns)
-        if self._handled.get(path) == fingerprint:
-            return IntakeResult("known")
+        cached = self._handled.get(path)
+        if cached is not None and cached[0] == fingerprint:
+            job = self.store.get(cached[1]) if cached[1] is not None else None
+            if cached[1] is None or still_in_inbox(job):
+                return IntakeResult("known", job)
         relative = PurePosixPath(path.relative_to(root).as_posix())
 
         loaded = pick_rule(self.rules(), relative)
         if loaded is None:
-            self._handled[path] = fingerprint
+            self._handled[path] = (fingerprint, None)
             log.info("no rule matches %s; it stays in the inbox (add or widen a rule)", relative)
             return IntakeResult("unmatched")
 
@@ -68,21 +81,27 @@ class Intake:
             data = path.read_bytes()
         except FileNotFoundError:
             return IntakeResult("vanished")
+        except OSError as exc:
+            self._handled[path] = (fingerprint, None)
+            log.warning("cannot read %s (%s); it stays in the inbox until it changes or "
+                        "i2vd restarts: give the service user read access", relative, exc.strerror)
+            return IntakeResult("unreadable")
         sha256 = sha256_of(data)
         known = self.store.seen(str(path), sha256)
-        if known is not None:
-            self._handled[path] = fingerprint
+        if still_in_inbox(known):
+            self._handled[path] = (fingerprint, known.id if known else None)
             return IntakeResult("known", known)
 
         job = self._new_job(root, path, relative, sha256, len(data), loaded)
         try:
             decode_image(data)
         except BadImage as exc:
-            self._handled[path] = fingerprint
-            return IntakeResult("rejected", self._reject(job, path, exc))
+            job = self._reject(job, path, exc)
+            self._handled[path] = (fingerprint, job.id)
+            return IntakeResult("rejected", job)
 
         job = self.store.enqueue(job)
-        self._handled[path] = fingerprint
+        self._handled[path] = (fingerprint, job.id)
         log.info("job %d queued: %s -> rule %s (%s)", job.id, relative, job.rule_name, job.engine)
         self.on_queued(job)
         return IntakeResult("queued", job)
@@ -139,5 +158,8 @@ class Intake:
                 move_error,
             )
             return job
+        assert job.id is not None
+        self.store.mark_source_moved(job.id)
+        job.source_moved = True
         log.warning("job %d failed: %s: %s -> %s", job.id, relative, exc, dest)
         return job

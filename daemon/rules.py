@@ -292,6 +292,8 @@ _TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 class TemplateProblem(Exception):
     """A prompt or output-name template could not be rendered for this image."""
 
+    hint = "fix the template in the rule file (README: Templates), then drop the image again"
+
 
 def template_context(relative: PurePosixPath, rule_name: str, now: dt.datetime) -> dict[str, Any]:
     folder = "" if str(relative.parent) == "." else relative.parent.as_posix()

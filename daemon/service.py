@@ -15,6 +15,7 @@ import time
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
 from .intake import Intake
@@ -25,6 +26,10 @@ from .watch import InboxWatcher, SettleTracker, scan
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what to fix."""
 
 
 class Service:
@@ -43,7 +48,10 @@ class Service:
     # --- lifecycle -----------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until a signal (or, with ``once``, until the inbox is drained). Exit code."""
+        """Run until a signal (or, with ``once``, until the inbox is drained). Exit code.
+
+        Raises StartupError when the folders or the database cannot be opened.
+        """
         self._install_signal_handlers()
         self._start()
         try:
@@ -59,11 +67,33 @@ class Service:
             log.error("failed: %s (%s)", job.relative, job.error)
         return 1 if failed else 0
 
-    def _start(self) -> None:
+    def _open(self) -> None:
+        """Create the folders and open the queue, or explain why that is impossible."""
         s = self.settings
         for folder in (*s.inbox, s.outbox, s.failed_dir, s.state_dir, s.work_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-        self.store = JobStore(s.database_url)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot create {folder}: {exc.strerror}; create it or give the "
+                    "service user access to its parent"
+                ) from None
+        try:
+            self.store = JobStore(s.database_url)
+        except ImportError as exc:
+            raise StartupError(
+                f"the database driver for {_redact(s.database_url)} is not installed "
+                f"({exc.msg}); install it, e.g. pip install 'psycopg[binary]' for PostgreSQL"
+            ) from None
+        except SQLAlchemyError as exc:
+            raise StartupError(
+                f"cannot open the queue database {_redact(s.database_url)}: "
+                f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}; check database_url"
+            ) from None
+
+    def _start(self) -> None:
+        s = self.settings
+        self._open()
         for job in self.store.recover(self.host, time.time()):
             log.warning(
                 "job %d was running when i2vd stopped; queued again (%s)", job.id, job.relative
@@ -83,7 +113,14 @@ class Service:
         self.worker = Worker(s, self.store, self.owner, stop=self.stop_event)
         self.watcher = InboxWatcher(self.tracker, s.watch_mode)
         if not self.once:
-            self.watcher.start()
+            try:
+                self.watcher.start()
+            except OSError as exc:
+                self.store.close()
+                raise StartupError(
+                    f"cannot watch the inbox for file events ({exc}); raise "
+                    "fs.inotify.max_user_watches or set watch_mode: auto or polling"
+                ) from None
 
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}

@@ -68,6 +68,9 @@ class Job(SQLModel, table=True):
     video_path: str | None = None
     sidecar_path: str | None = None
     source_dest: str | None = None
+    # True once the original has left the inbox (published or quarantined). A file at
+    # the same path afterwards is a new drop; one that could not be moved is not.
+    source_moved: bool = False
     progress: float = 0.0
     timings_json: str | None = None
 
@@ -150,6 +153,7 @@ class JobStore:
         self._update(
             job_id,
             state=JobState.DONE,
+            source_moved=True,
             finished_at=now,
             lease_owner=None,
             lease_expires=None,
@@ -176,6 +180,9 @@ class JobStore:
             finished_at=None if retry_at else now,
         )
         return state
+
+    def mark_source_moved(self, job_id: int) -> None:
+        self._update(job_id, source_moved=True)
 
     def requeue_interrupted(self, job_id: int) -> None:
         """Put back a job the daemon stopped in the middle of; the attempt does not count."""

@@ -37,6 +37,8 @@ from .video import VideoError, encode_mp4, verify
 
 log = logging.getLogger(__name__)
 
+PROGRESS_LOG_SECONDS = 10.0
+
 
 class PermanentFailure(Exception):
     def __init__(self, message: str, hint: str) -> None:
@@ -62,6 +64,8 @@ class Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     engines: dict[str, Engine] = field(default_factory=dict)
     current: Job | None = None
+    _last_progress_write: float = 0.0
+    _last_progress_log: float = 0.0
 
     def run_once(self, now: float) -> Job | None:
         """Claim and run one job; None when nothing is runnable."""
@@ -69,6 +73,7 @@ class Worker:
         if job is None:
             return None
         self.current = job
+        self._last_progress_write = self._last_progress_log = time.monotonic()
         try:
             self._run(job)
         finally:
@@ -102,7 +107,7 @@ class Worker:
             self.store.requeue_interrupted(job.id)
             log.info("job %d interrupted by shutdown; back in the queue", job.id)
         except (PermanentFailure, BadImage, EngineUnavailable, TemplateProblem) as exc:
-            self._failed(job, str(exc), exc.hint if hasattr(exc, "hint") else "", retryable=False)
+            self._failed(job, str(exc), exc.hint, retryable=False)
         except PublishError as exc:
             self._failed(job, str(exc), exc.hint, retryable=True)
         except VideoError as exc:
@@ -270,12 +275,23 @@ class Worker:
     # --- failure and recovery ------------------------------------------------------
 
     def _checkpoint(self, job: Job, done: float) -> None:
+        """Called by engines between frames or steps: stop if asked, report progress.
+
+        Progress reaches the job row at most once a second (each write is a synced
+        commit) and the log at most every ``PROGRESS_LOG_SECONDS``.
+        """
         if self.stop.is_set():
             raise JobInterrupted()
         assert job.id is not None
-        self.store.heartbeat(
-            job.id, self.owner, time.time(), self.settings.lease_seconds, progress=round(done, 3)
-        )
+        now = time.monotonic()
+        if now - self._last_progress_write >= 1.0:
+            self._last_progress_write = now
+            self.store.heartbeat(
+                job.id, self.owner, time.time(), self.settings.lease_seconds, round(done, 3)
+            )
+        if now - self._last_progress_log >= PROGRESS_LOG_SECONDS:
+            self._last_progress_log = now
+            log.info("job %d: %.0f%% done", job.id, 100 * done)
 
     def _finish_interrupted_publish(self, job: Job) -> bool:
         """A crash mid-publish: complete it if everything landed, else remove our partials."""
@@ -349,6 +365,7 @@ class Worker:
             return
         try:
             dest = quarantine(source, self.settings.failed_dir / relative.parent, report)
+            self.store.mark_source_moved(job.id)  # type: ignore[arg-type]
         except OSError as exc:
             log.error(
                 "job %d failed: %s: %s; it stays in the inbox because moving it to "
