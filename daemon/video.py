@@ -94,7 +94,11 @@ def interpolate(frames: Sequence[Frame], fps: int, target_fps: int) -> list[Fram
         "pipe:1",
     ]
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a Ctrl-C meant for the daemon must not kill ffmpeg mid-job
     )
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
 
@@ -146,6 +150,7 @@ def probe(path: Path) -> VideoInfo:
             "-",
         ],
         capture_output=True,
+        start_new_session=True,
         text=True,
         errors="replace",
         check=False,

@@ -101,6 +101,15 @@ class Worker:
         try:
             if self._finish_interrupted_publish(job):
                 return
+            if job.attempts > job.max_attempts:
+                # Shutdowns refund their attempt, so only crashes got it this far.
+                job.attempts = job.max_attempts
+                raise PermanentFailure(
+                    f"i2vd stopped (crash, kill or power loss) during each of this job's "
+                    f"{job.max_attempts} attempts",
+                    "the image may crash the decoder or exhaust memory: check the log around "
+                    "those attempts, then move the image back into the inbox to try again",
+                )
             self._process(job, work_file)
         except JobInterrupted:
             self._discard_partial(job)
