@@ -83,8 +83,12 @@ class Intake:
             return IntakeResult("vanished")
         except OSError as exc:
             self._handled[path] = (fingerprint, None)
-            log.warning("cannot read %s (%s); it stays in the inbox until it changes or "
-                        "i2vd restarts: give the service user read access", relative, exc.strerror)
+            log.warning(
+                "cannot read %s (%s); it stays in the inbox until it changes or "
+                "i2vd restarts: give the service user read access",
+                relative,
+                exc.strerror,
+            )
             return IntakeResult("unreadable")
         sha256 = sha256_of(data)
         known = self.store.seen(str(path), sha256)
