@@ -77,11 +77,7 @@ def decode_image(data: bytes) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     """Flatten any Pillow mode (CMYK, P, LA, RGBA, I;16, F, …) to 8-bit RGB."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit and float greys: scale the real value range to 8 bits instead of clipping.
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        scaled = (array - low) * (255.0 / (high - low)) if high > low else array * 0
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+        image = Image.fromarray(_grey_to_8bit(image), mode="L")
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -91,3 +87,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
         canvas.alpha_composite(rgba)
         return canvas.convert("RGB")
     return image.convert("RGB")
+
+
+def _grey_to_8bit(image: Image.Image) -> np.ndarray:
+    """Map high-depth greys onto 0-255 by their nominal range, never by the image's own
+    darkest and brightest pixel (which would turn flat grey black and stretch dim images)."""
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        # Float images are 0-1 by convention; anything larger is taken as 0-255.
+        full_scale = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
+    elif image.mode == "I" and array.max(initial=0.0) <= 255:
+        full_scale = 255.0  # 8-bit values that happen to be stored as 32-bit integers
+    else:
+        full_scale = 65535.0  # I;16 and 16-bit data decoded as I
+    return np.clip(array * (255.0 / full_scale), 0, 255).round().astype(np.uint8)

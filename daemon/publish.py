@@ -97,7 +97,10 @@ def free_path(folder: Path, name: str) -> Path:
 
 def quarantine(source: Path, dest_folder: Path, report: dict[str, Any]) -> Path:
     """Move a failed image to ``dest_folder`` with ``<name>.error.json`` beside it."""
-    dest = free_path(dest_folder, source.name)
+    name = Path(source.name)
+    # The report's name counts too: an earlier report may outlive its image.
+    stem = free_stem(dest_folder, name.stem, [name.suffix, f"{name.suffix}.error.json"])
+    dest = dest_folder / f"{stem}{name.suffix}"
     write_json(dest.with_name(dest.name + ".error.json"), report)
     if source.exists():
         place(source, dest)

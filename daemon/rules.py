@@ -230,12 +230,16 @@ def _problems(path: Path, root: yaml.Node | None, exc: ValidationError) -> list[
 
 
 def _node_at(node: yaml.Node | None, loc: Sequence[int | str]) -> yaml.Node | None:
-    """The YAML node at a pydantic error location, or the deepest ancestor that exists."""
-    for part in loc:
+    """The YAML node a pydantic error location points at, or the deepest ancestor that
+    exists when the location is missing from the file."""
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 if key.value == part:
-                    node = value
+                    # A scalar is pointed at itself; a block value at its key, since
+                    # the block may only begin on a later line.
+                    node = value if not last or isinstance(value, yaml.ScalarNode) else key
                     break
             else:
                 return node

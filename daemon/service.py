@@ -94,7 +94,7 @@ class Service:
     def _start(self) -> None:
         s = self.settings
         self._open()
-        for job in self.store.recover(self.host, time.time()):
+        for job in self.store.recover(self.host, time.time(), alive=_other_process_alive):
             log.warning(
                 "job %d was running when i2vd stopped; queued again (%s)", job.id, job.relative
             )
@@ -224,6 +224,20 @@ class Service:
             return False
         with self._intake_lock:
             return self.tracker.pending() == 0 and self.store.pending() == 0
+
+
+def _other_process_alive(pid: int) -> bool:
+    """Whether another process with ``pid`` runs here. Our own pid counts as dead: a
+    restarted daemon (pid 1 in every container start) owns nothing from before."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _redact(url: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
@@ -196,27 +196,31 @@ class JobStore:
             session.add(job)
             session.commit()
 
-    def recover(self, host: str, now: float) -> list[Job]:
-        """Re-queue jobs left running by a crashed daemon on ``host`` or whose lease ran out.
+    def recover(
+        self, host: str, now: float, alive: Callable[[int], bool] = lambda pid: False
+    ) -> list[Job]:
+        """Re-queue running jobs whose daemon is gone: their lease ran out, or they were
+        leased on ``host`` by a process that ``alive`` says no longer runs.
 
         Attempts are not refunded: a file that kills the daemon every time must still
         reach its ``max_attempts`` instead of looping forever.
         """
         with self._session() as session:
-            stale = session.exec(
+            running = session.exec(
                 select(Job).where(
                     Job.state == JobState.RUNNING,
-                    (col(Job.lease_owner).startswith(f"{host}:"))
+                    col(Job.lease_owner).startswith(f"{host}:", autoescape=True)
                     | (col(Job.lease_expires) < now)
-                    | (col(Job.lease_expires).is_(None)),
+                    | col(Job.lease_expires).is_(None),
                 )
             ).all()
+            stale = [job for job in running if not _owner_alive(job, host, now, alive)]
             for job in stale:
                 job.state = JobState.QUEUED
                 job.lease_owner = job.lease_expires = None
                 session.add(job)
             session.commit()
-            return list(stale)
+            return stale
 
     def _update(self, job_id: int, owner: str | None = None, **values: Any) -> None:
         with self._session() as session:
@@ -285,6 +289,15 @@ class JobStore:
                     select(Job).where(Job.state == JobState.FAILED, col(Job.finished_at) >= since)
                 ).all()
             )
+
+
+def _owner_alive(job: Job, host: str, now: float, alive: Callable[[int], bool]) -> bool:
+    """True while a same-host daemon holding a live lease still runs (two daemons may
+    share one queue on one host; a restarted one must not steal the other's job)."""
+    if job.lease_expires is None or job.lease_expires < now or not job.lease_owner:
+        return False
+    owner_host, _, pid = job.lease_owner.rpartition(":")
+    return owner_host == host and pid.isdigit() and alive(int(pid))
 
 
 def _make_engine(url: str) -> Engine:

@@ -139,6 +139,9 @@ def probe(path: Path) -> VideoInfo:
             ffmpeg_exe(),
             "-hide_banner",
             "-nostdin",
+            # Fail on damaged data: a stream copy alone counts a clipped last packet
+            # as a whole frame, so a truncated file would pass the frame count.
+            "-xerror",
             "-i",
             str(path),
             "-map",

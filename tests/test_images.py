@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from conftest import make_image, picture
 
+from conftest import make_image, picture
 from daemon.images import BadImage, decode_image, read_image, to_rgb
 
 
@@ -51,8 +51,8 @@ def test_read_common_formats(tmp_path: Path, name: str, fmt: str) -> None:
     assert (checked.width, checked.height) == (96, 64)
     assert checked.image.mode == "RGB"
     source = picture(96, 64).astype(int)
-    tol = 1 if fmt in ("PNG", "BMP", "TIFF") else 40
-    assert np.abs(pixels(checked.image) - source).mean() < (0.5 if tol == 1 else 8)
+    lossless = fmt in ("PNG", "BMP", "TIFF")
+    assert np.abs(pixels(checked.image) - source).mean() < (0.01 if lossless else 8)
 
 
 def test_png_is_lossless(tmp_path: Path) -> None:
@@ -88,9 +88,8 @@ def test_exif_orientation_is_applied(orientation: int, corner_red: tuple[int, in
 
     assert close(corner(corner_red), (255, 0, 0), 30)
     assert close(corner(corner_blue), (0, 0, 255), 30)
-    # The corner where red was stored is now plain grey.
-    assert close(corner((0, 0)), (0, 0, 255), 30) or close(corner((0, 0)), (128, 128, 128), 30)
-    assert not close(corner((0, 0)), (255, 0, 0), 60)
+    if corner_red != (0, 0):
+        assert not close(corner((0, 0)), (255, 0, 0), 60)  # red really moved
 
 
 def test_no_exif_keeps_orientation() -> None:
@@ -157,11 +156,6 @@ def test_16bit_grey_png_is_scaled_not_clipped() -> None:
     assert np.mean(row == 255) < 0.05
 
 
-@pytest.mark.xfail(
-    reason="BUG: 16-bit greys are min/max-stretched, so a flat mid-grey image turns black "
-    "(and a dim image gets full contrast)",
-    strict=True,
-)
 def test_16bit_flat_grey_keeps_its_level() -> None:
     flat = Image.fromarray(np.full((8, 8), 128 * 257, np.uint16))
     array = pixels(decode_image(encode(flat, "PNG")))

@@ -177,11 +177,6 @@ def test_unknown_nested_key(tmp_path: Path) -> None:
     assert "unknown field" in problem.message
 
 
-@pytest.mark.xfail(
-    reason="BUG: an unknown key whose value is a block mapping/list is reported at the "
-    "value's first line, not the key's line",
-    strict=True,
-)
 def test_unknown_key_with_block_value_points_at_the_key(tmp_path: Path) -> None:
     text = "name: x\nextras:\n  a: 1\n"
     problem = one_problem(write(tmp_path, "x.yaml", text))
