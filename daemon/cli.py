@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # APScheduler logs every timer tick at INFO and skipped overlaps at WARNING.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    # At DEBUG, watchdog logs every raw inotify event, the daemon's own reads included.
+    logging.getLogger("watchdog").setLevel(
+        max(logging.INFO, logging.getLevelName(settings.log_level))
+    )
 
     from .service import Service, StartupError  # keeps `i2vd --help` light
 

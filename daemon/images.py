@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,43 +21,39 @@ class BadImage(Exception):
         self.hint = hint
 
 
-@dataclass(frozen=True)
-class CheckedImage:
-    """A fully decoded image and the hash of the exact bytes it came from."""
-
-    sha256: str
-    size_bytes: int
-    image: Image.Image  # RGB, orientation applied
-
-    @property
-    def width(self) -> int:
-        return self.image.width
-
-    @property
-    def height(self) -> int:
-        return self.image.height
-
-
-def read_image(path: Path) -> CheckedImage:
-    """Read, hash and decode ``path`` in one pass over its bytes; raise BadImage if unusable."""
-    data = path.read_bytes()
-    return CheckedImage(sha256_of(data), len(data), decode_image(data))
-
-
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def decode_image(data: bytes) -> Image.Image:
+def check_image(data: bytes) -> None:
+    """Raise BadImage unless ``data`` decodes completely (intake's test: no copies)."""
+    _load(data)
+
+
+def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
+    """Decode to RGB with EXIF orientation applied; raise BadImage if unusable.
+
+    With ``min_side``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
+    shorter side still has ``min_side`` pixels: a 12 MP photo for a 512p video then
+    costs a sixteenth of the memory and a third of the time.
+    """
+    image = _load(data, min_side)
+    ImageOps.exif_transpose(image, in_place=True)
+    return to_rgb(image)
+
+
+def _load(data: bytes, min_side: int | None = None) -> Image.Image:
     if not data:
         raise BadImage("the file is empty (0 bytes)", "copy the image again; the upload was lost")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
-                opened.load()  # a full decode is the only reliable truncation check
-                oriented = ImageOps.exif_transpose(opened)
-                return to_rgb(oriented)
+            # No `with`: the image is returned, and a BytesIO holds no file descriptor.
+            image = Image.open(io.BytesIO(data))
+            if min_side:
+                image.draft(None, (min_side, min_side))
+            image.load()  # a full decode is the only reliable truncation check
+            return image
     except UnidentifiedImageError:
         raise BadImage(
             "not an image Pillow can read (wrong extension, or not an image at all)",
@@ -86,7 +80,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         canvas.alpha_composite(rgba)
         return canvas.convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _grey_to_8bit(image: Image.Image) -> np.ndarray:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .images import BadImage, decode_image, sha256_of
+from .images import BadImage, check_image, sha256_of
 from .publish import quarantine
 from .rules import LoadedRule, pick_rule
 from .store import PENDING, Job, JobState, JobStore
@@ -54,9 +54,9 @@ class Intake:
         # costs a stat (and a primary-key lookup), not a read and a hash.
         self._handled: dict[Path, tuple[tuple[int, int], int | None]] = {}
 
-    def forget_unmatched(self) -> None:
-        """Rules changed: images that matched nothing deserve another look."""
-        self._handled.clear()
+    def retain(self, present: set[Path]) -> None:
+        """Forget files no longer in the inbox, so the memory stays bounded by its size."""
+        self._handled = {path: seen for path, seen in self._handled.items() if path in present}
 
     def take(self, root: Path, path: Path) -> IntakeResult:
         try:
@@ -98,7 +98,7 @@ class Intake:
 
         job = self._new_job(root, path, relative, sha256, len(data), loaded)
         try:
-            decode_image(data)
+            check_image(data)
         except BadImage as exc:
             job = self._reject(job, path, exc)
             self._handled[path] = (fingerprint, job.id)

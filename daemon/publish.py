@@ -46,18 +46,30 @@ def write_json(dest: Path, data: dict[str, Any]) -> None:
 
 
 def place(src: Path, dest: Path, keep_src: bool = False, link: bool = False) -> None:
-    """Move (or copy, or hard-link) ``src`` to ``dest`` atomically, across filesystems too.
-
-    ``dest`` must not exist: callers pick free names, so nothing is ever overwritten.
+    """Move ``src`` to ``dest`` (or copy it with ``keep_src``, or hard-link it with
+    ``link``), atomically and across filesystems too. Never overwrites: an existing
+    ``dest`` raises FileExistsError where the filesystem can tell, and callers pick
+    free names besides.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        with contextlib.suppress(OSError):
+    moving = not keep_src and not link
+    if moving or link:
+        # A move is a hard link plus an unlink, not a rename: renaming a file out of a
+        # watched inbox leaves an unpaired "moved from" event that watchdog holds for
+        # half a second, delaying every event behind it (the next drop included).
+        try:
             os.link(src, dest)
+        except FileExistsError:
+            raise
+        except OSError:
+            pass  # other filesystem, or a share without hard links: rename or copy below
+        else:
             _fsync_dir(dest.parent)
+            if moving:
+                src.unlink()
+                _fsync_dir(src.parent)
             return
-        # Hard links fail across filesystems and on some shares: fall through to a copy.
-    if not keep_src and not link:
+    if moving:
         try:
             os.rename(src, dest)
             _fsync_dir(dest.parent)
@@ -74,7 +86,7 @@ def place(src: Path, dest: Path, keep_src: bool = False, link: bool = False) -> 
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(dest.parent)
-    if not keep_src and not link:
+    if moving:
         src.unlink()
 
 

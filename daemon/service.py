@@ -12,8 +12,10 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -21,7 +23,7 @@ from .config import Settings
 from .intake import Intake
 from .publish import sweep_temporaries
 from .rules import LoadedRule, load_rules
-from .store import JobStore
+from .store import JobState, JobStore
 from .watch import InboxWatcher, SettleTracker, scan
 from .worker import Worker
 
@@ -98,8 +100,9 @@ class Service:
             log.warning(
                 "job %d was running when i2vd stopped; queued again (%s)", job.id, job.relative
             )
-        for path in sweep_temporaries([s.outbox, s.failed_dir, s.work_dir]):
+        for path in sweep_temporaries([s.outbox, s.failed_dir]):
             log.info("removed a temporary left by an earlier crash: %s", path)
+        self._sweep_work_dir()
         self._load_rules()
 
         self.tracker = SettleTracker(s.inbox, s.settle_seconds)
@@ -122,8 +125,11 @@ class Service:
                     "fs.inotify.max_user_watches or set watch_mode: auto or polling"
                 ) from None
 
+        # Three short timers need no more threads; every idle thread costs its own
+        # malloc arena, which shows in the daemon's resident memory.
         self.scheduler = BackgroundScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+            executors={"default": ThreadPoolExecutor(max_workers=3)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self.scheduler.add_job(self._settle_tick, "interval", seconds=s.settle_poll_seconds)
         self.scheduler.add_job(self._rescan, "interval", seconds=s.rescan_seconds)
@@ -169,6 +175,15 @@ class Service:
 
     # --- the moving parts --------------------------------------------------------------
 
+    def _sweep_work_dir(self) -> None:
+        """Delete scratch encodes of jobs that no live daemon is running any more."""
+        for path in self.settings.work_dir.iterdir():
+            job_id = path.stem.removeprefix("job-")
+            job = self.store.get(int(job_id)) if job_id.isdigit() else None
+            if job is None or job.state != JobState.RUNNING:
+                path.unlink(missing_ok=True)
+                log.info("removed a scratch file left by an earlier crash: %s", path.name)
+
     def _load_rules(self) -> None:
         rules_dir = self.settings.rules_dir
         if not rules_dir.is_dir():
@@ -197,9 +212,13 @@ class Service:
                     log.exception("intake of %s failed; it stays in the inbox", path)
 
     def _rescan(self) -> None:
+        present: set[Path] = set()
         for root in self.settings.inbox:
             for path in scan(root):
                 self.tracker.note(path)
+                present.add(path)
+        with self._intake_lock:
+            self.intake.retain(present)
 
     def _work_loop(self) -> None:
         while not self.stop_event.is_set():

@@ -181,6 +181,16 @@ class JobStore:
         )
         return state
 
+    def cancel(self, job_id: int, now: float, reason: str) -> None:
+        self._update(
+            job_id,
+            state=JobState.CANCELLED,
+            finished_at=now,
+            error=reason,
+            lease_owner=None,
+            lease_expires=None,
+        )
+
     def mark_source_moved(self, job_id: int) -> None:
         self._update(job_id, source_moved=True)
 
@@ -250,7 +260,7 @@ class JobStore:
     def find_done(
         self, sha256: str, rule_name: str, rule_hash: str, exclude: int | None = None
     ) -> list[Job]:
-        """Finished jobs with the same identity, newest first: candidates for reuse."""
+        """Finished jobs with the same identity, oldest first: candidates for reuse."""
         with self._session() as session:
             query = select(Job).where(
                 Job.sha256 == sha256,
@@ -260,7 +270,9 @@ class JobStore:
             )
             if exclude is not None:
                 query = query.where(Job.id != exclude)
-            return list(session.exec(query.order_by(col(Job.id).desc())).all())
+            # Oldest first: a duplicate then points at the video that was generated,
+            # not at an earlier duplicate of it.
+            return list(session.exec(query.order_by(col(Job.id))).all())
 
     def count_by_state(self) -> dict[str, int]:
         with self._session() as session:

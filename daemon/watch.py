@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,15 +71,17 @@ class SettleTracker:
         self.roots = roots
         self.settle_seconds = settle_seconds
         self._lock = threading.Lock()
-        self._noted: dict[Path, Path] = {}  # path -> root, waiting for the next poll
+        # path -> (root, when noted), waiting for the next poll
+        self._noted: dict[Path, tuple[Path, float]] = {}
         self._watching: dict[Path, _Sighting] = {}
 
     def note(self, path: Path) -> None:
         """Record that ``path`` may be new or changed. Cheap: called from event threads."""
         root = self._root_of(path)
-        if root is not None and is_candidate_name(path.name):
+        # Every part counts: files inside hidden folders (.Trash-1000/, .sync/) wait too.
+        if root is not None and all(map(is_candidate_name, path.relative_to(root).parts)):
             with self._lock:
-                self._noted[path] = root
+                self._noted.setdefault(path, (root, time.time()))
 
     def pending(self) -> int:
         with self._lock:
@@ -89,10 +92,10 @@ class SettleTracker:
         with self._lock:
             noted, self._noted = self._noted, {}
         stable: list[tuple[Path, Path]] = []
-        for path, root in noted.items():
+        for path, (root, noted_at) in noted.items():
             # Symlinks anywhere on the way are refused once, when a path is first seen.
             if path not in self._watching and inside(path, root):
-                self._watching[path] = _Sighting(root, -1, -1, now)
+                self._watching[path] = _Sighting(root, -1, -1, noted_at)
         for path, sighting in list(self._watching.items()):
             try:
                 stat = path.lstat()
@@ -102,7 +105,14 @@ class SettleTracker:
             if not S_ISREG(stat.st_mode):
                 del self._watching[path]
                 continue
-            if (stat.st_size, stat.st_mtime_ns) != (sighting.size, sighting.mtime_ns):
+            if sighting.size < 0:
+                # First look: the quiet window starts at the event that announced the
+                # file, or at its last write if that came later (never in the future).
+                sighting.unchanged_since = min(
+                    now, max(sighting.unchanged_since, stat.st_mtime_ns / 1e9)
+                )
+                sighting.size, sighting.mtime_ns = stat.st_size, stat.st_mtime_ns
+            elif (stat.st_size, stat.st_mtime_ns) != (sighting.size, sighting.mtime_ns):
                 sighting.size, sighting.mtime_ns = stat.st_size, stat.st_mtime_ns
                 sighting.unchanged_since = now
             elif now - sighting.unchanged_since >= self.settle_seconds:

@@ -7,10 +7,11 @@ until ``max_attempts``).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
+import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,21 @@ from .video import VideoError, encode_mp4, verify
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_SECONDS = 10.0
+
+
+def source_pixels_needed(rule: Rule) -> int:
+    """The shorter source side that still gives every output pixel a source pixel (the
+    motion engine's tightest window is 1/zoom of the frame). Larger JPEGs are decoded
+    at a reduced scale down to this."""
+    params = rule.resolved()
+    longest = max(frame_size(params.resolution, rule.aspect, 4, 1))  # widest aspect allowed
+    zoom = rule.motion.zoom if rule.engine == "motion" else 1.0
+    return math.ceil(longest * zoom)
+
+
+class Superseded(Exception):
+    """The file at the job's path now holds other content, which intake queues on its
+    own; this job ends without touching the file."""
 
 
 class PermanentFailure(Exception):
@@ -115,6 +131,10 @@ class Worker:
             self._discard_partial(job)
             self.store.requeue_interrupted(job.id)
             log.info("job %d interrupted by shutdown; back in the queue", job.id)
+        except Superseded as exc:
+            self._discard_partial(job)
+            self.store.cancel(job.id, time.time(), str(exc))
+            log.info("job %d cancelled: %s", job.id, exc)
         except (PermanentFailure, BadImage, EngineUnavailable, TemplateProblem) as exc:
             self._failed(job, str(exc), exc.hint, retryable=False)
         except PublishError as exc:
@@ -147,10 +167,7 @@ class Worker:
                 f"{job.relative} is no longer in the inbox", "drop the image again"
             ) from None
         if sha256_of(data) != job.sha256:
-            raise PermanentFailure(
-                f"{job.relative} changed after it was queued",
-                "the new content is queued as a job of its own",
-            )
+            raise Superseded(f"{job.relative} was replaced by new content after it was queued")
         plan = self._plan(job, rule, source)
         self.store.plan_outputs(job.id, str(plan.video), str(plan.sidecar), str(plan.source_dest))
 
@@ -160,7 +177,7 @@ class Worker:
             return
 
         engine = get_engine(rule.engine, self.engines)
-        image = decode_image(data)
+        image = decode_image(data, min_side=source_pixels_needed(rule))
         params = rule.resolved()
         width, height = frame_size(params.resolution, rule.aspect, image.width, image.height)
         requested = params_block(params, width, height)
@@ -230,7 +247,9 @@ class Worker:
             write_json(plan.sidecar, document)
             place(source, plan.source_dest)
         except OSError as exc:
-            raise describe_os_error(exc, Path(exc.filename or plan.folder)) from exc
+            # For a rename the destination (filename2) is what the user must fix.
+            culprit = exc.filename2 or exc.filename or plan.folder
+            raise describe_os_error(exc, Path(culprit)) from exc
         now = time.time()
         self.store.finish(
             job.id, now, document["timings"], duplicate_of.id if duplicate_of is not None else None
@@ -307,17 +326,15 @@ class Worker:
         if not job.video_path:
             return False
         video, sidecar = Path(job.video_path), Path(job.sidecar_path or "")
-        moved = Path(job.source_dest or "")
-        if (
-            video.is_file()
-            and sidecar.is_file()
-            and moved.is_file()
-            and not Path(job.source).exists()
-        ):
-            assert job.id is not None
-            self.store.finish(job.id, time.time(), {})
-            log.info("job %d: its publish had completed before a restart; marked done", job.id)
-            return True
+        moved, source = Path(job.source_dest or ""), Path(job.source)
+        if video.is_file() and sidecar.is_file() and moved.is_file():
+            if source.exists() and os.path.samefile(source, moved):
+                source.unlink()  # the crash fell between the original's link and unlink
+            if not source.exists():
+                assert job.id is not None
+                self.store.finish(job.id, time.time(), {})
+                log.info("job %d: its publish had completed before a restart; marked done", job.id)
+                return True
         self._discard_partial(job)
         return False
 
@@ -334,8 +351,11 @@ class Worker:
             return  # the original already moved: the publish is complete, keep it
         for planned in (current.video_path, current.sidecar_path):
             if planned:
-                with contextlib.suppress(FileNotFoundError):
-                    Path(planned).unlink()
+                try:
+                    Path(planned).unlink(missing_ok=True)
+                except OSError as exc:
+                    # Its folder may be gone or be a file now; the retry plans afresh.
+                    log.warning("job %d: could not remove %s: %s", job.id, planned, exc)
         self.store.plan_outputs(current.id, None, None, None)  # type: ignore[arg-type]
 
     def _failed(self, job: Job, error: str, hint: str, retryable: bool) -> None:

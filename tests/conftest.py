@@ -30,6 +30,27 @@ motion: {effect: zoom_in, zoom: 1.2}
 """
 
 
+def permissions_enforced() -> bool:
+    """Whether this process is refused a write into a read-only folder (root is not,
+    unless its override capabilities were dropped, e.g. with capsh)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o500)
+        try:
+            Path(folder, "probe").touch()
+        except PermissionError:
+            return True
+        finally:
+            os.chmod(folder, 0o700)
+        return False
+
+
+NEEDS_PERMISSIONS = pytest.mark.skipif(
+    not permissions_enforced(), reason="permission bits are not enforced for this user (root)"
+)
+
+
 def picture(width: int = 320, height: int = 240, seed: int = 0) -> np.ndarray:
     """A test picture with structure everywhere (gradients, a grid, a disc), so motion,
     crops and orientation are all visible in the pixels."""
@@ -45,8 +66,14 @@ def picture(width: int = 320, height: int = 240, seed: int = 0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_image(path: Path, width: int = 320, height: int = 240, fmt: str | None = None,
-               seed: int = 0, **save: Any) -> Path:
+def make_image(
+    path: Path,
+    width: int = 320,
+    height: int = 240,
+    fmt: str | None = None,
+    seed: int = 0,
+    **save: Any,
+) -> Path:
     """Write a real image file (format from the extension unless ``fmt`` is given)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture(width, height, seed)).save(path, format=fmt, **save)
@@ -86,9 +113,15 @@ class Layout:
 
     def write_config(self, **overrides: Any) -> Path:
         values = {
-            "inbox": "inbox", "outbox": "outbox", "failed_dir": "failed", "rules_dir": "rules",
-            "state_dir": "state", "settle_seconds": 0.5, "rescan_seconds": 30,
-            "retry_delay_seconds": 0.2, "log_level": "DEBUG",
+            "inbox": "inbox",
+            "outbox": "outbox",
+            "failed_dir": "failed",
+            "rules_dir": "rules",
+            "state_dir": "state",
+            "settle_seconds": 0.5,
+            "rescan_seconds": 30,
+            "retry_delay_seconds": 0.2,
+            "log_level": "DEBUG",
         }
         values.update(self.settings)
         values.update(overrides)
@@ -142,7 +175,10 @@ class DaemonProcess:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "run", "--config", str(layout.config_file), *args],
-            cwd=layout.root, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=layout.root,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     @property

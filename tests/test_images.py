@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image, picture
-from daemon.images import BadImage, decode_image, read_image, to_rgb
+from daemon.images import BadImage, check_image, decode_image, sha256_of, to_rgb
 
 
 def encode(image: Image.Image, fmt: str, **save: object) -> bytes:
@@ -44,20 +44,20 @@ def close(actual: np.ndarray, expected: tuple[int, int, int], tol: int = 12) -> 
                                           ("a.tif", "TIFF")])
 def test_read_common_formats(tmp_path: Path, name: str, fmt: str) -> None:
     path = make_image(tmp_path / name, 96, 64, fmt=fmt)
-    checked = read_image(path)
     data = path.read_bytes()
-    assert checked.sha256 == hashlib.sha256(data).hexdigest()
-    assert checked.size_bytes == len(data)
-    assert (checked.width, checked.height) == (96, 64)
-    assert checked.image.mode == "RGB"
+    assert sha256_of(data) == hashlib.sha256(data).hexdigest()
+    check_image(data)
+    image = decode_image(data)
+    assert (image.width, image.height) == (96, 64)
+    assert image.mode == "RGB"
     source = picture(96, 64).astype(int)
     lossless = fmt in ("PNG", "BMP", "TIFF")
-    assert np.abs(pixels(checked.image) - source).mean() < (0.01 if lossless else 8)
+    assert np.abs(pixels(image) - source).mean() < (0.01 if lossless else 8)
 
 
 def test_png_is_lossless(tmp_path: Path) -> None:
     path = make_image(tmp_path / "a.png", 40, 30)
-    assert np.array_equal(pixels(read_image(path).image), picture(40, 30).astype(int))
+    assert np.array_equal(pixels(decode_image(path.read_bytes())), picture(40, 30).astype(int))
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_truncated_jpeg(tmp_path: Path) -> None:
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(full[: len(full) // 2])
     with pytest.raises(BadImage) as err:
-        read_image(cut)
+        decode_image(cut.read_bytes())
     assert "damaged or cut short" in str(err.value)
     assert "again" in err.value.hint
 
@@ -217,7 +217,7 @@ def test_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "empty.jpg"
     path.write_bytes(b"")
     with pytest.raises(BadImage) as err:
-        read_image(path)
+        check_image(path.read_bytes())
     assert "empty" in str(err.value)
     assert err.value.hint.strip()
 
@@ -226,7 +226,7 @@ def test_text_file_named_png(tmp_path: Path) -> None:
     path = tmp_path / "notes.png"
     path.write_text("this is not an image\n", encoding="utf-8")
     with pytest.raises(BadImage) as err:
-        read_image(path)
+        check_image(path.read_bytes())
     assert "not an image" in str(err.value)
     assert "JPEG, PNG" in err.value.hint
 
@@ -251,3 +251,28 @@ def test_bomb_warning_zone_is_refused_too() -> None:
     # Between 1x and 2x the limit Pillow only warns; i2vd refuses.
     with pytest.raises(BadImage, match="too large"):
         decode_image(_png_header_only(15000, 15000))
+
+
+def test_min_side_decodes_a_large_jpeg_at_reduced_scale(tmp_path: Path) -> None:
+    data = make_image(tmp_path / "big.jpg", 2400, 1600).read_bytes()
+    full = decode_image(data)
+    reduced = decode_image(data, min_side=300)
+    assert full.size == (2400, 1600)
+    # 1/4 is the smallest DCT scale whose shorter side (400) still reaches 300.
+    assert reduced.size == (600, 400)
+    assert reduced.mode == "RGB"
+    # Same picture: the reduced decode matches a downscale of the full one.
+    expected = np.asarray(full.resize(reduced.size, Image.Resampling.BOX)).astype(int)
+    assert np.abs(pixels(reduced) - expected).mean() < 6
+
+
+def test_min_side_never_goes_below_the_request(tmp_path: Path) -> None:
+    data = make_image(tmp_path / "small.jpg", 500, 400).read_bytes()
+    assert decode_image(data, min_side=300).size == (500, 400)  # 1/2 would give 200 < 300
+
+
+def test_rgb_input_is_returned_without_a_copy_and_stays_usable(tmp_path: Path) -> None:
+    data = make_image(tmp_path / "a.png", 64, 48).read_bytes()
+    image = decode_image(data)
+    assert image.mode == "RGB"
+    assert np.asarray(image).shape == (48, 64, 3)  # still open: no "closed image" error

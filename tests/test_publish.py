@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from conftest import NEEDS_PERMISSIONS
 from daemon.publish import (
     TEMP_MARK,
     PublishError,
@@ -251,7 +251,7 @@ def test_describe_os_error(tmp_path: Path, code: int, strerror: str, message: st
         assert strerror in str(result)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+@NEEDS_PERMISSIONS
 def test_real_permission_error_is_described(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -210,7 +210,7 @@ def test_seen_and_find_done(store: JobStore) -> None:
     store.finish(copy.id, 102.0, {}, duplicate_of=first.id)
 
     done = store.find_done("a" * 64, "motion", "h1")
-    assert [j.id for j in done] == [copy.id, first.id]
+    assert [j.id for j in done] == [first.id, copy.id]  # oldest (the generated one) first
     assert [j.id for j in store.find_done("a" * 64, "motion", "h1", exclude=copy.id)] == [
         first.id]
     assert store.find_done("a" * 64, "motion", "h2") == []
