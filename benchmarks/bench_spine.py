@@ -49,7 +49,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import picture  # noqa: E402 - the tests' picture, so both measure the same images
 from daemon import video  # noqa: E402
 from daemon import worker as worker_module  # noqa: E402
 from daemon.engines import RenderRequest  # noqa: E402
@@ -74,20 +75,6 @@ HEAVY = ("torch", "diffusers", "transformers")
 
 
 # --- helpers -------------------------------------------------------------------------
-
-
-def picture(width: int, height: int, seed: int) -> np.ndarray:
-    """Same test picture as tests/conftest.py: gradients, a pattern, a disc, noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    img = np.zeros((height, width, 3), dtype=np.float64)
-    img[..., 0] = 255 * x / max(1, width - 1)
-    img[..., 1] = 255 * y / max(1, height - 1)
-    img[..., 2] = 128 + 100 * np.sin(x / 7.0) * np.cos(y / 9.0)
-    disc = (x - width * 0.3) ** 2 + (y - height * 0.4) ** 2 < (min(width, height) / 6) ** 2
-    img[disc] = (255, 255, 255)
-    img += rng.normal(0, 4, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def encoded(width: int, height: int, seed: int, fmt: str) -> bytes:

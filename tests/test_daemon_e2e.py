@@ -142,6 +142,29 @@ def test_debug_log_has_one_line_per_state_change_with_timings(layout: Layout, da
     assert own == ["job 1 queued", "job 1 running", "job 1 done"], own
 
 
+def test_a_slowly_written_file_is_taken_once_and_whole(layout: Layout, daemon) -> None:
+    """A copy that trickles in over longer than the settle window (0.5 s) is not taken
+    half-written: one job, and the published original is byte-identical to the source."""
+    source = make_image(layout.root / "source.png", 480, 360)
+    data = source.read_bytes()
+    proc = daemon()
+    proc.wait_started()
+    target = layout.inbox / "slow.png"
+    chunks = 8
+    with open(target, "wb") as handle:
+        for index in range(chunks):  # 8 chunks 0.3 s apart: 2.1 s in all, never quiet 0.5 s
+            handle.write(data[index * len(data) // chunks : (index + 1) * len(data) // chunks])
+            handle.flush()
+            time.sleep(0.3)
+    wait_for(lambda: (layout.outbox / "slow.motion.json").exists(), 30)
+    assert proc.stop() == 0
+    doc = read_json(layout.outbox / "slow.motion.json")
+    assert doc["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (layout.outbox / "slow.png").read_bytes() == data
+    assert [job.state for job in jobs(layout)] == ["done"]
+    assert layout.files(layout.failed) == []
+
+
 def test_bad_files_go_to_failed_while_a_good_one_is_processed(layout: Layout, daemon) -> None:
     proc = daemon()
     proc.wait_started()
