@@ -88,13 +88,22 @@ class Settings(BaseSettings):
             setattr(self, key, (base / Path(getattr(self, key)).expanduser()).resolve())
         if not self.database_url:
             self.database_url = f"sqlite:///{self.state_dir / 'i2vd.db'}"
-        outputs = {"outbox": self.outbox, "failed_dir": self.failed_dir}
-        for key, out in outputs.items():
-            for inbox in self.inbox:
-                # An output folder inside an inbox would be re-ingested forever.
-                if out == inbox or out.is_relative_to(inbox):
-                    raise ValueError(f"{key} ({out}) must not be inside the inbox {inbox}")
+        self._check_layout()
         return self
+
+    def _check_layout(self) -> None:
+        """Refuse folder layouts that would make i2vd re-ingest its own output or take an
+        image twice; the message names both folders."""
+        for i, inbox in enumerate(self.inbox):
+            for other in self.inbox[i + 1 :]:
+                if _overlap(inbox, other):
+                    raise ValueError(f"inbox folders {inbox} and {other} overlap")
+            for key in ("outbox", "failed_dir", "state_dir"):
+                folder: Path = getattr(self, key)
+                if _overlap(inbox, folder):
+                    raise ValueError(
+                        f"{key} ({folder}) and the inbox {inbox} must not be inside one another"
+                    )
 
     @classmethod
     def settings_customise_sources(
@@ -112,6 +121,10 @@ class Settings(BaseSettings):
     def work_dir(self) -> Path:
         """Scratch space for encodes in progress; wiped of stale files at start."""
         return self.state_dir / "work"
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 def load_settings(config_file: Path | None = None) -> Settings:
@@ -149,7 +162,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def _describe(exc: ValidationError, config_file: Path | None) -> str:
     lines = ["invalid settings:"]
     for err in exc.errors():
-        key = ".".join(str(part) for part in err["loc"]) or "(settings)"
+        key = ".".join(str(part) for part in err["loc"])
+        if not key:  # a check across several settings: its message names them
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+            continue
         env = ENV_PREFIX + key.upper().replace(".", "__")
         origin = f"in {config_file} or {env}" if config_file else f"from {env} or the default"
         value = err.get("input")

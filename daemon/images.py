@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,9 +26,19 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_image(data: bytes) -> None:
-    """Raise BadImage unless ``data`` decodes completely (intake's test: no copies)."""
-    _load(data)
+def sha256_file(path: Path) -> str:
+    """Hash in chunks: a huge file costs time, never its size in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_image(source: bytes | Path) -> None:
+    """Raise BadImage unless ``source`` decodes completely (intake's test: no copies).
+    Given a path, Pillow reads the header first, so a large non-image is refused cheaply."""
+    _load(source).close()
 
 
 def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
@@ -42,18 +53,22 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     return to_rgb(image)
 
 
-def _load(data: bytes, min_side: int | None = None) -> Image.Image:
-    if not data:
+def _load(source: bytes | Path, min_side: int | None = None) -> Image.Image:
+    empty = not source if isinstance(source, bytes) else source.stat().st_size == 0
+    if empty:
         raise BadImage("the file is empty (0 bytes)", "copy the image again; the upload was lost")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # No `with`: the image is returned, and a BytesIO holds no file descriptor.
-            image = Image.open(io.BytesIO(data))
+            # No `with`: the image is returned. A BytesIO holds no file descriptor, and
+            # Pillow closes a file it opened itself once the single frame is loaded.
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             if min_side:
                 image.draft(None, (min_side, min_side))
             image.load()  # a full decode is the only reliable truncation check
             return image
+    except FileNotFoundError:
+        raise  # gone, not bad: the caller decides
     except UnidentifiedImageError:
         raise BadImage(
             "not an image Pillow can read (wrong extension, or not an image at all)",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .images import BadImage, check_image, sha256_of
+from .images import BadImage, check_image, sha256_file
 from .publish import quarantine
 from .rules import LoadedRule, pick_rule
 from .store import PENDING, Job, JobState, JobStore
@@ -30,10 +30,10 @@ class IntakeResult:
 def still_in_inbox(job: Job | None) -> bool:
     """True when ``job`` accounts for the file now at its path: it is pending, or it
     ended but could not move the file away (taking it again would loop forever).
-    A file at the same path after the job moved its original is a new drop."""
+    Any other file at the path is a new drop, including the same image dropped again."""
     if job is None:
         return False
-    return job.state in PENDING or not job.source_moved
+    return job.state in PENDING or job.source_stuck
 
 
 class Intake:
@@ -78,7 +78,7 @@ class Intake:
             return IntakeResult("unmatched")
 
         try:
-            data = path.read_bytes()
+            sha256 = sha256_file(path)
         except FileNotFoundError:
             return IntakeResult("vanished")
         except OSError as exc:
@@ -90,15 +90,16 @@ class Intake:
                 exc.strerror,
             )
             return IntakeResult("unreadable")
-        sha256 = sha256_of(data)
         known = self.store.seen(str(path), sha256)
         if still_in_inbox(known):
             self._handled[path] = (fingerprint, known.id if known else None)
             return IntakeResult("known", known)
 
-        job = self._new_job(root, path, relative, sha256, len(data), loaded)
+        job = self._new_job(root, path, relative, sha256, stat.st_size, loaded)
         try:
-            check_image(data)
+            check_image(path)
+        except FileNotFoundError:
+            return IntakeResult("vanished")
         except BadImage as exc:
             job = self._reject(job, path, exc)
             self._handled[path] = (fingerprint, job.id)
@@ -153,8 +154,12 @@ class Intake:
         try:
             dest = quarantine(path, self.failed_dir / relative.parent, report)
         except OSError as move_error:
+            assert job.id is not None
+            self.store.mark_source_stuck(job.id)
+            job.source_stuck = True
             log.error(
-                "job %d failed: %s: %s; could not move it to %s either (%s)",
+                "job %d failed: %s: %s; could not move it to %s either (%s); it stays in "
+                "the inbox and is not retried until it changes",
                 job.id,
                 relative,
                 exc,
@@ -162,8 +167,5 @@ class Intake:
                 move_error,
             )
             return job
-        assert job.id is not None
-        self.store.mark_source_moved(job.id)
-        job.source_moved = True
         log.warning("job %d failed: %s: %s -> %s", job.id, relative, exc, dest)
         return job

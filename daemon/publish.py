@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 TEMP_MARK = ".i2vd-tmp"
+NAME_MAX = 255  # bytes in one file name on Linux filesystems and SMB shares
 
 
 class PublishError(Exception):
@@ -26,11 +27,14 @@ class PublishError(Exception):
 
 
 def temp_name(dest: Path) -> Path:
-    """A hidden sibling of ``dest`` that watchers and users ignore, and sweeps can find."""
-    return dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{TEMP_MARK}")
+    """A hidden sibling of ``dest`` that watchers and users ignore, and sweeps can find.
+    Only a prefix of the name is kept, so long names stay within the 255-byte limit."""
+    prefix = dest.name.encode()[:150].decode(errors="ignore")
+    return dest.with_name(f".{prefix}.{secrets.token_hex(4)}{TEMP_MARK}")
 
 
 def write_json(dest: Path, data: dict[str, Any]) -> None:
+    """Write a new JSON file whole or not at all; an existing ``dest`` is never replaced."""
     payload = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(dest)
@@ -39,7 +43,7 @@ def write_json(dest: Path, data: dict[str, Any]) -> None:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, dest)
+        _rename_no_replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(dest.parent)
@@ -48,41 +52,32 @@ def write_json(dest: Path, data: dict[str, Any]) -> None:
 def place(src: Path, dest: Path, keep_src: bool = False, link: bool = False) -> None:
     """Move ``src`` to ``dest`` (or copy it with ``keep_src``, or hard-link it with
     ``link``), atomically and across filesystems too. Never overwrites: an existing
-    ``dest`` raises FileExistsError where the filesystem can tell, and callers pick
-    free names besides.
+    ``dest`` raises FileExistsError.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     moving = not keep_src and not link
-    if moving or link:
-        # A move is a hard link plus an unlink, not a rename: renaming a file out of a
-        # watched inbox leaves an unpaired "moved from" event that watchdog holds for
-        # half a second, delaying every event behind it (the next drop included).
-        try:
+    try:
+        if link:
             os.link(src, dest)
-        except FileExistsError:
-            raise
-        except OSError:
-            pass  # other filesystem, or a share without hard links: rename or copy below
+        elif moving:
+            _rename_no_replace(src, dest)
+            _fsync_dir(src.parent)
         else:
-            _fsync_dir(dest.parent)
-            if moving:
-                src.unlink()
-                _fsync_dir(src.parent)
-            return
-    if moving:
-        try:
-            os.rename(src, dest)
-            _fsync_dir(dest.parent)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
+            raise OSError(errno.EXDEV, "copy requested")
+        _fsync_dir(dest.parent)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        # Another filesystem, or a share without hard links (for ``link``): copy.
+        if moving and exc.errno != errno.EXDEV:
+            raise
     tmp = temp_name(dest)
     try:
         shutil.copyfile(src, tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, dest)
+        _rename_no_replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(dest.parent)
@@ -90,9 +85,37 @@ def place(src: Path, dest: Path, keep_src: bool = False, link: bool = False) -> 
         src.unlink()
 
 
+def _rename_no_replace(src: Path, dest: Path) -> None:
+    """Rename within one filesystem, refusing an existing ``dest`` (FileExistsError).
+
+    A hard link plus an unlink refuses atomically. It is also how originals leave the
+    inbox: a plain rename out of a watched folder leaves an unpaired "moved from" event
+    that watchdog holds for half a second, delaying every event behind it (the next
+    drop's included). Shares without hard links fall back to a checked rename.
+    """
+    try:
+        os.link(src, dest)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:
+            raise
+        if os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "File exists", str(dest)) from None
+        os.rename(src, dest)
+        return
+    os.unlink(src)
+
+
 def free_stem(folder: Path, stem: str, suffixes: Iterable[str]) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``…: the first for which no ``stem+suffix`` exists."""
+    """``stem``, or ``stem-2``, ``stem-3``…: the first for which no ``stem+suffix`` exists.
+
+    A stem too long for the filesystem's 255-byte names (once a suffix and a counter are
+    added) is shortened, so a long file name can always be published or quarantined.
+    """
     suffixes = list(suffixes)
+    room = NAME_MAX - max(len(s.encode()) for s in suffixes) - len("-999")
+    stem = stem.encode()[:room].decode(errors="ignore")
     candidate, n = stem, 1
     while any((folder / f"{candidate}{s}").exists() for s in suffixes):
         n += 1
@@ -135,20 +158,22 @@ def sweep_temporaries(roots: Iterable[Path]) -> list[Path]:
 
 
 def describe_os_error(exc: OSError, path: Path) -> PublishError:
-    """Turn a failed write into a message and a hint a user can act on."""
+    """Turn a failed file operation into a message and a hint a user can act on."""
     if exc.errno == errno.ENOSPC:
+        return PublishError(f"no space left on the device holding {path}", "free disk space there")
+    if exc.errno in (errno.EACCES, errno.EPERM):
         return PublishError(
-            f"no space left on the device holding {path}",
-            "free disk space there; the job is retried automatically",
+            f"permission denied for {path} ({exc.strerror})",
+            "give the i2vd service user read and write access to that folder",
         )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    if exc.errno == errno.EROFS:
         return PublishError(
-            f"not allowed to write {path} ({exc.strerror})",
-            "give the i2vd service user write access to that folder",
+            f"{path} is on a read-only filesystem ({exc.strerror})",
+            "mount it writable for the i2vd service user",
         )
     return PublishError(
-        f"could not write {path}: {exc.strerror or exc}",
-        "check the folder exists and is reachable; the job is retried",
+        f"could not access {path}: {exc.strerror or exc}",
+        "check that the folder exists and its share is mounted",
     )
 
 

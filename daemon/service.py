@@ -46,6 +46,7 @@ class Service:
         self._intake_lock = threading.Lock()
         self._started_at = time.time()
         self._scanned = threading.Event()
+        self._intake_errors = 0
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -56,18 +57,29 @@ class Service:
         """
         self._install_signal_handlers()
         self._start()
+        drained = False
         try:
             while not self.stop_event.wait(0.2):
                 if self.once and self._drained():
+                    drained = True
                     break
         finally:
             self._shutdown()
-        if not self.once:
-            return 0
+        try:
+            return self._exit_code(drained) if self.once else 0
+        finally:
+            self.store.close()
+
+    def _exit_code(self, drained: bool) -> int:
+        """``--once``: 0 only if the inbox was drained and every job of this run succeeded."""
         failed = self.store.failed_since(self._started_at)
         for job in failed:
             log.error("failed: %s (%s)", job.relative, job.error)
-        return 1 if failed else 0
+        if not drained:
+            log.error("stopped before the inbox was drained; run again to finish")
+        if self._intake_errors:
+            log.error("%d file(s) could not be read; see the log above", self._intake_errors)
+        return 0 if drained and not failed and not self._intake_errors else 1
 
     def _open(self) -> None:
         """Create the folders and open the queue, or explain why that is impossible."""
@@ -134,6 +146,9 @@ class Service:
         self.scheduler.add_job(self._settle_tick, "interval", seconds=s.settle_poll_seconds)
         self.scheduler.add_job(self._rescan, "interval", seconds=s.rescan_seconds)
         self.scheduler.add_job(
+            self._recover_expired, "interval", seconds=max(5.0, s.lease_seconds / 2)
+        )
+        self.scheduler.add_job(
             lambda: self.worker.heartbeat(time.time()),
             "interval",
             seconds=max(1.0, s.lease_seconds / 4),
@@ -160,7 +175,6 @@ class Service:
         self.scheduler.shutdown(wait=True)
         self.watcher.stop()
         self._worker_thread.join()
-        self.store.close()
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:
@@ -206,10 +220,20 @@ class Service:
         with self._intake_lock:
             for root, path in self.tracker.poll(time.time()):
                 try:
-                    self.intake.take(root, path)
+                    outcome = self.intake.take(root, path).outcome
                 except Exception:
                     # One unreadable file must not stop intake of the others.
                     log.exception("intake of %s failed; it stays in the inbox", path)
+                    outcome = "error"
+                if outcome in ("unreadable", "error"):
+                    self._intake_errors += 1
+
+    def _recover_expired(self) -> None:
+        """Jobs of a daemon that died elsewhere (or under another hostname, as containers
+        get on every start) come back once their lease has run out."""
+        for job in self.store.recover(None, time.time()):
+            log.warning("job %d: its daemon stopped renewing its lease; queued again", job.id)
+        self._wake.set()
 
     def _rescan(self) -> None:
         present: set[Path] = set()
@@ -224,13 +248,14 @@ class Service:
         while not self.stop_event.is_set():
             try:
                 job = self.worker.run_once(time.time())
+                if job is None:
+                    self._wake.wait(self._idle_wait())
+                    self._wake.clear()
             except Exception:
-                log.exception("the worker loop hit an error; pausing 5s")
+                # Typically the database (locked, disk full, server restarting). A job
+                # caught mid-way keeps its lease, which expires and is recovered.
+                log.exception("the worker hit an error; retrying in 5s")
                 self.stop_event.wait(5)
-                continue
-            if job is None:
-                self._wake.wait(self._idle_wait())
-                self._wake.clear()
 
     def _idle_wait(self) -> float:
         due = self.store.next_due()

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, event, text
+from sqlalchemy import Index, case, event, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
@@ -68,9 +68,13 @@ class Job(SQLModel, table=True):
     video_path: str | None = None
     sidecar_path: str | None = None
     source_dest: str | None = None
-    # True once the original has left the inbox (published or quarantined). A file at
-    # the same path afterwards is a new drop; one that could not be moved is not.
-    source_moved: bool = False
+    # The published video's inode, recorded around placing it: only a file with this
+    # inode is this job's to remove after a failure, or to reuse for a duplicate.
+    video_inode: int | None = None
+    # True when the job ended but its original could not be moved out of the inbox:
+    # intake must not take that file again (it would loop). Any other file at the
+    # path afterwards is a new drop.
+    source_stuck: bool = False
     progress: float = 0.0
     timings_json: str | None = None
 
@@ -143,17 +147,37 @@ class JobStore:
         self._update(job_id, owner=owner, **values)
 
     def plan_outputs(
-        self, job_id: int, video: str | None, sidecar: str | None, source_dest: str | None
-    ) -> None:
-        self._update(job_id, video_path=video, sidecar_path=sidecar, source_dest=source_dest)
-
-    def finish(
-        self, job_id: int, now: float, timings: dict[str, float], duplicate_of: int | None = None
+        self,
+        job_id: int,
+        video: str | None,
+        sidecar: str | None,
+        source_dest: str | None,
+        owner: str | None = None,
     ) -> None:
         self._update(
             job_id,
+            owner=owner,
+            video_path=video,
+            sidecar_path=sidecar,
+            source_dest=source_dest,
+            video_inode=None,
+        )
+
+    def record_video(self, job_id: int, inode: int, owner: str | None = None) -> None:
+        self._update(job_id, owner=owner, video_inode=inode)
+
+    def finish(
+        self,
+        job_id: int,
+        now: float,
+        timings: dict[str, float],
+        duplicate_of: int | None = None,
+        owner: str | None = None,
+    ) -> bool:
+        return self._update(
+            job_id,
+            owner=owner,
             state=JobState.DONE,
-            source_moved=True,
             finished_at=now,
             lease_owner=None,
             lease_expires=None,
@@ -165,12 +189,19 @@ class JobStore:
         )
 
     def fail(
-        self, job_id: int, now: float, error: str, hint: str, retry_at: float | None
+        self,
+        job_id: int,
+        now: float,
+        error: str,
+        hint: str,
+        retry_at: float | None,
+        owner: str | None = None,
     ) -> JobState:
         """Record a failed attempt: back to the queue at ``retry_at``, or given up."""
         state = JobState.RETRYING if retry_at is not None else JobState.FAILED
         self._update(
             job_id,
+            owner=owner,
             state=state,
             error=error,
             hint=hint,
@@ -181,9 +212,10 @@ class JobStore:
         )
         return state
 
-    def cancel(self, job_id: int, now: float, reason: str) -> None:
-        self._update(
+    def cancel(self, job_id: int, now: float, reason: str, owner: str | None = None) -> bool:
+        return self._update(
             job_id,
+            owner=owner,
             state=JobState.CANCELLED,
             finished_at=now,
             error=reason,
@@ -191,56 +223,71 @@ class JobStore:
             lease_expires=None,
         )
 
-    def mark_source_moved(self, job_id: int) -> None:
-        self._update(job_id, source_moved=True)
+    def mark_source_stuck(self, job_id: int) -> None:
+        self._update(job_id, source_stuck=True)
 
-    def requeue_interrupted(self, job_id: int) -> None:
+    def requeue_interrupted(self, job_id: int, owner: str | None = None) -> bool:
         """Put back a job the daemon stopped in the middle of; the attempt does not count."""
-        with self._session() as session:
-            job = session.get(Job, job_id)
-            if job is None:
-                return
-            job.state = JobState.QUEUED
-            job.attempts = max(0, job.attempts - 1)
-            job.lease_owner = job.lease_expires = None
-            session.add(job)
-            session.commit()
+        return self._update(
+            job_id,
+            owner=owner,
+            state=JobState.QUEUED,
+            attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
+            lease_owner=None,
+            lease_expires=None,
+        )
 
     def recover(
-        self, host: str, now: float, alive: Callable[[int], bool] = lambda pid: False
+        self, host: str | None, now: float, alive: Callable[[int], bool] = lambda pid: False
     ) -> list[Job]:
-        """Re-queue running jobs whose daemon is gone: their lease ran out, or they were
-        leased on ``host`` by a process that ``alive`` says no longer runs.
+        """Re-queue running jobs whose daemon is gone: their lease ran out, or (with
+        ``host``, at start-up) they were leased on ``host`` by a process that ``alive``
+        says no longer runs.
 
         Attempts are not refunded: a file that kills the daemon every time must still
         reach its ``max_attempts`` instead of looping forever.
         """
+        gone = (col(Job.lease_expires) < now) | col(Job.lease_expires).is_(None)
+        if host is not None:
+            gone = gone | col(Job.lease_owner).startswith(f"{host}:", autoescape=True)
         with self._session() as session:
-            running = session.exec(
-                select(Job).where(
-                    Job.state == JobState.RUNNING,
-                    col(Job.lease_owner).startswith(f"{host}:", autoescape=True)
-                    | (col(Job.lease_expires) < now)
-                    | col(Job.lease_expires).is_(None),
-                )
-            ).all()
-            stale = [job for job in running if not _owner_alive(job, host, now, alive)]
-            for job in stale:
-                job.state = JobState.QUEUED
-                job.lease_owner = job.lease_expires = None
-                session.add(job)
-            session.commit()
-            return stale
+            running = session.exec(select(Job).where(Job.state == JobState.RUNNING, gone)).all()
+            candidates = [
+                job for job in running if host is None or not _owner_alive(job, host, now, alive)
+            ]
+        stale = []
+        for job in candidates:
+            # Re-checked in the UPDATE itself: a job whose lease was renewed, or taken
+            # by another daemon, since the SELECT is left alone.
+            still_gone = col(Job.lease_expires).is_(None) | (col(Job.lease_expires) < now)
+            if host is not None and (job.lease_owner or "").startswith(f"{host}:"):
+                # Its process is dead: the lease cannot be renewed, only taken over.
+                still_gone = still_gone | (col(Job.lease_owner) == job.lease_owner)
+            statement = (
+                update(Job)
+                .where(col(Job.id) == job.id, col(Job.state) == JobState.RUNNING, still_gone)
+                .values(state=JobState.QUEUED, lease_owner=None, lease_expires=None)
+            )
+            with self._session() as session:
+                changed = session.execute(statement).rowcount  # type: ignore[attr-defined]
+                session.commit()
+            if changed:
+                stale.append(job)
+        return stale
 
-    def _update(self, job_id: int, owner: str | None = None, **values: Any) -> None:
+    def _update(self, job_id: int, owner: str | None = None, **values: Any) -> bool:
+        """One atomic UPDATE of a job row. With ``owner``, only while that daemon still
+        holds the lease: a worker whose lease was taken over cannot overwrite the row."""
+        statement = update(Job).where(col(Job.id) == job_id)
+        if owner is not None:
+            statement = statement.where(col(Job.lease_owner) == owner)
         with self._session() as session:
-            job = session.get(Job, job_id)
-            if job is None or (owner is not None and job.lease_owner != owner):
-                return
-            for key, value in values.items():
-                setattr(job, key, value)
-            session.add(job)
+            result = session.execute(statement.values(**values))
             session.commit()
+        changed = bool(result.rowcount)  # type: ignore[attr-defined]
+        if not changed and owner is not None:
+            log.warning("job %d: lease no longer held by %s; update skipped", job_id, owner)
+        return changed
 
     # --- reading -------------------------------------------------------------
 

@@ -36,7 +36,8 @@ def is_candidate_name(name: str) -> bool:
     """False for hidden, temporary and partial names: they wait until renamed."""
     lower = name.lower()
     return not (
-        lower.startswith((".", "~$", "~"))
+        lower.startswith((".", "~$"))
+        or lower.endswith("~")
         or lower.endswith(_PARTIAL_SUFFIXES)
         or lower in _SYSTEM_NAMES
     )

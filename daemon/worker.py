@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from .video import VideoError, encode_mp4, verify
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_SECONDS = 10.0
+# Below this much free scratch space, an encoder failure is reported as a full disk.
+LOW_DISK_BYTES = 64 * 2**20
 
 
 def source_pixels_needed(rule: Rule) -> int:
@@ -70,6 +73,27 @@ class _Plan:
     source_dest: Path
     prompt: str
     negative_prompt: str
+    source_identity: tuple[int, int, int]  # (inode, size, mtime_ns) when it was read
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def _sidecar_field(path: Path, key: str) -> Any:
+    """A field of a sidecar on disk, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @dataclass
@@ -129,18 +153,18 @@ class Worker:
             self._process(job, work_file)
         except JobInterrupted:
             self._discard_partial(job)
-            self.store.requeue_interrupted(job.id)
+            self.store.requeue_interrupted(job.id, owner=self.owner)
             log.info("job %d interrupted by shutdown; back in the queue", job.id)
         except Superseded as exc:
             self._discard_partial(job)
-            self.store.cancel(job.id, time.time(), str(exc))
+            self.store.cancel(job.id, time.time(), str(exc), owner=self.owner)
             log.info("job %d cancelled: %s", job.id, exc)
         except (PermanentFailure, BadImage, EngineUnavailable, TemplateProblem) as exc:
             self._failed(job, str(exc), exc.hint, retryable=False)
         except PublishError as exc:
             self._failed(job, str(exc), exc.hint, retryable=True)
         except VideoError as exc:
-            self._failed(job, str(exc), "the encoder failed; the job is retried", retryable=True)
+            self._failed(job, *self._explain_encoder_failure(exc), retryable=True)
         except OSError as exc:
             problem = describe_os_error(exc, Path(exc.filename or job.source))
             self._failed(job, str(problem), problem.hint, retryable=True)
@@ -168,8 +192,11 @@ class Worker:
             ) from None
         if sha256_of(data) != job.sha256:
             raise Superseded(f"{job.relative} was replaced by new content after it was queued")
-        plan = self._plan(job, rule, source)
-        self.store.plan_outputs(job.id, str(plan.video), str(plan.sidecar), str(plan.source_dest))
+        read_as = _identity(source)
+        plan = self._plan(job, rule, source, read_as)
+        self.store.plan_outputs(
+            job.id, str(plan.video), str(plan.sidecar), str(plan.source_dest), owner=self.owner
+        )
 
         original = self._reusable(job)
         if original is not None:
@@ -212,7 +239,9 @@ class Worker:
         )
         self._publish(job, plan, work_file, source, document, started)
 
-    def _plan(self, job: Job, rule: Rule, source: Path) -> _Plan:
+    def _plan(
+        self, job: Job, rule: Rule, source: Path, source_identity: tuple[int, int, int]
+    ) -> _Plan:
         relative = PurePosixPath(job.relative)
         context = template_context(relative, rule.name, dt.datetime.now())
         stem = safe_output_name(render(rule.output.name, context, "output.name"))
@@ -225,6 +254,7 @@ class Worker:
             source_dest=free_path(folder, source.name),
             prompt=render(rule.prompt, context, "prompt"),
             negative_prompt=render(rule.negative_prompt, context, "negative_prompt"),
+            source_identity=source_identity,
         )
 
     def _publish(
@@ -242,18 +272,23 @@ class Worker:
         try:
             # A duplicate hard-links the original's video: same bytes, no second copy.
             linked = duplicate_of is not None
+            # The inode is recorded before and after placing (a cross-filesystem copy
+            # makes a new one): only that file is this job's to remove after a failure.
+            self.store.record_video(job.id, video_file.stat().st_ino, owner=self.owner)
             place(video_file, plan.video, keep_src=linked, link=linked)
+            self.store.record_video(job.id, plan.video.stat().st_ino, owner=self.owner)
             document["timings"]["total"] = round(time.time() - job.created_at, 4)
             write_json(plan.sidecar, document)
+            if _identity(source) != plan.source_identity:
+                raise Superseded(f"{job.relative} was replaced while its video was made")
             place(source, plan.source_dest)
         except OSError as exc:
             # For a rename the destination (filename2) is what the user must fix.
             culprit = exc.filename2 or exc.filename or plan.folder
             raise describe_os_error(exc, Path(culprit)) from exc
         now = time.time()
-        self.store.finish(
-            job.id, now, document["timings"], duplicate_of.id if duplicate_of is not None else None
-        )
+        duplicate_id = duplicate_of.id if duplicate_of is not None else None
+        self.store.finish(job.id, now, document["timings"], duplicate_id, owner=self.owner)
         log.info(
             "job %d done in %.2fs (queued %.2fs, generate %.2fs, encode %.2fs) -> %s",
             job.id,
@@ -267,13 +302,15 @@ class Worker:
     # --- duplicates --------------------------------------------------------------
 
     def _reusable(self, job: Job) -> Job | None:
-        """A finished job with the same identity whose video and sidecar still exist."""
+        """A finished job with the same identity whose video and sidecar are still the
+        ones it published (same inode, sidecar of the same image): never reuse a file
+        that merely has the old name."""
         for done in self.store.find_done(job.sha256, job.rule_name, job.rule_hash, exclude=job.id):
             if (
                 done.video_path
                 and done.sidecar_path
-                and Path(done.video_path).is_file()
-                and Path(done.sidecar_path).is_file()
+                and _inode(Path(done.video_path)) == done.video_inode
+                and _sidecar_field(Path(done.sidecar_path), "sha256") == job.sha256
             ):
                 return done
         return None
@@ -327,36 +364,55 @@ class Worker:
             return False
         video, sidecar = Path(job.video_path), Path(job.sidecar_path or "")
         moved, source = Path(job.source_dest or ""), Path(job.source)
-        if video.is_file() and sidecar.is_file() and moved.is_file():
-            if source.exists() and os.path.samefile(source, moved):
-                source.unlink()  # the crash fell between the original's link and unlink
+        ours = _inode(video) == job.video_inode and _sidecar_field(sidecar, "job") == job.id
+        if ours and moved.is_file():
+            if source.exists() and self._is_copy_of_source(moved, job):
+                source.unlink()  # the crash fell between placing the original and unlinking it
             if not source.exists():
                 assert job.id is not None
-                self.store.finish(job.id, time.time(), {})
+                self.store.finish(job.id, time.time(), {}, owner=self.owner)
                 log.info("job %d: its publish had completed before a restart; marked done", job.id)
                 return True
         self._discard_partial(job)
         return False
 
     def _discard_partial(self, job: Job) -> None:
-        """Remove outputs this job planned and may have half-published (they are its own)."""
+        """Remove what this job published before failing: only files that are provably
+        its own (recorded inode, sidecar naming this job, a copy of its original)."""
         current = self.store.get(job.id) if job.id is not None else None
         if current is None or not current.video_path:
             return
-        if (
-            current.source_dest
-            and Path(current.source_dest).exists()
-            and not Path(current.source).exists()
-        ):
+        source, moved = Path(current.source), Path(current.source_dest or "")
+        if current.source_dest and moved.exists() and not source.exists():
             return  # the original already moved: the publish is complete, keep it
-        for planned in (current.video_path, current.sidecar_path):
-            if planned:
-                try:
-                    Path(planned).unlink(missing_ok=True)
-                except OSError as exc:
-                    # Its folder may be gone or be a file now; the retry plans afresh.
-                    log.warning("job %d: could not remove %s: %s", job.id, planned, exc)
-        self.store.plan_outputs(current.id, None, None, None)  # type: ignore[arg-type]
+        video, sidecar = Path(current.video_path), Path(current.sidecar_path or "")
+        leftovers = [
+            video if _inode(video) == current.video_inode else None,
+            sidecar if _sidecar_field(sidecar, "job") == current.id else None,
+            moved if current.source_dest and self._is_copy_of_source(moved, current) else None,
+        ]
+        for path in leftovers:
+            if path is None:
+                continue
+            try:
+                path.unlink()
+            except OSError as exc:
+                # Its folder may be gone or be a file now; the retry plans afresh.
+                log.warning("job %d: could not remove %s: %s", current.id, path, exc)
+        self.store.plan_outputs(current.id, None, None, None, owner=self.owner)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _is_copy_of_source(path: Path, job: Job) -> bool:
+        """``path`` holds this job's original: a hard link to it, or a full copy."""
+        source = Path(job.source)
+        try:
+            if source.exists() and os.path.samefile(path, source):
+                return True
+            return (
+                path.stat().st_size == job.size_bytes and sha256_of(path.read_bytes()) == job.sha256
+            )
+        except OSError:
+            return False
 
     def _failed(self, job: Job, error: str, hint: str, retryable: bool) -> None:
         assert job.id is not None
@@ -364,7 +420,7 @@ class Worker:
         now = time.time()
         if retryable and job.attempts < job.max_attempts:
             delay = self.settings.retry_delay_seconds * 2 ** (job.attempts - 1)
-            self.store.fail(job.id, now, error, hint, retry_at=now + delay)
+            self.store.fail(job.id, now, error, hint, retry_at=now + delay, owner=self.owner)
             log.warning(
                 "job %d attempt %d/%d failed: %s; retrying in %.0fs",
                 job.id,
@@ -374,8 +430,27 @@ class Worker:
                 delay,
             )
             return
-        self.store.fail(job.id, now, error, hint, retry_at=None)
+        if retryable:
+            hint = (
+                f"{hint}, then move the image back into the inbox (i2vd gave up after "
+                f"{job.attempts} attempts)"
+            )
+        self.store.fail(job.id, now, error, hint, retry_at=None, owner=self.owner)
         self._quarantine(job, error, hint)
+
+    def _explain_encoder_failure(self, exc: VideoError) -> tuple[str, str]:
+        """A full scratch disk makes ffmpeg write a broken file: say that, not 'encoder'."""
+        work_dir = self.settings.work_dir
+        try:
+            free = shutil.disk_usage(work_dir).free
+        except OSError:
+            free = None
+        if free is not None and free < LOW_DISK_BYTES:
+            return (
+                f"only {free // 2**20} MiB free on the disk holding {work_dir} ({exc})",
+                "free disk space there, or point state_dir at a larger disk",
+            )
+        return str(exc), "ffmpeg failed; its message is above and in the log"
 
     def _quarantine(self, job: Job, error: str, hint: str) -> None:
         source = Path(job.source)
@@ -389,16 +464,18 @@ class Worker:
             "sha256": job.sha256,
             "job": job.id,
         }
-        if not source.exists():
+        if not self._is_copy_of_source(source, job):
+            # Gone, or replaced by new content that intake queues as a job of its own.
             log.error("job %d failed: %s: %s", job.id, relative, error)
             return
         try:
             dest = quarantine(source, self.settings.failed_dir / relative.parent, report)
-            self.store.mark_source_moved(job.id)  # type: ignore[arg-type]
         except OSError as exc:
+            assert job.id is not None
+            self.store.mark_source_stuck(job.id)
             log.error(
                 "job %d failed: %s: %s; it stays in the inbox because moving it to "
-                "%s failed too (%s)",
+                "%s failed too (%s); it is not retried until it changes",
                 job.id,
                 relative,
                 error,

@@ -189,14 +189,33 @@ def test_outbox_inside_inbox_is_refused(tmp_path: Path, outbox: str) -> None:
         load_settings(config)
     message = str(err.value)
     assert "outbox" in message
-    assert "must not be inside the inbox" in message
+    assert "must not be inside one another" in message
     assert str(tmp_path.resolve() / "inbox") in message
 
 
 def test_failed_dir_inside_second_inbox_is_refused(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"inbox": ["a", "b"], "failed_dir": "b/failed"})
-    with pytest.raises(SettingsError, match=r"failed_dir .* must not be inside the inbox"):
+    with pytest.raises(SettingsError, match=r"failed_dir .* must not be inside one another"):
         load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        # The outbox holding the inbox would publish into the inbox and re-ingest it.
+        ({"inbox": "share/inbox", "outbox": "share"}, "outbox"),
+        ({"inbox": ["in", "in/scanner"]}, "inbox folders"),
+        ({"inbox": "in", "state_dir": "in/state"}, "state_dir"),
+    ],
+)
+def test_overlapping_folders_are_refused(
+    tmp_path: Path, settings: dict[str, object], words: str
+) -> None:
+    config = write_config(tmp_path, settings)
+    with pytest.raises(SettingsError) as err:
+        load_settings(config)
+    message = str(err.value)
+    assert words in message and "(settings)" not in message and "I2VD_(" not in message
 
 
 def test_sibling_folder_with_common_prefix_is_allowed(tmp_path: Path) -> None:

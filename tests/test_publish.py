@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -47,14 +48,32 @@ def test_write_json_round_trips_and_leaves_no_temp(tmp_path: Path) -> None:
     assert listing(tmp_path / "out") == ["deep/a.json"]
 
 
-def test_write_json_replaces_atomically(tmp_path: Path) -> None:
+def test_write_json_never_replaces_an_existing_file(tmp_path: Path) -> None:
     dest = tmp_path / "a.json"
     write_json(dest, {"v": 1})
-    inode = dest.stat().st_ino
-    write_json(dest, {"v": 2})
-    assert json.loads(dest.read_text(encoding="utf-8")) == {"v": 2}
-    assert dest.stat().st_ino != inode  # a new file renamed into place, not rewritten
-    assert listing(tmp_path) == ["a.json"]
+    with pytest.raises(FileExistsError):
+        write_json(dest, {"v": 2})
+    assert json.loads(dest.read_text(encoding="utf-8")) == {"v": 1}
+    assert listing(tmp_path) == ["a.json"]  # and no temporary left behind
+
+
+def test_without_hard_links_a_move_still_never_replaces(tmp_path: Path) -> None:
+    """Where os.link is refused (SMB/CIFS, FAT), the checked rename keeps the guarantee.
+    ``no_links`` is a fake at the OS edge: this filesystem does support hard links."""
+    src, dest = tmp_path / "src.jpg", tmp_path / "dest.jpg"
+    src.write_bytes(b"new")
+    dest.write_bytes(b"old")
+
+    def no_links(*_args: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "link", no_links)
+        with pytest.raises(FileExistsError):
+            place(src, dest)
+        dest.unlink()
+        place(src, dest)
+    assert dest.read_bytes() == b"new" and not src.exists()
 
 
 def test_write_json_failure_leaves_no_temp(tmp_path: Path) -> None:
@@ -233,10 +252,10 @@ def test_sweep_temporaries_removes_only_ours(tmp_path: Path) -> None:
     [
         (errno.ENOSPC, "No space left on device", "no space left on the device holding",
          "free disk space"),
-        (errno.EACCES, "Permission denied", "not allowed to write", "write access"),
-        (errno.EPERM, "Operation not permitted", "not allowed to write", "write access"),
-        (errno.EROFS, "Read-only file system", "not allowed to write", "write access"),
-        (errno.EIO, "Input/output error", "could not write", "retried"),
+        (errno.EACCES, "Permission denied", "permission denied for", "read and write access"),
+        (errno.EPERM, "Operation not permitted", "permission denied for", "read and write access"),
+        (errno.EROFS, "Read-only file system", "read-only filesystem", "mount it writable"),
+        (errno.EIO, "Input/output error", "could not access", "share is mounted"),
     ],
 )
 def test_describe_os_error(tmp_path: Path, code: int, strerror: str, message: str,
@@ -263,3 +282,15 @@ def test_real_permission_error_is_described(tmp_path: Path) -> None:
         assert "not allowed to write" in str(described)
     finally:
         locked.chmod(0o700)
+
+
+def test_long_names_are_shortened_to_fit_with_suffix_and_counter(tmp_path: Path) -> None:
+    name = "é" * 120 + ".jpg"  # 244 bytes: with ".error.json" it would not fit in 255
+    source = tmp_path / "in" / name
+    source.parent.mkdir()
+    source.write_bytes(b"x")
+    dest = quarantine(source, tmp_path / "failed", {"error": "e"})
+    report = dest.with_name(dest.name + ".error.json")
+    assert dest.read_bytes() == b"x" and report.exists()
+    assert len(report.name.encode()) <= 255
+    assert dest.name.endswith(".jpg") and dest.name.startswith("é" * 100)

@@ -312,15 +312,44 @@ def test_wal_mode_and_durability(tmp_path: Path, db_url: str) -> None:
         reopened.close()
 
 
-def test_source_moved_flag(store: JobStore) -> None:
-    done = store.enqueue(make_job(1)).id
-    failed = store.enqueue(make_job(2)).id
-    assert store.get(done).source_moved is False  # type: ignore[union-attr]
+def test_source_stuck_flag(store: JobStore) -> None:
+    job = store.enqueue(make_job(1)).id
+    assert store.get(job).source_stuck is False  # type: ignore[union-attr]
     store.claim("h:1", 100.0, 60)
-    store.claim("h:1", 100.0, 60)
-    store.finish(done, 101.0, {})
-    store.fail(failed, 101.0, "e", "h", retry_at=None)
-    assert store.get(done).source_moved is True  # type: ignore[union-attr]
-    assert store.get(failed).source_moved is False  # type: ignore[union-attr]
-    store.mark_source_moved(failed)
-    assert store.get(failed).source_moved is True  # type: ignore[union-attr]
+    store.fail(job, 101.0, "e", "h", retry_at=None)
+    assert store.get(job).source_stuck is False  # type: ignore[union-attr]
+    store.mark_source_stuck(job)
+    assert store.get(job).source_stuck is True  # type: ignore[union-attr]
+
+
+def test_a_worker_that_lost_its_lease_cannot_change_the_job(store: JobStore) -> None:
+    job = store.enqueue(make_job(1))
+    assert job.id is not None
+    store.claim("a:1", now=100.0, lease_seconds=10)
+    # a:1 stalls; its lease runs out and the job is recovered and claimed by b:2.
+    assert [j.id for j in store.recover(None, now=200.0)] == [job.id]
+    store.claim("b:2", now=200.0, lease_seconds=10)
+    assert store.finish(job.id, 201.0, {}, owner="a:1") is False
+    store.fail(job.id, 201.0, "late", "x", retry_at=None, owner="a:1")
+    row = store.get(job.id)
+    assert row is not None and row.state == "running" and row.lease_owner == "b:2"
+    assert store.finish(job.id, 202.0, {}, owner="b:2") is True
+    assert store.get(job.id).state == "done"  # type: ignore[union-attr]
+
+
+def test_periodic_recovery_leaves_live_leases_alone(store: JobStore) -> None:
+    """recover(None, now) is the timer's: only expired leases, whatever the host."""
+    live = store.enqueue(make_job(1))
+    expired = store.enqueue(make_job(2))
+    store.claim("me:1", now=100.0, lease_seconds=1000)  # live until 1100
+    store.claim("me:1", now=100.0, lease_seconds=10)  # expired at 110
+    recovered = store.recover(None, now=500.0)
+    assert [j.id for j in recovered] == [expired.id]
+    assert store.get(live.id).state == "running"  # type: ignore[arg-type,union-attr]
+
+
+def test_recovery_skips_a_lease_renewed_since_it_was_read(store: JobStore) -> None:
+    job = store.enqueue(make_job(1))
+    store.claim("other:9", now=100.0, lease_seconds=10)
+    store.heartbeat(job.id, "other:9", now=150.0, lease_seconds=1000)  # type: ignore[arg-type]
+    assert store.recover(None, now=200.0) == []
