@@ -279,7 +279,8 @@ def test_real_permission_error_is_described(tmp_path: Path) -> None:
         with pytest.raises(PermissionError) as err:
             write_json(locked / "a.json", {"v": 1})
         described = describe_os_error(err.value, locked / "a.json")
-        assert "not allowed to write" in str(described)
+        assert "permission denied for" in str(described)
+        assert "read and write access" in described.hint
     finally:
         locked.chmod(0o700)
 
