@@ -20,6 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
+from .engines import Engine, EngineUnavailable, get_engine
 from .intake import Intake
 from .publish import sweep_temporaries
 from .rules import LoadedRule, load_rules
@@ -137,7 +138,7 @@ class Service:
                     "fs.inotify.max_user_watches or set watch_mode: auto or polling"
                 ) from None
 
-        # Three short timers need no more threads; every idle thread costs its own
+        # Four short timers need no more threads; every idle thread costs its own
         # malloc arena, which shows in the daemon's resident memory.
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=3)},
@@ -212,6 +213,19 @@ class Service:
             log.error("rule skipped: %s", problem)
         if not self.rules:
             log.warning("no valid rules in %s: images will wait in the inbox", rules_dir)
+        engines: dict[str, Engine] = {}
+        for loaded in self.rules:
+            try:
+                get_engine(loaded.rule.engine, engines)
+            except EngineUnavailable as exc:
+                # Said once at start, so nobody drops a hundred images to learn it.
+                log.warning(
+                    "rule %s: %s; its images will go to %s (%s)",
+                    loaded.rule.name,
+                    exc,
+                    self.settings.failed_dir,
+                    exc.hint,
+                )
 
     def _settle_tick(self) -> None:
         for folder in self.watcher.take_folder_rescans():

@@ -185,6 +185,8 @@ class Worker:
         rule = Rule.model_validate(job.rule_data)
         source = Path(job.source)
         try:
+            # Identity first: a replacement after this point shows at publish time.
+            read_as = _identity(source)
             data = source.read_bytes()
         except FileNotFoundError:
             raise PermanentFailure(
@@ -192,7 +194,6 @@ class Worker:
             ) from None
         if sha256_of(data) != job.sha256:
             raise Superseded(f"{job.relative} was replaced by new content after it was queued")
-        read_as = _identity(source)
         plan = self._plan(job, rule, source, read_as)
         self.store.plan_outputs(
             job.id, str(plan.video), str(plan.sidecar), str(plan.source_dest), owner=self.owner
