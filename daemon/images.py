@@ -36,9 +36,13 @@ def sha256_file(path: Path) -> str:
 
 
 def check_image(source: bytes | Path) -> None:
-    """Raise BadImage unless ``source`` decodes completely (intake's test: no copies).
-    Given a path, Pillow reads the header first, so a large non-image is refused cheaply."""
-    _load(source).close()
+    """Raise BadImage unless ``source`` decodes completely (intake's test).
+
+    JPEGs are decoded at 1/8 scale: the decoder still reads every byte of the entropy-
+    coded data, so a cut-short file is caught, at 1/64 of the memory of a full decode.
+    Given a path, Pillow reads the header first, so a large non-image is refused cheaply.
+    """
+    _load(source, min_side=1).close()
 
 
 def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:

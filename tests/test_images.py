@@ -276,3 +276,16 @@ def test_rgb_input_is_returned_without_a_copy_and_stays_usable(tmp_path: Path) -
     image = decode_image(data)
     assert image.mode == "RGB"
     assert np.asarray(image).shape == (48, 64, 3)  # still open: no "closed image" error
+
+
+@pytest.mark.parametrize("missing", [10, 1000, "half"])
+def test_check_image_catches_a_cut_short_jpeg_at_reduced_scale(
+    tmp_path: Path, missing: int | str
+) -> None:
+    full = make_image(tmp_path / "big.jpg", 2400, 1600).read_bytes()
+    check_image(full)  # the whole file passes
+    keep = len(full) // 2 if missing == "half" else len(full) - int(missing)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(full[:keep])
+    with pytest.raises(BadImage, match="damaged or cut short"):
+        check_image(cut)
