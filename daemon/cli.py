@@ -10,7 +10,8 @@ from pathlib import Path
 from . import __version__
 from .config import SettingsError, load_settings
 
-EXIT_OK, EXIT_JOBS_FAILED, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
+# 0 and 1 come from the service (1: --once saw a failure); these two are decided here.
+EXIT_CONFIG, EXIT_STARTUP = 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 log = logging.getLogger(__name__)
 
 DEFAULT_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.tif", "*.tiff")
-RESOLUTIONS = (256, 512, 768, 1024)
 
 
 class _Strict(BaseModel):
