@@ -7,7 +7,6 @@ the same job; a claimed job carries a lease that a crashed worker lets expire.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,8 +16,6 @@ from typing import Any
 from sqlalchemy import Index, case, event, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
-
-log = logging.getLogger(__name__)
 
 
 class JobState(StrEnum):
@@ -174,13 +171,11 @@ class JobStore:
         duplicate_of: int | None = None,
         owner: str | None = None,
     ) -> bool:
-        return self._update(
+        return self._end_lease(
             job_id,
-            owner=owner,
+            owner,
             state=JobState.DONE,
             finished_at=now,
-            lease_owner=None,
-            lease_expires=None,
             progress=1.0,
             timings_json=json.dumps(timings),
             duplicate_of=duplicate_of,
@@ -199,28 +194,20 @@ class JobStore:
     ) -> JobState:
         """Record a failed attempt: back to the queue at ``retry_at``, or given up."""
         state = JobState.RETRYING if retry_at is not None else JobState.FAILED
-        self._update(
+        self._end_lease(
             job_id,
-            owner=owner,
+            owner,
             state=state,
             error=error,
             hint=hint,
-            lease_owner=None,
-            lease_expires=None,
             not_before=retry_at or 0.0,
             finished_at=None if retry_at else now,
         )
         return state
 
     def cancel(self, job_id: int, now: float, reason: str, owner: str | None = None) -> bool:
-        return self._update(
-            job_id,
-            owner=owner,
-            state=JobState.CANCELLED,
-            finished_at=now,
-            error=reason,
-            lease_owner=None,
-            lease_expires=None,
+        return self._end_lease(
+            job_id, owner, state=JobState.CANCELLED, finished_at=now, error=reason
         )
 
     def mark_source_stuck(self, job_id: int) -> None:
@@ -228,13 +215,11 @@ class JobStore:
 
     def requeue_interrupted(self, job_id: int, owner: str | None = None) -> bool:
         """Put back a job the daemon stopped in the middle of; the attempt does not count."""
-        return self._update(
+        return self._end_lease(
             job_id,
-            owner=owner,
+            owner,
             state=JobState.QUEUED,
             attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
-            lease_owner=None,
-            lease_expires=None,
         )
 
     def recover(
@@ -284,10 +269,11 @@ class JobStore:
         with self._session() as session:
             result = session.execute(statement.values(**values))
             session.commit()
-        changed = bool(result.rowcount)  # type: ignore[attr-defined]
-        if not changed and owner is not None:
-            log.warning("job %d: lease no longer held by %s; update skipped", job_id, owner)
-        return changed
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def _end_lease(self, job_id: int, owner: str | None, **values: Any) -> bool:
+        """Leave 'running': the new state and values, with the lease released."""
+        return self._update(job_id, owner=owner, lease_owner=None, lease_expires=None, **values)
 
     # --- reading -------------------------------------------------------------
 

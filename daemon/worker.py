@@ -289,7 +289,9 @@ class Worker:
             raise describe_os_error(exc, Path(culprit)) from exc
         now = time.time()
         duplicate_id = duplicate_of.id if duplicate_of is not None else None
-        self.store.finish(job.id, now, document["timings"], duplicate_id, owner=self.owner)
+        if not self.store.finish(job.id, now, document["timings"], duplicate_id, owner=self.owner):
+            # Our lease ran out mid-job and another daemon took the job: its row is theirs.
+            log.warning("job %d: published, but its lease had been taken over", job.id)
         log.info(
             "job %d done in %.2fs (queued %.2fs, generate %.2fs, encode %.2fs) -> %s",
             job.id,
