@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     state_dir: Path = Path("state")
     database_url: str = ""
     device: str = "auto"
+    # A warm diffusion model unused for this long is unloaded, freeing GPU memory.
+    model_idle_seconds: float = Field(600.0, ge=0, le=7 * 86400)
     watch_mode: Literal["auto", "events", "polling"] = "auto"
     settle_seconds: float = Field(2.0, ge=0, le=3600)
     rescan_seconds: float = Field(30.0, gt=0, le=86400)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .prompts import ImageFacts, clean_text
+
 # Decompression bombs are refused rather than allowed to eat the host's memory.
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
@@ -55,6 +57,54 @@ def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
     image = _load(data, min_side)
     ImageOps.exif_transpose(image, in_place=True)
     return to_rgb(image)
+
+
+_EXIF_IFD = 0x8769
+_IMAGE_DESCRIPTION = 0x010E
+_USER_COMMENT = 0x9286
+_ORIENTATION = 0x0112
+_SWAPS_SIDES = (5, 6, 7, 8)  # EXIF orientations that turn the picture a quarter
+
+
+def read_facts(source: bytes | Path) -> ImageFacts:
+    """Size as displayed (EXIF orientation applied) and the EXIF description and user
+    comment, from the header alone. Never raises for a readable image: a damaged EXIF
+    block just gives empty texts."""
+    opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    with opened as image:
+        width, height = image.size
+        try:
+            exif = image.getexif()
+            if exif.get(_ORIENTATION) in _SWAPS_SIDES:
+                width, height = height, width
+            description = _exif_text(exif.get(_IMAGE_DESCRIPTION))
+            comment = _user_comment(exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT))
+        except Exception:  # EXIF in the wild is often malformed; it is only a hint
+            description = comment = ""
+    return ImageFacts(width, height, description, comment)
+
+
+def _exif_text(value: object) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return clean_text(value) if isinstance(value, str) else ""
+
+
+def _user_comment(value: object) -> str:
+    """EXIF UserComment starts with an 8-byte character-code header."""
+    if not isinstance(value, bytes):
+        return _exif_text(value)
+    code, body = value[:8], value[8:]
+    if code.startswith(b"UNICODE"):
+        # UCS-2 in the file's byte order, which writers often get wrong: guess by the
+        # position of the zero bytes in ASCII-range text.
+        little = body[1:2] == b"\x00" if len(body) > 1 else True
+        text = body.decode("utf-16-le" if little else "utf-16-be", errors="replace")
+    elif code.startswith(b"ASCII") or code == b"\x00" * 8:
+        text = body.decode("utf-8", errors="replace")
+    else:
+        text = value.decode("utf-8", errors="replace")  # no header: written raw
+    return clean_text(text)
 
 
 def _load(source: bytes | Path, min_side: int | None = None) -> Image.Image:

@@ -9,13 +9,21 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .images import BadImage, check_image, sha256_file
-from .publish import quarantine
-from .rules import LoadedRule, pick_rule
+from .companions import (
+    CompanionProblem,
+    Companions,
+    companion_paths,
+    is_companion,
+    read_companions,
+)
+from .images import BadImage, check_image, sha256_file, sha256_of
+from .publish import move_companions, quarantine
+from .rules import LoadedRule, Rule, pick_rule
 from .store import PENDING, Job, JobState, JobStore
 
 log = logging.getLogger(__name__)
@@ -23,8 +31,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IntakeResult:
-    outcome: str  # queued | known | unmatched | unreadable | rejected | vanished
+    outcome: str  # queued | known | unmatched | unreadable | rejected | vanished | companion
     job: Job | None = None
+    jobs: tuple[Job, ...] = ()  # every job queued (one per variant)
 
 
 def still_in_inbox(job: Job | None) -> bool:
@@ -69,6 +78,8 @@ class Intake:
             job = self.store.get(cached[1]) if cached[1] is not None else None
             if cached[1] is None or still_in_inbox(job):
                 return IntakeResult("known", job)
+        if is_companion(path):
+            return IntakeResult("companion")  # read with its image, never on its own
         relative = PurePosixPath(path.relative_to(root).as_posix())
 
         loaded = pick_rule(self.rules(), relative)
@@ -98,18 +109,51 @@ class Intake:
         job = self._new_job(root, path, relative, sha256, stat.st_size, loaded)
         try:
             check_image(path)
+            companions = read_companions(path)
         except FileNotFoundError:
             return IntakeResult("vanished")
-        except BadImage as exc:
+        except (BadImage, CompanionProblem) as exc:
             job = self._reject(job, path, exc)
             self._handled[path] = (fingerprint, job.id)
             return IntakeResult("rejected", job)
 
-        job = self.store.enqueue(job)
-        self._handled[path] = (fingerprint, job.id)
-        log.info("job %d queued: %s -> rule %s (%s)", job.id, relative, job.rule_name, job.engine)
-        self.on_queued(job)
-        return IntakeResult("queued", job)
+        jobs = tuple(self.store.enqueue(j) for j in self._variants(job, loaded.rule, companions))
+        self._handled[path] = (fingerprint, jobs[0].id)
+        for queued in jobs:
+            variant = f" variant {queued.variant}" if queued.variant else ""
+            log.info(
+                "job %d queued: %s -> rule %s%s (%s)",
+                queued.id,
+                relative,
+                queued.rule_name,
+                variant,
+                queued.engine,
+            )
+            self.on_queued(queued)
+        return IntakeResult("queued", jobs[0], jobs)
+
+    @staticmethod
+    def _variants(job: Job, rule: Rule, companions: Companions) -> list[Job]:
+        """One job per output. Each snapshots its own rule (the image's overrides and
+        its variant laid over) and the companion text: identity covers all of it."""
+        drop = uuid.uuid4().hex
+        out = []
+        for variant, variant_rule in companions.apply(rule):
+            rule_hash = variant_rule.content_hash()
+            if companions.text or companions.overrides:
+                rule_hash = sha256_of(f"{rule_hash}:{companions.fingerprint()}".encode())[:16]
+            # A new row each (SQLModel's model_copy would share the ORM state).
+            fields = job.model_dump(exclude={"id"})
+            fields.update(
+                drop=drop,
+                variant=variant,
+                text=companions.text,
+                companions_json=json.dumps([str(f) for f in companions.files]),
+                rule_hash=rule_hash,
+                rule_json=json.dumps(variant_rule.model_dump(mode="json")),
+            )
+            out.append(Job(**fields))
+        return out
 
     def _new_job(
         self,
@@ -135,7 +179,7 @@ class Intake:
             max_attempts=self.max_attempts,
         )
 
-    def _reject(self, job: Job, path: Path, exc: BadImage) -> Job:
+    def _reject(self, job: Job, path: Path, exc: BadImage | CompanionProblem) -> Job:
         """A file that is not a usable image goes straight to failed/, with the reason."""
         now = time.time()
         job.state, job.attempts, job.finished_at = JobState.FAILED, 1, now
@@ -153,6 +197,7 @@ class Intake:
         }
         try:
             dest = quarantine(path, self.failed_dir / relative.parent, report)
+            move_companions(companion_paths(path), dest)
         except OSError as move_error:
             assert job.id is not None
             self.store.mark_source_stuck(job.id)

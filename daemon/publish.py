@@ -142,6 +142,20 @@ def quarantine(source: Path, dest_folder: Path, report: dict[str, Any]) -> Path:
     return dest
 
 
+def move_companions(files: Iterable[Path], image_dest: Path) -> list[Path]:
+    """Move an image's ``<stem>.txt``/``<stem>.yaml`` next to where the image went,
+    renamed to its new stem, never over an existing file. Files already gone are
+    skipped (the user took them back)."""
+    moved = []
+    for path in files:
+        if not path.is_file():
+            continue
+        dest = free_path(image_dest.parent, image_dest.stem + path.suffix)
+        place(path, dest)
+        moved.append(dest)
+    return moved
+
+
 def sweep_temporaries(roots: Iterable[Path]) -> list[Path]:
     """Delete temporaries that a crash left in the output folders."""
     removed = []

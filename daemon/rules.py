@@ -1,11 +1,11 @@
-"""Rule files: pydantic models, YAML loading with file:line errors, matching, templates.
+"""Rule files: pydantic models, YAML loading with file:line errors, matching.
 
-Pure: nothing here touches the queue, and the only files read are rule files.
+Pure: nothing here touches the queue, and the only files read are rule files, preset
+files (``<rules_dir>/presets/*.yaml``) and an image's ``<stem>.yaml`` overrides.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import fnmatch
 import hashlib
 import json
@@ -17,9 +17,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from jinja2 import StrictUndefined, TemplateError
-from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +36,11 @@ class _Strict(BaseModel):
 
 
 class Preset(_Strict):
-    resolution: Literal[256, 512, 768, 1024]
+    resolution: Literal[256, 512, 768, 1024] = Field(description="N: a pixel budget of N*N")
     frames: int = Field(ge=8, le=32)
     fps: int = Field(ge=4, le=24)
-    steps: int = Field(ge=10, le=100)
-    guidance: float = Field(ge=1.0, le=20.0)
+    steps: int = Field(ge=10, le=100, description="denoising steps (diffusion)")
+    guidance: float = Field(ge=1.0, le=20.0, description="classifier-free guidance scale")
 
 
 # The reference I2VGen-XL tool's presets.
@@ -44,6 +49,9 @@ BUILTIN_PRESETS: dict[str, Preset] = {
     "standard": Preset(resolution=512, frames=16, fps=8, steps=50, guidance=9.0),
     "high": Preset(resolution=768, frames=24, fps=8, steps=80, guidance=9.0),
 }
+
+
+PRESET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class ParamOverrides(_Strict):
@@ -83,38 +91,197 @@ class MotionSettings(_Strict):
         return self
 
 
+Rung = Literal[
+    "vae_slicing",
+    "vae_tiling",
+    "decode_chunk_1",
+    "forward_chunking",
+    "cpu_offload",
+    "fewer_frames",
+    "lower_resolution",
+]
+
+# Memory savers that keep the output first, then smaller outputs. Each rung adds to
+# the ones before it; "fewer_frames" halves the frames and "lower_resolution" steps
+# down one resolution, each skipped once the floor is reached.
+DEFAULT_LADDER: tuple[Rung, ...] = (
+    "vae_slicing",
+    "vae_tiling",
+    "decode_chunk_1",
+    "forward_chunking",
+    "cpu_offload",
+    "fewer_frames",
+    "fewer_frames",
+    "lower_resolution",
+    "lower_resolution",
+)
+
+
+class DiffusionSettings(_Strict):
+    """How the diffusion engine loads and calls the model; ignored by ``motion``."""
+
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: float16 on CUDA (bfloat16 where the family needs it), "
+        "float32 on CPU"
+    )
+    variant: str | None = Field(
+        "auto", description="weights variant; auto: fp16 where the checkpoint has it"
+    )
+    decode_chunk_size: int | None = Field(
+        None, ge=1, le=64, description="frames decoded at once (default: all)"
+    )
+    motion_bucket_id: int = Field(
+        127, ge=1, le=255, description="Stable Video Diffusion: how much motion"
+    )
+    noise_aug_strength: float = Field(
+        0.02, ge=0.0, le=1.0, description="Stable Video Diffusion: noise added to the image"
+    )
+    ladder: list[Rung] = Field(
+        default_factory=lambda: list(DEFAULT_LADDER),
+        max_length=20,
+        description="out-of-memory back-off, tried in order",
+    )
+    min_frames: int = Field(8, ge=2, le=32, description="floor for fewer_frames")
+    min_resolution: Literal[256, 512, 768, 1024] = Field(
+        256, description="floor for lower_resolution"
+    )
+
+
 class OutputSettings(_Strict):
-    name: str = "{{ stem }}.{{ rule }}"
+    name: str = Field(
+        "{{ stem }}.{{ rule }}",
+        description="template for the video's file name, without extension; with "
+        "variants, '.{{ variant }}' is added unless the template uses it",
+    )
     format: Literal["mp4"] = "mp4"
 
 
+class Variant(_Strict):
+    """One extra output of a rule: its own job, video and sidecar."""
+
+    name: str | None = Field(
+        None,
+        max_length=40,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="used in output names (default: v1, v2, …)",
+    )
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    params: ParamOverrides = Field(default_factory=ParamOverrides)
+
+
+class ImageOverrides(_Strict):
+    """What a ``<stem>.yaml`` beside an image may change for that image alone."""
+
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    params: ParamOverrides = Field(default_factory=ParamOverrides)
+    aspect: Literal["square", "source"] | None = None
+
+
 class Rule(_Strict):
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="default: the file's stem",
+    )
     match: Match = Field(default_factory=Match)
-    priority: int = 0
+    priority: int = Field(0, description="the highest-priority matching rule wins; ties: name")
     engine: Literal["diffusion", "motion"] = "motion"
-    model: str | None = None
-    preset: str = "standard"
+    model: str | None = Field(None, description="diffusion: a local folder or hub id")
+    preset: str = Field(
+        "standard", description="quick, standard, high, or a preset in <rules_dir>/presets/"
+    )
     prompt: str = ""
     negative_prompt: str = ""
     params: ParamOverrides = Field(default_factory=ParamOverrides)
     aspect: Literal["square", "source"] = "square"
     output: OutputSettings = Field(default_factory=OutputSettings)
+    source: Literal["move", "keep", "delete"] = Field(
+        "move", description="what happens to the original once its video is published"
+    )
+    variants: list[Variant] = Field(
+        default_factory=list, max_length=16, description="several outputs per image"
+    )
     motion: MotionSettings = Field(default_factory=MotionSettings)
+    diffusion: DiffusionSettings = Field(default_factory=DiffusionSettings)
+    # The preset's values, filled in at load time so that a queued job keeps them even
+    # if the preset file changes; not written in rule files.
+    preset_values: Preset | None = Field(None, exclude=False, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attach_preset(cls, data: Any, info: ValidationInfo) -> Any:
+        """Look the preset up among the built-in and the user's presets (passed as
+        validation context by the loader) and keep its values in the rule."""
+        if not isinstance(data, dict) or data.get("preset_values") is not None:
+            return data
+        presets = (info.context or {}).get("presets", BUILTIN_PRESETS)
+        name = data.get("preset", "standard")
+        if isinstance(name, str) and name in presets:
+            return {**data, "preset_values": presets[name]}
+        return data
 
     @model_validator(mode="after")
     def _engine_needs(self) -> Rule:
         if self.engine == "diffusion" and not self.model:
             raise ValueError("engine 'diffusion' needs 'model' (a local folder or hub id)")
-        if self.preset not in BUILTIN_PRESETS:
-            raise ValueError(f"preset {self.preset!r} is not one of {', '.join(BUILTIN_PRESETS)}")
+        if self.preset_values is None:
+            raise ValueError(
+                f"preset {self.preset!r} is not one of {', '.join(BUILTIN_PRESETS)} "
+                "or a file in the rules folder's presets/"
+            )
+        names = [v.name for v in self.variants if v.name]
+        if len(names) != len(set(names)):
+            raise ValueError("variants need different names")
         return self
 
     def resolved(self) -> ResolvedParams:
         """The preset with this rule's ``params`` laid over it."""
-        base = BUILTIN_PRESETS[self.preset].model_dump()
+        assert self.preset_values is not None  # the validator guarantees it
+        base = self.preset_values.model_dump()
         base.update(self.params.model_dump(exclude_none=True))
         return ResolvedParams(**base)
+
+    def expand_variants(self) -> list[tuple[str, Rule]]:
+        """One (variant name, rule) per output: the rule itself when it has no variants,
+        else one rule per variant with its seed, prompts and params laid over."""
+        if not self.variants:
+            return [("", self)]
+        out = []
+        for index, variant in enumerate(self.variants, start=1):
+            name = variant.name or f"v{index}"
+            params = self.params.model_dump(exclude_none=True)
+            params.update(variant.params.model_dump(exclude_none=True))
+            if variant.seed is not None:
+                params["seed"] = variant.seed
+            output = self.output
+            if "variant" not in output.name:
+                output = output.model_copy(update={"name": output.name + ".{{ variant }}"})
+            changes: dict[str, Any] = {
+                "params": ParamOverrides(**params),
+                "output": output,
+                "variants": [],
+            }
+            if variant.prompt is not None:
+                changes["prompt"] = variant.prompt
+            if variant.negative_prompt is not None:
+                changes["negative_prompt"] = variant.negative_prompt
+            out.append((name, self.model_copy(update=changes)))
+        return out
+
+    def with_overrides(self, overrides: ImageOverrides) -> Rule:
+        """This rule with an image's ``<stem>.yaml`` laid over it."""
+        params = self.params.model_dump(exclude_none=True)
+        params.update(overrides.params.model_dump(exclude_none=True))
+        changes: dict[str, Any] = {"params": ParamOverrides(**params)}
+        for key in ("prompt", "negative_prompt", "aspect"):
+            value = getattr(overrides, key)
+            if value is not None:
+                changes[key] = value
+        return self.model_copy(update=changes)
 
     def content_hash(self) -> str:
         """Changes whenever anything that shapes the output changes: part of job identity."""
@@ -137,6 +304,9 @@ class LoadedRule:
     file: Path
 
 
+ProblemKind = Literal["read", "yaml", "schema", "conflict"]
+
+
 @dataclass(frozen=True)
 class RuleProblem:
     file: Path
@@ -144,6 +314,7 @@ class RuleProblem:
     column: int
     field: str
     message: str
+    kind: ProblemKind = "schema"
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}: {self.field}: {self.message}"
@@ -158,12 +329,13 @@ class RuleFileError(Exception):
 # --- loading -----------------------------------------------------------------
 
 
-def load_rule_file(path: Path) -> LoadedRule:
-    """Parse and validate one rule file; raise RuleFileError naming file, line and field."""
+def _read_yaml(path: Path, what: str) -> tuple[yaml.Node | None, dict[str, Any]]:
+    """The file's YAML node tree (for line numbers) and its mapping."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RuleFileError([RuleProblem(path, 1, 1, "(file)", f"cannot read: {exc}")]) from None
+        problem = RuleProblem(path, 1, 1, "(file)", f"cannot read: {exc}", "read")
+        raise RuleFileError([problem]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -171,43 +343,116 @@ def load_rule_file(path: Path) -> LoadedRule:
         mark = getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = getattr(exc, "problem", None) or str(exc)
-        raise RuleFileError([RuleProblem(path, line, col, "(yaml)", reason)]) from None
+        raise RuleFileError([RuleProblem(path, line, col, "(yaml)", reason, "yaml")]) from None
+    except (ValueError, RecursionError, OverflowError) as exc:
+        # PyYAML builds dates and numbers with Python's constructors: "2024-13-01"
+        # raises ValueError, deep nesting RecursionError.
+        problem = RuleProblem(path, 1, 1, "(yaml)", f"unreadable value: {exc}", "yaml")
+        raise RuleFileError([problem]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RuleFileError([RuleProblem(path, 1, 1, "(file)", "a rule file holds a mapping")])
+        raise RuleFileError(
+            [RuleProblem(path, 1, 1, "(file)", f"{what} holds a mapping (key: value lines)")]
+        )
+    return node, data
+
+
+def load_rule_file(path: Path, presets: Mapping[str, Preset] = BUILTIN_PRESETS) -> LoadedRule:
+    """Parse and validate one rule file; raise RuleFileError naming file, line and field."""
+    node, data = _read_yaml(path, "a rule file")
+    if "preset_values" in data:
+        # Filled in by the loader from the named preset; never taken from a file.
+        raise RuleFileError(
+            [RuleProblem(path, 1, 1, "preset_values", "unknown field; use 'preset' and 'params'")]
+        )
     data.setdefault("name", path.stem)
     try:
-        return LoadedRule(Rule.model_validate(data), path)
+        rule = Rule.model_validate(data, context={"presets": presets})
+    except ValidationError as exc:
+        raise RuleFileError(_problems(path, node, exc)) from None
+    return LoadedRule(rule, path)
+
+
+def load_preset_file(path: Path) -> Preset:
+    """One user preset: ``<rules_dir>/presets/<name>.yaml`` holding every Preset field."""
+    node, data = _read_yaml(path, "a preset file")
+    try:
+        return Preset.model_validate(data)
     except ValidationError as exc:
         raise RuleFileError(_problems(path, node, exc)) from None
 
 
-def load_rules(rules_dir: Path) -> tuple[list[LoadedRule], list[RuleProblem]]:
-    """Every valid rule in ``rules_dir``; invalid files are returned as problems, not raised."""
-    rules: list[LoadedRule] = []
+def load_overrides(path: Path) -> ImageOverrides:
+    """An image's ``<stem>.yaml``: raise RuleFileError naming file, line and field."""
+    node, data = _read_yaml(path, "an image's .yaml")
+    try:
+        return ImageOverrides.model_validate(data)
+    except ValidationError as exc:
+        raise RuleFileError(_problems(path, node, exc)) from None
+
+
+def preset_files(rules_dir: Path) -> list[Path]:
+    folder = rules_dir / "presets"
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+
+
+def rule_files(rules_dir: Path) -> list[Path]:
+    return sorted([*rules_dir.glob("*.yaml"), *rules_dir.glob("*.yml")])
+
+
+def load_presets(rules_dir: Path) -> tuple[dict[str, Preset], list[RuleProblem]]:
+    """The built-in presets plus the user's, each named by its file's stem."""
+    presets = dict(BUILTIN_PRESETS)
     problems: list[RuleProblem] = []
-    seen: dict[str, Path] = {}
-    files = sorted([*rules_dir.glob("*.yaml"), *rules_dir.glob("*.yml")])
-    for path in files:
-        try:
-            loaded = load_rule_file(path)
-        except RuleFileError as exc:
-            problems.extend(exc.problems)
+    for path in preset_files(rules_dir):
+        name = path.stem
+        if not re.match(PRESET_NAME, name):
+            problems.append(
+                RuleProblem(path, 1, 1, "(file)", "preset names use letters, digits, _ . -")
+            )
             continue
-        if loaded.rule.name in seen:
+        if name in presets:
+            owner = "built in" if name in BUILTIN_PRESETS else "defined twice (.yaml and .yml)"
             problems.append(
                 RuleProblem(
-                    path,
-                    1,
-                    1,
-                    "name",
-                    f"rule name {loaded.rule.name!r} is already used by {seen[loaded.rule.name]}",
+                    path, 1, 1, "(file)", f"preset {name!r} is {owner}; rename the file", "conflict"
                 )
             )
             continue
-        seen[loaded.rule.name] = path
-        rules.append(loaded)
+        try:
+            presets[name] = load_preset_file(path)
+        except RuleFileError as exc:
+            problems.extend(exc.problems)
+    return presets, problems
+
+
+def load_rules(rules_dir: Path) -> tuple[list[LoadedRule], list[RuleProblem]]:
+    """Every valid rule in ``rules_dir``; invalid files are returned as problems, not raised."""
+    presets, problems = load_presets(rules_dir)
+    loaded = []
+    for path in rule_files(rules_dir):
+        try:
+            loaded.append(load_rule_file(path, presets))
+        except RuleFileError as exc:
+            problems.extend(exc.problems)
+    rules, conflicts = drop_conflicts(loaded)
+    return rules, problems + conflicts
+
+
+def drop_conflicts(loaded: Iterable[LoadedRule]) -> tuple[list[LoadedRule], list[RuleProblem]]:
+    """Rules in file order, each name once: a later file reusing a name is a problem."""
+    rules: list[LoadedRule] = []
+    problems: list[RuleProblem] = []
+    seen: dict[str, Path] = {}
+    for item in sorted(loaded, key=lambda r: r.file):
+        name = item.rule.name
+        if name in seen:
+            message = f"rule name {name!r} is already used by {seen[name]}"
+            problems.append(RuleProblem(item.file, 1, 1, "name", message, "conflict"))
+            continue
+        seen[name] = item.file
+        rules.append(item)
     return rules, problems
 
 
@@ -285,50 +530,3 @@ def pick_rule(rules: Iterable[LoadedRule], relative: PurePosixPath) -> LoadedRul
     if not matching:
         return None
     return min(matching, key=lambda r: (-r.rule.priority, r.rule.name))
-
-
-# --- templates ---------------------------------------------------------------
-
-_TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-
-
-class TemplateProblem(Exception):
-    """A prompt or output-name template could not be rendered for this image."""
-
-    hint = "fix the template in the rule file (README: Templates), then drop the image again"
-
-
-def template_context(relative: PurePosixPath, rule_name: str, now: dt.datetime) -> dict[str, Any]:
-    folder = "" if str(relative.parent) == "." else relative.parent.as_posix()
-    return {
-        "stem": relative.stem,
-        "name": relative.name,
-        "ext": relative.suffix.lstrip("."),
-        "folder": folder,
-        "folders": list(relative.parent.parts) if folder else [],
-        "rule": rule_name,
-        "date": now.strftime("%Y-%m-%d"),
-        "time": now.strftime("%H-%M-%S"),
-    }
-
-
-def render(template: str, context: Mapping[str, Any], what: str) -> str:
-    try:
-        return _TEMPLATES.from_string(template).render(**context).strip()
-    except TemplateError as exc:
-        raise TemplateProblem(f"{what} template {template!r}: {exc}") from None
-
-
-_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
-
-
-def safe_output_name(rendered: str) -> str:
-    """An output stem that cannot leave its folder or hide itself."""
-    if not rendered or _UNSAFE_NAME.search(rendered) or rendered.startswith("."):
-        raise TemplateProblem(
-            f"output name {rendered!r} is not a plain file name "
-            "(no '/', '\\', control characters, or leading '.')"
-        )
-    if len(rendered.encode()) > 200:
-        raise TemplateProblem(f"output name is {len(rendered.encode())} bytes; the limit is 200")
-    return rendered

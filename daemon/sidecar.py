@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -57,20 +58,27 @@ def build_sidecar(
         steps=clip.steps,
         guidance=clip.guidance,
         seed=clip.seed,
+        **clip.effective_extra,
     )
     document: dict[str, Any] = {
         "source": job.relative,
         "sha256": job.sha256,
         "rule": rule.name,
         "rule_file": job.rule_file,
+        "variant": job.variant or None,
         "engine": rule.engine,
         "model": clip.model,
+        "family": clip.family,
         "prompt": prompt,
         "negative_prompt": negative_prompt,
         "aspect": rule.aspect,
+        "text": job.text,
+        "companions": [Path(name).name for name in job.companions],
+        "source_handling": rule.source,
         "requested": requested,
         "effective": effective,
         "backoff": clip.backoff,
+        "notes": clip.notes,
         "timings": {key: round(value, 4) for key, value in timings.items()},
         "device": clip.device,
         "versions": package_versions(tuple(clip.extra.get("packages", ()))),

@@ -47,6 +47,14 @@ class Job(SQLModel, table=True):
     rule_hash: str
     rule_file: str
     rule_json: str  # the rule as it was when queued: later edits do not change this job
+    # One image may make several jobs (a rule's variants): they share `drop`, and each
+    # has its own `variant` name. The last of them to end takes care of the original.
+    drop: str = Field(default="", index=True)
+    variant: str = ""
+    # The text of the image's <stem>.txt when it was queued (a template variable).
+    text: str = ""
+    # The <stem>.txt/.yaml files beside the image, which travel with it (JSON list).
+    companions_json: str = "[]"
     engine: str
     state: str = JobState.QUEUED
     attempts: int = 0
@@ -68,9 +76,9 @@ class Job(SQLModel, table=True):
     # The published video's inode, recorded around placing it: only a file with this
     # inode is this job's to remove after a failure, or to reuse for a duplicate.
     video_inode: int | None = None
-    # True when the job ended but its original could not be moved out of the inbox:
-    # intake must not take that file again (it would loop). Any other file at the
-    # path afterwards is a new drop.
+    # True when the job ended but its original stays in the inbox (it could not be
+    # moved, or the rule says `source: keep`): intake must not take that file again.
+    # Any other file at the path afterwards is a new drop.
     source_stuck: bool = False
     progress: float = 0.0
     timings_json: str | None = None
@@ -79,6 +87,11 @@ class Job(SQLModel, table=True):
     def rule_data(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(self.rule_json)
         return data
+
+    @property
+    def companions(self) -> list[str]:
+        names: list[str] = json.loads(self.companions_json)
+        return names
 
 
 class JobStore:
@@ -213,6 +226,17 @@ class JobStore:
     def mark_source_stuck(self, job_id: int) -> None:
         self._update(job_id, source_stuck=True)
 
+    def mark_source_left(self, source: str, sha256: str) -> None:
+        """The original stays in the inbox for good: every job of it says so."""
+        statement = (
+            update(Job)
+            .where(col(Job.source) == source, col(Job.sha256) == sha256)
+            .values(source_stuck=True)
+        )
+        with self._session() as session:
+            session.execute(statement)
+            session.commit()
+
     def requeue_interrupted(self, job_id: int, owner: str | None = None) -> bool:
         """Put back a job the daemon stopped in the middle of; the attempt does not count."""
         return self._end_lease(
@@ -282,13 +306,24 @@ class JobStore:
             return session.get(Job, job_id)
 
     def seen(self, source: str, sha256: str) -> Job | None:
-        """The job for this exact file content at this path, whatever its state."""
+        """The job for this exact file content at this path, whatever its state: a
+        pending one first (an image with variants has several), else the newest."""
+        pending_first = case((col(Job.state).in_(PENDING), 0), else_=1)
         with self._session() as session:
             return session.exec(
                 select(Job)
                 .where(Job.source == source, Job.sha256 == sha256)
-                .order_by(col(Job.id).desc())
+                .order_by(pending_first, col(Job.id).desc())
             ).first()
+
+    def siblings(self, job: Job) -> list[Job]:
+        """The other jobs of the same drop (the other variants of this image)."""
+        if not job.drop:
+            return []
+        with self._session() as session:
+            return list(
+                session.exec(select(Job).where(Job.drop == job.drop, Job.id != job.id)).all()
+            )
 
     def find_done(
         self, sha256: str, rule_name: str, rule_hash: str, exclude: int | None = None

@@ -20,21 +20,30 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .config import Settings
-from .engines import Engine, EngineUnavailable, JobInterrupted, RenderRequest, get_engine
-from .images import BadImage, decode_image, sha256_of
+from .engines import (
+    Engine,
+    EngineOptions,
+    EngineUnavailable,
+    JobInterrupted,
+    RenderRequest,
+    get_engine,
+)
+from .images import BadImage, decode_image, read_facts, sha256_of
+from .prompts import TemplateProblem, render, safe_output_name, template_context
 from .publish import (
     PublishError,
     describe_os_error,
     free_path,
     free_stem,
+    move_companions,
     place,
     quarantine,
     write_json,
 )
-from .rules import Rule, TemplateProblem, render, safe_output_name, template_context
+from .rules import Rule
 from .sidecar import build_sidecar, params_block
 from .sizing import frame_size
-from .store import Job, JobStore
+from .store import PENDING, Job, JobState, JobStore
 from .video import VideoError, encode_mp4, verify
 
 log = logging.getLogger(__name__)
@@ -54,6 +63,14 @@ def source_pixels_needed(rule: Rule) -> int:
     return math.ceil(longest * zoom)
 
 
+def engine_options(settings: Settings) -> EngineOptions:
+    return EngineOptions(
+        device=settings.device,
+        state_dir=settings.state_dir,
+        idle_seconds=settings.model_idle_seconds,
+    )
+
+
 class Superseded(Exception):
     """The file at the job's path now holds other content, which intake queues on its
     own; this job ends without touching the file."""
@@ -70,7 +87,10 @@ class _Plan:
     folder: Path
     video: Path
     sidecar: Path
-    source_dest: Path
+    # What happens to the original: the rule's `source` (move/keep/delete), or "leave"
+    # while other variants of the same drop still need it.
+    source_action: str
+    source_dest: Path | None  # where "move" puts it
     prompt: str
     negative_prompt: str
     source_identity: tuple[int, int, int]  # (inode, size, mtime_ns) when it was read
@@ -89,6 +109,11 @@ def _sidecar_field(path: Path, key: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8")).get(key)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _outputs(plan: _Plan) -> list[str]:
+    names = [plan.video.name, plan.sidecar.name]
+    return [*names, plan.source_dest.name] if plan.source_dest else names
 
 
 def _identity(path: Path) -> tuple[int, int, int]:
@@ -194,17 +219,16 @@ class Worker:
             ) from None
         if sha256_of(data) != job.sha256:
             raise Superseded(f"{job.relative} was replaced by new content after it was queued")
-        plan = self._plan(job, rule, source, read_as)
-        self.store.plan_outputs(
-            job.id, str(plan.video), str(plan.sidecar), str(plan.source_dest), owner=self.owner
-        )
+        plan = self._plan(job, rule, source, data, read_as)
+        dest = str(plan.source_dest) if plan.source_dest else None
+        self.store.plan_outputs(job.id, str(plan.video), str(plan.sidecar), dest, owner=self.owner)
 
         original = self._reusable(job)
         if original is not None:
             self._publish_duplicate(job, plan, original, source, started)
             return
 
-        engine = get_engine(rule.engine, self.engines)
+        engine = get_engine(rule.engine, self.engines, engine_options(self.settings))
         image = decode_image(data, min_side=source_pixels_needed(rule))
         params = rule.resolved()
         width, height = frame_size(params.resolution, rule.aspect, image.width, image.height)
@@ -217,6 +241,7 @@ class Worker:
             negative_prompt=plan.negative_prompt,
             model=rule.model,
             motion=rule.motion,
+            diffusion=rule.diffusion,
             checkpoint=lambda done: self._checkpoint(job, done),
         )
         t_generate = time.time()
@@ -234,25 +259,34 @@ class Worker:
             "generate": t_encode - t_generate - clip.load_seconds,
             "encode": t_publish - t_encode,
         }
-        outputs = [plan.video.name, plan.sidecar.name, plan.source_dest.name]
         document = build_sidecar(
-            job, rule, plan.prompt, plan.negative_prompt, requested, clip, timings, outputs
+            job, rule, plan.prompt, plan.negative_prompt, requested, clip, timings, _outputs(plan)
         )
         self._publish(job, plan, work_file, source, document, started)
 
     def _plan(
-        self, job: Job, rule: Rule, source: Path, source_identity: tuple[int, int, int]
+        self,
+        job: Job,
+        rule: Rule,
+        source: Path,
+        data: bytes,
+        source_identity: tuple[int, int, int],
     ) -> _Plan:
         relative = PurePosixPath(job.relative)
-        context = template_context(relative, rule.name, dt.datetime.now())
+        facts = read_facts(data)
+        context = template_context(
+            relative, rule.name, dt.datetime.now(), facts, job.text, job.variant
+        )
         stem = safe_output_name(render(rule.output.name, context, "output.name"))
         folder = self.settings.outbox / relative.parent
         stem = free_stem(folder, stem, [".mp4", ".json"])
+        action = self._source_action(job, rule)
         return _Plan(
             folder=folder,
             video=folder / f"{stem}.mp4",
             sidecar=folder / f"{stem}.json",
-            source_dest=free_path(folder, source.name),
+            source_action=action,
+            source_dest=free_path(folder, source.name) if action == "move" else None,
             prompt=render(rule.prompt, context, "prompt"),
             negative_prompt=render(rule.negative_prompt, context, "negative_prompt"),
             source_identity=source_identity,
@@ -282,7 +316,7 @@ class Worker:
             write_json(plan.sidecar, document)
             if _identity(source) != plan.source_identity:
                 raise Superseded(f"{job.relative} was replaced while its video was made")
-            place(source, plan.source_dest)
+            self._settle_source(job, plan.source_action, plan.source_dest)
         except OSError as exc:
             # For a rename the destination (filename2) is what the user must fix.
             culprit = exc.filename2 or exc.filename or plan.folder
@@ -301,6 +335,39 @@ class Worker:
             document["timings"].get("encode", 0.0),
             plan.video,
         )
+
+    # --- the original ------------------------------------------------------------
+
+    def _source_action(self, job: Job, rule: Rule) -> str:
+        """The rule's ``source`` handling, or "leave" while other variants of the same
+        drop still need the original (the last of them to end takes care of it)."""
+        if any(other.state in PENDING for other in self.store.siblings(job)):
+            return "leave"
+        return rule.source
+
+    def _settle_source(self, job: Job, action: str, dest: Path | None) -> None:
+        """Move, keep or delete the original (and the companion files beside it)."""
+        source = Path(job.source)
+        companions = [Path(name) for name in job.companions]
+        if action == "move":
+            assert dest is not None
+            place(source, dest)
+            self._move_companions(job, companions, dest)
+        elif action == "keep":
+            self.store.mark_source_left(job.source, job.sha256)
+        elif action == "delete":
+            if self._is_copy_of_source(source, job):
+                source.unlink()
+            for path in companions:
+                path.unlink(missing_ok=True)
+
+    def _move_companions(self, job: Job, companions: list[Path], image_dest: Path) -> None:
+        """The .txt/.yaml follow the image; failing to move them never fails the job
+        (their content is in the sidecar)."""
+        try:
+            move_companions(companions, image_dest)
+        except OSError as exc:
+            log.warning("job %d: could not move %s: %s", job.id, [str(c) for c in companions], exc)
 
     # --- duplicates --------------------------------------------------------------
 
@@ -326,7 +393,7 @@ class Worker:
         document = json.loads(Path(original.sidecar_path).read_text(encoding="utf-8"))
         document.update(
             source=job.relative,
-            outputs=[plan.video.name, plan.sidecar.name, plan.source_dest.name],
+            outputs=_outputs(plan),
             duplicate_of=original_video.relative_to(self.settings.outbox).as_posix(),
             job=job.id,
             timings={
@@ -365,17 +432,28 @@ class Worker:
         """A crash mid-publish: complete it if everything landed, else remove our partials."""
         if not job.video_path:
             return False
+        assert job.id is not None
         video, sidecar = Path(job.video_path), Path(job.sidecar_path or "")
         moved, source = Path(job.source_dest or ""), Path(job.source)
         ours = _inode(video) == job.video_inode and _sidecar_field(sidecar, "job") == job.id
-        if ours and moved.is_file():
+        if ours and job.source_dest and moved.is_file():
             if source.exists() and self._is_copy_of_source(moved, job):
                 source.unlink()  # the crash fell between placing the original and unlinking it
-            if not source.exists():
-                assert job.id is not None
-                self.store.finish(job.id, time.time(), {}, owner=self.owner)
-                log.info("job %d: its publish had completed before a restart; marked done", job.id)
-                return True
+            completed = not source.exists()
+            if completed:
+                self._move_companions(job, [Path(name) for name in job.companions], moved)
+        elif ours and not job.source_dest:
+            # Keep, delete or leave: redoing it is harmless, and only the sidecar's
+            # presence says the publish got that far.
+            rule = Rule.model_validate(job.rule_data)
+            self._settle_source(job, self._source_action(job, rule), None)
+            completed = True
+        else:
+            completed = False
+        if completed:
+            self.store.finish(job.id, time.time(), {}, owner=self.owner)
+            log.info("job %d: its publish had completed before a restart; marked done", job.id)
+            return True
         self._discard_partial(job)
         return False
 
@@ -441,6 +519,40 @@ class Worker:
         self.store.fail(job.id, now, error, hint, retry_at=None, owner=self.owner)
         self._quarantine(job, error, hint)
 
+    def _variant_failed(self, job: Job, siblings: list[Job], report: dict[str, Any]) -> None:
+        """One variant of several failed. Its report goes to failed/; the original stays
+        for the variants still to run, or, if this was the last of them and another
+        one succeeded, is handled as the rule says; if all failed, it is quarantined."""
+        relative = PurePosixPath(job.relative)
+        folder = self.settings.failed_dir / relative.parent
+        if any(other.state in PENDING for other in siblings) or any(
+            other.state == JobState.DONE for other in siblings
+        ):
+            name = f"{relative.name}.{job.variant or job.id}.error.json"
+            try:
+                write_json(free_path(folder, name), report)
+            except OSError as exc:
+                log.error("job %d: cannot write its error report to %s: %s", job.id, folder, exc)
+            log.warning(
+                "job %d (variant %s) failed: %s: %s", job.id, job.variant, relative, report["error"]
+            )
+            if not any(other.state in PENDING for other in siblings):
+                rule = Rule.model_validate(job.rule_data)
+                dest = None
+                if rule.source == "move":
+                    dest = free_path(self.settings.outbox / relative.parent, relative.name)
+                try:
+                    self._settle_source(job, rule.source, dest)
+                except OSError as exc:
+                    log.error("job %d: could not %s the original: %s", job.id, rule.source, exc)
+            return
+        try:
+            dest = quarantine(Path(job.source), folder, report)
+            self._move_companions(job, [Path(name) for name in job.companions], dest)
+        except OSError as exc:
+            log.error("job %d: could not move %s to %s: %s", job.id, relative, folder, exc)
+        log.warning("job %d failed, as did every variant: %s -> %s", job.id, relative, folder)
+
     def _explain_encoder_failure(self, exc: VideoError) -> tuple[str, str]:
         """A full scratch disk makes ffmpeg write a broken file: say that, not 'encoder'."""
         work_dir = self.settings.work_dir
@@ -463,16 +575,22 @@ class Worker:
             "hint": hint,
             "attempts": job.attempts,
             "rule": job.rule_name,
+            "variant": job.variant or None,
             "source": job.relative,
             "sha256": job.sha256,
             "job": job.id,
         }
+        siblings = self.store.siblings(job)
+        if siblings and self._is_copy_of_source(source, job):
+            self._variant_failed(job, siblings, report)
+            return
         if not self._is_copy_of_source(source, job):
             # Gone, or replaced by new content that intake queues as a job of its own.
             log.error("job %d failed: %s: %s", job.id, relative, error)
             return
         try:
             dest = quarantine(source, self.settings.failed_dir / relative.parent, report)
+            self._move_companions(job, [Path(name) for name in job.companions], dest)
         except OSError as exc:
             assert job.id is not None
             self.store.mark_source_stuck(job.id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -14,15 +13,11 @@ from daemon.rules import (
     Rule,
     RuleFileError,
     RuleProblem,
-    TemplateProblem,
     folder_matches,
     load_rule_file,
     load_rules,
     pick_rule,
-    render,
     rule_matches,
-    safe_output_name,
-    template_context,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -225,7 +220,7 @@ def test_yaml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
 def test_not_a_mapping(tmp_path: Path) -> None:
     problem = one_problem(write(tmp_path, "x.yaml", "- a\n- b\n"))
     assert problem.field == "(file)"
-    assert problem.message == "a rule file holds a mapping"
+    assert problem.message == "a rule file holds a mapping (key: value lines)"
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
@@ -397,62 +392,3 @@ def test_pick_rule_no_match() -> None:
     rules = [loaded("people", 10, folders=("people/**",)), loaded("pngs", patterns=("*.png",))]
     assert pick_rule(rules, PurePosixPath("other/a.jpg")) is None
     assert pick_rule([], PurePosixPath("a.jpg")) is None
-
-
-# --- templates -----------------------------------------------------------------
-
-NOW = dt.datetime(2024, 3, 9, 7, 5, 1)
-
-
-def test_template_context() -> None:
-    ctx = template_context(PurePosixPath("people/kids/Anna.Beach.JPG"), "wave", NOW)
-    assert ctx == {
-        "stem": "Anna.Beach", "name": "Anna.Beach.JPG", "ext": "JPG",
-        "folder": "people/kids", "folders": ["people", "kids"], "rule": "wave",
-        "date": "2024-03-09", "time": "07-05-01",
-    }
-    root = template_context(PurePosixPath("a.png"), "r", NOW)
-    assert (root["folder"], root["folders"]) == ("", [])
-
-
-def test_render_all_variables() -> None:
-    ctx = template_context(PurePosixPath("people/anna_beach.jpg"), "wave", NOW)
-    text = render("{{ stem }}|{{ name }}|{{ folder }}|{{ rule }}|{{ date }}", ctx, "prompt")
-    assert text == "anna_beach|anna_beach.jpg|people|wave|2024-03-09"
-    assert render("  {{ stem | replace('_', ' ') }} waving  ", ctx, "prompt") == "anna beach waving"
-
-
-def test_render_unknown_variable_names_it() -> None:
-    ctx = template_context(PurePosixPath("a.jpg"), "r", NOW)
-    with pytest.raises(TemplateProblem) as err:
-        render("{{ stem }} {{ colour }}", ctx, "prompt")
-    assert "'colour' is undefined" in str(err.value)
-    assert str(err.value).startswith("prompt template")
-
-
-def test_render_syntax_error_and_sandbox() -> None:
-    ctx = template_context(PurePosixPath("a.jpg"), "r", NOW)
-    with pytest.raises(TemplateProblem, match="output name template"):
-        render("{{ stem ", ctx, "output name")
-    with pytest.raises(TemplateProblem):
-        render("{{ stem.__class__.__mro__[1].__subclasses__() }}", ctx, "prompt")
-
-
-@pytest.mark.parametrize(
-    "bad",
-    ["../x", "a/b", "a\\b", "a\x00b", "a\nb", "tab\there", "\x7fdel", ".hidden", "..", "",
-     "x" * 201, "é" * 101],
-)
-def test_safe_output_name_rejects(bad: str) -> None:
-    with pytest.raises(TemplateProblem):
-        safe_output_name(bad)
-
-
-def test_safe_output_name_length_message() -> None:
-    with pytest.raises(TemplateProblem, match="202 bytes; the limit is 200"):
-        safe_output_name("é" * 101)
-
-
-@pytest.mark.parametrize("good", ["café 照片", "a.motion", "x" * 200, "é" * 100, "a..b", "-x"])
-def test_safe_output_name_accepts(good: str) -> None:
-    assert safe_output_name(good) == good

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
 
-from ..rules import MotionSettings, ResolvedParams
+from ..rules import DiffusionSettings, MotionSettings, ResolvedParams
 from ..video import Frame
 
 
@@ -25,6 +26,7 @@ class RenderRequest:
     negative_prompt: str
     model: str | None
     motion: MotionSettings
+    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
     # Called between frames or steps with the fraction done; raises JobInterrupted
     # when the daemon is stopping.
     checkpoint: Callable[[float], None] = lambda done: None
@@ -45,10 +47,30 @@ class Clip:
     load_seconds: float = 0.0
     model: str | None = None
     device: str = "cpu"
+    family: str | None = None
+    # Engine-specific parameters actually used (e.g. motion_bucket_id), merged into the
+    # sidecar's "effective" block.
+    effective_extra: dict[str, Any] = field(default_factory=dict)
+    # Plain-language remarks for the sidecar, e.g. "this model takes no prompt".
+    notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Host-level settings an engine needs, from the daemon's Settings."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    state_dir: Path = Path("state")  # where an engine may keep what it learned
+    idle_seconds: float = 600.0  # unload a warm model unused for this long
 
 
 class Engine(Protocol):
     name: str
 
     def render(self, request: RenderRequest) -> Clip: ...
+
+    def release_idle(self, now: float) -> None:
+        """Free what has not been used for ``EngineOptions.idle_seconds`` (monotonic
+        clock). Called on a timer from another thread than ``render``."""
+        ...

@@ -30,6 +30,9 @@ EASINGS: dict[str, Callable[[float], float]] = {
 class MotionEngine:
     name = "motion"
 
+    def release_idle(self, now: float) -> None:
+        """Nothing to release: the motion engine holds no model."""
+
     def render(self, request: RenderRequest) -> Clip:
         params, motion = request.params, request.motion
         width, height = frame_size(
