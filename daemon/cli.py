@@ -3,15 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
 from . import __version__
-from .config import SettingsError, load_settings
+from .config import Settings, SettingsError, load_settings
 
-# 0 and 1 come from the service (1: --once saw a failure); these two are decided here.
+# 0 and 1 come from the service (1: --once saw a failure); the others are decided here.
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
+# `rules check`: one code per cause; when several occur, the lowest wins (syntax first).
+EXIT_RULES_SYNTAX, EXIT_RULES_SCHEMA, EXIT_RULES_CONFLICT = 4, 5, 6
+_EXIT_BY_KIND = {
+    "read": EXIT_RULES_SYNTAX,
+    "yaml": EXIT_RULES_SYNTAX,
+    "schema": EXIT_RULES_SCHEMA,
+    "conflict": EXIT_RULES_CONFLICT,
+}
+
+CHECK_EPILOG = """\
+Every problem is printed on stdout as FILE:LINE:COLUMN: FIELD: MESSAGE, one per line;
+a one-line summary goes to stderr. Templates are checked too (syntax, unknown
+variables and filters).
+
+exit codes:
+  0  every rule and preset is valid (also for a rules folder with no rule files,
+     with a warning: every image would stay in the inbox)
+  2  the rules folder does not exist, or the settings are invalid
+  4  a file is not valid YAML, or cannot be read
+  5  a rule or preset does not validate (unknown field, bad value, bad template)
+  6  a conflict: two rules with the same name, or a preset named like a built-in one
+When several kinds of problems occur, the lowest code among them wins.
+"""
+
+EXPLAIN_EPILOG = """\
+PATH is an image inside an inbox (absolute or from the working directory), there or
+not yet, or an inbox-relative path such as people/anna.jpg (looked up in the inbox
+that has it, else the first inbox). Nothing is generated, queued or moved.
+
+exit codes:
+  0  every path has a winning rule and nothing that would fail its job
+  1  some path has no winning rule, lies outside every inbox, or would fail (an
+     unreadable image, a broken .txt/.yaml beside it, a template that cannot render)
+  2  the settings are invalid, or the rules folder does not exist
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,23 +56,70 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = verbs.add_parser("run", help="watch the inboxes and process images")
-    run.add_argument("--config", type=Path, help="YAML settings file (default: $I2VD_CONFIG)")
+    _config_option(run)
     run.add_argument(
         "--once",
         action="store_true",
         help="process what is in the inboxes now, wait for the queue to drain, and exit "
         "(0 when every job succeeded, 1 otherwise)",
     )
+
+    rules = verbs.add_parser("rules", help="check rule files; explain which rule an image gets")
+    what = rules.add_subparsers(dest="rules_verb", required=True, metavar="ACTION")
+    check = what.add_parser(
+        "check",
+        help="validate every rule and preset file",
+        description="Validate every rule file (DIR/*.yaml) and preset file\n"
+        "(DIR/presets/*.yaml) the way the daemon loads them.",
+        epilog=CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument(
+        "dir",
+        nargs="?",
+        type=Path,
+        metavar="DIR",
+        help="rules folder (default: the settings' rules_dir; given DIR, no settings are read)",
+    )
+    _config_option(check)
+    explain = what.add_parser(
+        "explain",
+        help="show which rule each image gets, and what it would make",
+        description="Show, for each image path, which rule wins and why the others do not,\n"
+        "the rendered prompts, the parameters, the frame size, the output names and\n"
+        "where the original goes.",
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain.add_argument("paths", nargs="+", metavar="PATH", help="image path (see below)")
+    explain.add_argument("--json", action="store_true", help="one JSON document (a list)")
+    _config_option(explain)
     return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="YAML settings file (default: $I2VD_CONFIG)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verb == "rules" and args.rules_verb == "check" and args.dir is not None:
+        return rules_check(args.dir)
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
         print(f"i2vd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.verb == "rules":
+        if args.rules_verb == "check":
+            return rules_check(settings.rules_dir)
+        return rules_explain(settings, args.paths, as_json=args.json)
+    return run(settings, once=args.once)
+
+
+def run(settings: Settings, once: bool) -> int:
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -52,10 +135,50 @@ def main(argv: list[str] | None = None) -> int:
     from .service import Service, StartupError  # keeps `i2vd --help` light
 
     try:
-        return Service(settings, once=args.once).run()
+        return Service(settings, once=once).run()
     except StartupError as exc:
         print(f"i2vd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+
+
+def _missing_rules_dir(rules_dir: Path) -> bool:
+    if rules_dir.is_dir():
+        return False
+    what = "is not a folder" if rules_dir.exists() else "does not exist"
+    print(f"i2vd: rules folder {rules_dir} {what} (set rules_dir)", file=sys.stderr)
+    return True
+
+
+def rules_check(rules_dir: Path) -> int:
+    from .explain import check_rules
+
+    if _missing_rules_dir(rules_dir):
+        return EXIT_CONFIG
+    report = check_rules(rules_dir)
+    for problem in report.problems:
+        print(problem)
+    print(report.summary(), file=sys.stderr)
+    if not report.rule_files:
+        print(
+            f"i2vd: warning: no rule files (*.yaml, *.yml) in {rules_dir}: every image "
+            "would stay in the inbox",
+            file=sys.stderr,
+        )
+    return min((_EXIT_BY_KIND[p.kind] for p in report.problems), default=0)
+
+
+def rules_explain(settings: Settings, paths: list[str], as_json: bool) -> int:
+    from .explain import Explainer, format_report
+
+    if _missing_rules_dir(settings.rules_dir):
+        return EXIT_CONFIG
+    explainer = Explainer(settings)
+    reports = [explainer.explain(path) for path in paths]
+    if as_json:
+        print(json.dumps(reports, indent=2, ensure_ascii=False))
+    else:
+        print("\n\n".join(format_report(report) for report in reports))
+    return 0 if all(report["ok"] for report in reports) else 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ from jinja2.sandbox import SandboxedEnvironment
 
 _TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
+
+def template_environment() -> SandboxedEnvironment:
+    """The environment every template renders in (``rules check`` parses with it)."""
+    return _TEMPLATES
+
 # Longest text taken from a `<stem>.txt` or an EXIF field: a prompt, not a document.
 MAX_TEXT_CHARS = 2000
 
@@ -84,6 +89,10 @@ def render(template: str, context: Mapping[str, Any], what: str) -> str:
         return _TEMPLATES.from_string(template).render(**context).strip()
     except TemplateError as exc:
         raise TemplateProblem(f"{what} template {template!r}: {exc}") from None
+    except Exception as exc:  # {{ 1 / 0 }}, {{ stem + 1 }}: still the template's fault
+        raise TemplateProblem(
+            f"{what} template {template!r}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def clean_text(raw: str) -> str:

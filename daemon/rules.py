@@ -37,8 +37,8 @@ class _Strict(BaseModel):
 
 class Preset(_Strict):
     resolution: Literal[256, 512, 768, 1024] = Field(description="N: a pixel budget of N*N")
-    frames: int = Field(ge=8, le=32)
-    fps: int = Field(ge=4, le=24)
+    frames: int = Field(ge=8, le=32, description="frames generated")
+    fps: int = Field(ge=4, le=24, description="frames per second of the video")
     steps: int = Field(ge=10, le=100, description="denoising steps (diffusion)")
     guidance: float = Field(ge=1.0, le=20.0, description="classifier-free guidance scale")
 
@@ -55,17 +55,31 @@ PRESET_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class ParamOverrides(_Strict):
-    resolution: Literal[256, 512, 768, 1024] | None = None
-    frames: int | None = Field(None, ge=8, le=32)
-    fps: int | None = Field(None, ge=4, le=24)
-    steps: int | None = Field(None, ge=10, le=100)
-    guidance: float | None = Field(None, ge=1.0, le=20.0)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    resolution: Literal[256, 512, 768, 1024] | None = Field(
+        None, description="N: a pixel budget of N*N"
+    )
+    frames: int | None = Field(None, ge=8, le=32, description="frames generated")
+    fps: int | None = Field(None, ge=4, le=24, description="frames per second of the video")
+    steps: int | None = Field(None, ge=10, le=100, description="denoising steps (diffusion)")
+    guidance: float | None = Field(
+        None, ge=1.0, le=20.0, description="classifier-free guidance scale (diffusion)"
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="fixed seed; absent: drawn and recorded"
+    )
 
 
 class Match(_Strict):
-    folders: list[str] = Field(default_factory=lambda: ["**"], min_length=1)
-    patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_PATTERNS), min_length=1)
+    folders: list[str] = Field(
+        default_factory=lambda: ["**"],
+        min_length=1,
+        description="inbox-relative folder globs; ** spans any number of folders, none included",
+    )
+    patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PATTERNS),
+        min_length=1,
+        description="file-name globs, case-insensitive",
+    )
 
 
 Effect = Literal["zoom_in", "zoom_out", "pan_left", "pan_right", "pan_up", "pan_down"]
@@ -75,9 +89,9 @@ Easing = Literal["linear", "ease_in", "ease_out", "ease_in_out"]
 class MotionSettings(_Strict):
     """How the CPU motion engine moves the camera over the still."""
 
-    effect: Effect = "zoom_in"
-    zoom: float = Field(1.25, ge=1.0, le=4.0)
-    easing: Easing = "ease_in_out"
+    effect: Effect = Field("zoom_in", description="the camera's movement")
+    zoom: float = Field(1.25, ge=1.0, le=4.0, description="how far it zooms; pans need > 1.0")
+    easing: Easing = Field("ease_in_out", description="how the movement speeds up and slows")
     fade_in: float = Field(0.0, ge=0.0, le=10.0, description="seconds")
     fade_out: float = Field(0.0, ge=0.0, le=10.0, description="seconds")
     interpolate_fps: int | None = Field(
@@ -153,7 +167,7 @@ class OutputSettings(_Strict):
         description="template for the video's file name, without extension; with "
         "variants, '.{{ variant }}' is added unless the template uses it",
     )
-    format: Literal["mp4"] = "mp4"
+    format: Literal["mp4"] = Field("mp4", description="container of the video")
 
 
 class Variant(_Strict):
@@ -165,19 +179,23 @@ class Variant(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="used in output names (default: v1, v2, …)",
     )
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    params: ParamOverrides = Field(default_factory=ParamOverrides)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="this variant's seed")
+    prompt: str | None = Field(None, description="replaces the rule's prompt template")
+    negative_prompt: str | None = Field(None, description="replaces the rule's negative prompt")
+    params: ParamOverrides = Field(
+        default_factory=ParamOverrides, description="laid over the rule's params"
+    )
 
 
 class ImageOverrides(_Strict):
     """What a ``<stem>.yaml`` beside an image may change for that image alone."""
 
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    params: ParamOverrides = Field(default_factory=ParamOverrides)
-    aspect: Literal["square", "source"] | None = None
+    prompt: str | None = Field(None, description="replaces the rule's prompt template")
+    negative_prompt: str | None = Field(None, description="replaces the rule's negative prompt")
+    params: ParamOverrides = Field(
+        default_factory=ParamOverrides, description="laid over the rule's params"
+    )
+    aspect: Literal["square", "source"] | None = Field(None, description="replaces the rule's")
 
 
 class Rule(_Strict):
@@ -187,26 +205,36 @@ class Rule(_Strict):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="default: the file's stem",
     )
-    match: Match = Field(default_factory=Match)
+    match: Match = Field(default_factory=Match, description="which images the rule takes")
     priority: int = Field(0, description="the highest-priority matching rule wins; ties: name")
-    engine: Literal["diffusion", "motion"] = "motion"
+    engine: Literal["diffusion", "motion"] = Field(
+        "motion", description="motion: CPU camera moves; diffusion: an image-to-video model"
+    )
     model: str | None = Field(None, description="diffusion: a local folder or hub id")
     preset: str = Field(
         "standard", description="quick, standard, high, or a preset in <rules_dir>/presets/"
     )
-    prompt: str = ""
-    negative_prompt: str = ""
-    params: ParamOverrides = Field(default_factory=ParamOverrides)
-    aspect: Literal["square", "source"] = "square"
-    output: OutputSettings = Field(default_factory=OutputSettings)
+    prompt: str = Field("", description="template (README: Templates)")
+    negative_prompt: str = Field("", description="template; what the model should avoid")
+    params: ParamOverrides = Field(
+        default_factory=ParamOverrides, description="laid over the preset"
+    )
+    aspect: Literal["square", "source"] = Field(
+        "square", description="square: centre crop to NxN; source: the image's aspect at ~NxN"
+    )
+    output: OutputSettings = Field(default_factory=OutputSettings, description="output naming")
     source: Literal["move", "keep", "delete"] = Field(
         "move", description="what happens to the original once its video is published"
     )
     variants: list[Variant] = Field(
         default_factory=list, max_length=16, description="several outputs per image"
     )
-    motion: MotionSettings = Field(default_factory=MotionSettings)
-    diffusion: DiffusionSettings = Field(default_factory=DiffusionSettings)
+    motion: MotionSettings = Field(
+        default_factory=MotionSettings, description="engine: motion only"
+    )
+    diffusion: DiffusionSettings = Field(
+        default_factory=DiffusionSettings, description="engine: diffusion only"
+    )
     # The preset's values, filled in at load time so that a queued job keeps them even
     # if the preset file changes; not written in rule files.
     preset_values: Preset | None = Field(None, exclude=False, repr=False)
@@ -339,15 +367,22 @@ def _read_yaml(path: Path, what: str) -> tuple[yaml.Node | None, dict[str, Any]]
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:
+        # A character YAML forbids: no mark, only a position in the text.
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        message = f"character U+{code:04X} is not allowed in YAML ({exc.reason})"
+        raise RuleFileError([RuleProblem(path, line, col, "(yaml)", message, "yaml")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = getattr(exc, "problem", None) or str(exc)
         raise RuleFileError([RuleProblem(path, line, col, "(yaml)", reason, "yaml")]) from None
-    except (ValueError, RecursionError, OverflowError) as exc:
-        # PyYAML builds dates and numbers with Python's constructors: "2024-13-01"
-        # raises ValueError, deep nesting RecursionError.
-        problem = RuleProblem(path, 1, 1, "(yaml)", f"unreadable value: {exc}", "yaml")
+    except (ValueError, LookupError, AttributeError, TypeError, RecursionError) as exc:
+        # PyYAML builds tagged values with Python's constructors: "2024-13-01" raises
+        # ValueError, "!!int" with no value IndexError, deep nesting RecursionError.
+        problem = RuleProblem(path, 1, 1, "(yaml)", f"unreadable value: {exc!r}", "yaml")
         raise RuleFileError([problem]) from None
     if data is None:
         data = {}
@@ -461,7 +496,9 @@ def _problems(path: Path, root: yaml.Node | None, exc: ValidationError) -> list[
     for err in exc.errors():
         loc = tuple(err["loc"])
         # Model-level validators report at the mapping they validate.
-        field = ".".join(str(p) for p in loc) or "(rule)"
+        # Keys come from the user's file: one that is not plain text is shown quoted,
+        # so a problem stays one line and no control character reaches a terminal.
+        field = ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc) or "(rule)"
         node = _node_at(root, loc)
         line, col = (node.start_mark.line + 1, node.start_mark.column + 1) if node else (1, 1)
         message = err["msg"].removeprefix("Value error, ")

@@ -108,3 +108,10 @@ def test_hostile_output_templates_are_contained(hostile: str) -> None:
     ctx = template_context(PurePosixPath("a.jpg"), "r", NOW)
     with pytest.raises(TemplateProblem):
         safe_output_name(render(hostile, ctx, "output.name"))
+
+
+@pytest.mark.parametrize("template", ["{{ 1 / 0 }}", "{{ stem + 1 }}", "{{ folders[9] }}"])
+def test_template_runtime_errors_are_template_problems(template: str) -> None:
+    ctx = template_context(PurePosixPath("a.jpg"), "r", NOW)
+    with pytest.raises(TemplateProblem, match="prompt template"):
+        render(template, ctx, "prompt")

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import REPO, make_image, wait_for
 from daemon.config import Settings
-from daemon.rules import Rule
+from daemon.rules import ImageOverrides, Preset, Rule
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -57,6 +57,10 @@ def test_yaml_examples_are_valid() -> None:
         data = yaml.safe_load(block)
         if "match" in data or "engine" in data:
             Rule.model_validate(data)
+        elif set(data) == set(Preset.model_fields):
+            Preset.model_validate(data)
+        elif set(data) <= set(ImageOverrides.model_fields):
+            ImageOverrides.model_validate(data)
         else:
             Settings(**data)
 
