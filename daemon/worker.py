@@ -28,6 +28,7 @@ from .engines import (
     RenderRequest,
     get_engine,
 )
+from .engines.diffusion import ModelUnavailable, OutOfMemory
 from .images import BadImage, decode_image, read_facts, sha256_of
 from .prompts import TemplateProblem, render, safe_output_name, template_context
 from .publish import (
@@ -184,9 +185,12 @@ class Worker:
             self._discard_partial(job)
             self.store.cancel(job.id, time.time(), str(exc), owner=self.owner)
             log.info("job %d cancelled: %s", job.id, exc)
+        except OutOfMemory as exc:
+            # What the ladder tried goes into the error report: the user's next step.
+            self._failed(job, str(exc), exc.hint, retryable=False, backoff=exc.backoff)
         except (PermanentFailure, BadImage, EngineUnavailable, TemplateProblem) as exc:
             self._failed(job, str(exc), exc.hint, retryable=False)
-        except PublishError as exc:
+        except (PublishError, ModelUnavailable) as exc:
             self._failed(job, str(exc), exc.hint, retryable=True)
         except VideoError as exc:
             self._failed(job, *self._explain_encoder_failure(exc), retryable=True)
@@ -495,7 +499,14 @@ class Worker:
         except OSError:
             return False
 
-    def _failed(self, job: Job, error: str, hint: str, retryable: bool) -> None:
+    def _failed(
+        self,
+        job: Job,
+        error: str,
+        hint: str,
+        retryable: bool,
+        backoff: list[dict[str, Any]] | None = None,
+    ) -> None:
         assert job.id is not None
         self._discard_partial(job)
         now = time.time()
@@ -517,7 +528,7 @@ class Worker:
                 f"{job.attempts} attempts)"
             )
         self.store.fail(job.id, now, error, hint, retry_at=None, owner=self.owner)
-        self._quarantine(job, error, hint)
+        self._quarantine(job, error, hint, backoff)
 
     def _variant_failed(self, job: Job, siblings: list[Job], report: dict[str, Any]) -> None:
         """One variant of several failed. Its report goes to failed/; the original stays
@@ -567,10 +578,12 @@ class Worker:
             )
         return str(exc), "ffmpeg failed; its message is above and in the log"
 
-    def _quarantine(self, job: Job, error: str, hint: str) -> None:
+    def _quarantine(
+        self, job: Job, error: str, hint: str, backoff: list[dict[str, Any]] | None = None
+    ) -> None:
         source = Path(job.source)
         relative = PurePosixPath(job.relative)
-        report = {
+        report: dict[str, Any] = {
             "error": error,
             "hint": hint,
             "attempts": job.attempts,
@@ -580,6 +593,8 @@ class Worker:
             "sha256": job.sha256,
             "job": job.id,
         }
+        if backoff:
+            report["backoff"] = backoff
         siblings = self.store.siblings(job)
         if siblings and self._is_copy_of_source(source, job):
             self._variant_failed(job, siblings, report)

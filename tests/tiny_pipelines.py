@@ -187,12 +187,15 @@ def i2vgenxl_components() -> dict[str, Any]:
         norm_num_groups=2,
     )
     torch.manual_seed(0)
+    # Six blocks: a 32x scale, so the smallest video a rule allows (256x256) has 8x8
+    # latents and a CPU test takes seconds. The fast test's single block (scale 1)
+    # makes attention over 65,536 positions at 256.
     vae = AutoencoderKL(
-        block_out_channels=(8,),
+        block_out_channels=(8,) * 6,
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
+        down_block_types=("DownEncoderBlock2D",) * 6,
+        up_block_types=("UpDecoderBlock2D",) * 6,
         latent_channels=4,
         sample_size=32,
         norm_num_groups=2,
@@ -237,7 +240,7 @@ def i2vgenxl_components() -> dict[str, Any]:
 
 
 def build_i2vgenxl(folder: Path) -> Path:
-    """Save a tiny random I2VGenXLPipeline (VAE scale 1, UNet 2x) to `folder`."""
+    """Save a tiny random I2VGenXLPipeline (VAE scale 32, UNet 2x) to `folder`."""
     return _save(I2VGenXLPipeline(**i2vgenxl_components()), folder)
 
 
@@ -276,11 +279,12 @@ def svd_components() -> dict[str, Any]:
         use_karras_sigmas=True,
     )
     torch.manual_seed(0)
+    # Six blocks for a 32x scale (see the I2VGen-XL VAE above).
     vae = AutoencoderKLTemporalDecoder(
-        block_out_channels=(32, 64),
+        block_out_channels=(32,) * 6,
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        down_block_types=("DownEncoderBlock2D",) * 6,
         latent_channels=4,
     )
     torch.manual_seed(0)

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 
-from .base import Clip, Engine, JobInterrupted, RenderRequest
+from .base import Clip, Engine, EngineOptions, JobInterrupted, RenderRequest
 
-__all__ = ["Clip", "Engine", "EngineUnavailable", "JobInterrupted", "RenderRequest", "get_engine"]
+__all__ = [
+    "Clip",
+    "Engine",
+    "EngineOptions",
+    "EngineUnavailable",
+    "JobInterrupted",
+    "RenderRequest",
+    "get_engine",
+]
 
 
 class EngineUnavailable(Exception):
@@ -17,10 +25,10 @@ class EngineUnavailable(Exception):
         self.hint = hint
 
 
-_DIFFUSION_PACKAGES = ("torch", "diffusers", "transformers")
+_DIFFUSION_PACKAGES = ("torch", "diffusers", "transformers", "accelerate")
 
 
-def get_engine(name: str, cache: dict[str, Engine]) -> Engine:
+def get_engine(name: str, cache: dict[str, Engine], options: EngineOptions) -> Engine:
     """The engine called ``name``, created once per daemon and kept warm in ``cache``."""
     if name in cache:
         return cache[name]
@@ -37,10 +45,10 @@ def get_engine(name: str, cache: dict[str, Engine]) -> Engine:
                 "build of torch first), restart i2vd, then move the image back into the inbox; "
                 "or drop it into a folder served by a 'motion' rule",
             )
-        raise EngineUnavailable(
-            "engine 'diffusion' is not part of this i2vd release yet",
-            "use a 'motion' rule for now, or move the image back into the inbox after upgrading",
-        )
+        # The package imports no torch: that happens in the first render.
+        from .diffusion import DiffusionEngine
+
+        engine = DiffusionEngine(options)
     else:
         raise EngineUnavailable(f"unknown engine {name!r}", "use 'motion' or 'diffusion'")
     cache[name] = engine

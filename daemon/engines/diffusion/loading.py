@@ -1,0 +1,304 @@
+"""Finding a model, choosing device, dtype and weights variant, and loading it.
+
+The model's family is read from its ``model_index.json`` before any weights are touched,
+so an unsupported model fails at once with a clear message. Loading goes through
+``DiffusionPipeline.from_pretrained`` exactly as a user would, so ``HF_HUB_OFFLINE``, the
+hub cache and tokens behave as they do everywhere else.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import EngineUnavailable
+from .families import BY_CLASS, Family, supported
+
+log = logging.getLogger(__name__)
+
+# owner/name (or a bare name): what the hub accepts as a repository id.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+_VARIANT_FILES = ("*.{variant}.safetensors", "*.{variant}.bin", "*.{variant}-*.safetensors")
+
+
+class ModelUnavailable(Exception):
+    """The model cannot be had right now (folder missing, not in the hub cache while
+    offline, network down). Retryable: the folder may be mounted or the model fetched
+    meanwhile. ``hint`` says how to fix it."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    model: str  # as the rule names it
+    folder: Path | None  # a local folder, resolved
+    hub_id: str | None
+    class_name: str
+
+    @property
+    def key(self) -> str:
+        """The same model however a rule spells it (relative or absolute folder)."""
+        return str(self.folder) if self.folder is not None else f"hub:{self.hub_id}"
+
+    @property
+    def where(self) -> str:
+        return str(self.folder) if self.folder is not None else str(self.hub_id)
+
+
+def _fetch_hint(hub_id: str) -> str:
+    return (
+        f"download it into the Hugging Face cache with `hf download {hub_id}` (older "
+        f"huggingface_hub: `huggingface-cli download {hub_id}`) on this host, or unset "
+        "HF_HUB_OFFLINE so i2vd can download it; or point the rule's 'model' at a local "
+        "folder holding the pipeline (model_index.json and its sub-folders)"
+    )
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def locate(model: str) -> ModelSource:
+    """Where ``model`` is and which pipeline class it holds, without loading weights."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return ModelSource(model, path.resolve(), None, _class_name(path.resolve(), model))
+    if _HUB_ID.match(model) and not path.exists():
+        return ModelSource(model, None, model, _hub_class_name(model))
+    if path.exists():
+        raise ModelUnavailable(
+            f"model {model!r}: {path.resolve()} is not a folder",
+            "point the rule's 'model' at the folder holding the pipeline (model_index.json "
+            "and its sub-folders) or at a hub id such as ali-vilab/i2vgen-xl",
+        )
+    raise ModelUnavailable(
+        f"model folder {path.resolve()} does not exist (rule's model: {model!r})",
+        "mount or copy the pipeline folder there (e.g. `hf download ali-vilab/i2vgen-xl "
+        f"--local-dir {path}`), or fix the rule's 'model'; the job is retried",
+    )
+
+
+def _class_name(folder: Path, model: str) -> str:
+    index = folder / "model_index.json"
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelUnavailable(
+            f"model folder {folder} has no model_index.json, so it is not a diffusers pipeline "
+            "(or it is still being copied)",
+            "copy the whole pipeline folder (model_index.json and its sub-folders), e.g. "
+            f"`hf download ali-vilab/i2vgen-xl --local-dir {folder}`",
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(
+            f"cannot read {index}: {exc}",
+            "check the file (a copy may be in progress, or it is damaged)",
+        ) from None
+    name = data.get("_class_name") if isinstance(data, dict) else None
+    if not isinstance(name, str):
+        raise ModelUnavailable(
+            f"{index} names no pipeline class ('_class_name')",
+            "the folder does not hold a diffusers pipeline; download one again",
+        )
+    return name
+
+
+def _hub_class_name(hub_id: str) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        index = hf_hub_download(hub_id, "model_index.json")
+    except GatedRepoError:
+        raise ModelUnavailable(
+            f"model {hub_id!r} is gated on the Hugging Face hub and this host has no access",
+            f"accept its licence on its hub page, log in with `hf auth login`, then "
+            f"`hf download {hub_id}`",
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelUnavailable(
+            f"model {hub_id!r} was not found on the Hugging Face hub",
+            "check the spelling of the rule's 'model' (owner/name), or log in with "
+            "`hf auth login` if it is private",
+        ) from None
+    except Exception as exc:  # offline, network down, no such file: all "cannot get it now"
+        why = "HF_HUB_OFFLINE is set" if _offline() else "it could not be downloaded"
+        raise ModelUnavailable(
+            f"model {hub_id!r} is not a folder here ({Path(hub_id).resolve()}) nor in the "
+            f"Hugging Face cache, and {why} ({type(exc).__name__}: {_first_line(exc)})",
+            _fetch_hint(hub_id),
+        ) from None
+    return _class_name(Path(index).parent, hub_id)
+
+
+def family_of(source: ModelSource) -> Family:
+    family = BY_CLASS.get(source.class_name)
+    if family is None:
+        raise EngineUnavailable(
+            f"model {source.model!r} is a {source.class_name}, which the diffusion engine "
+            "does not support",
+            f"use a model of a supported family: {supported()}",
+        )
+    missing = [name for name in family.requires if importlib.util.find_spec(name) is None]
+    if missing:
+        raise EngineUnavailable(
+            f"{family.label} models need the package(s) {', '.join(missing)}, which this "
+            "host does not have",
+            f"install with: pip install {' '.join(missing)}, restart i2vd, then move the "
+            "image back into the inbox",
+        )
+    return family
+
+
+# --- device, dtype, variant ---------------------------------------------------
+
+
+def resolve_device(option: str) -> str:
+    import torch
+
+    if option != "auto":
+        return option
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def is_accelerator(device: str) -> bool:
+    return not device.startswith("cpu")
+
+
+def resolve_dtype(setting: str, family: Family, device: str) -> str:
+    if setting != "auto":
+        return setting
+    return family.accelerator_dtype if is_accelerator(device) else "float32"
+
+
+def has_variant_files(folder: Path, variant: str) -> bool:
+    """Whether any component folder holds weights of ``variant`` (e.g. unet/*.fp16.safetensors)."""
+    return any(
+        next(folder.glob(f"*/{pattern.format(variant=variant)}"), None) is not None
+        for pattern in _VARIANT_FILES
+    )
+
+
+def variant_candidates(setting: str | None, source: ModelSource, device: str) -> list[str | None]:
+    """Weights variants to try in order; the last one is used if the others are missing."""
+    if setting != "auto":
+        return [setting]
+    if not device.startswith("cuda"):
+        return [None]
+    if source.folder is not None:
+        return ["fp16"] if has_variant_files(source.folder, "fp16") else [None]
+    return ["fp16", None]
+
+
+def _no_such_variant(exc: BaseException) -> bool:
+    text = str(exc)
+    return "variant" in text and ("no such modeling files" in text or "not have" in text)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dtype_argument(dtype_name: str, family: Family) -> Any:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    if dtype == torch.float32 or not family.float32_components:
+        return dtype
+    return {"default": dtype, **dict.fromkeys(family.float32_components, torch.float32)}
+
+
+def _dtype_keyword() -> str:
+    # diffusers renamed torch_dtype to dtype (the old name warns); older releases only
+    # know torch_dtype and would silently ignore dtype.
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def load_pipeline(
+    source: ModelSource, family: Family, dtype_name: str, variants: list[str | None], device: str
+) -> tuple[Any, str | None]:
+    """The pipeline on ``device`` and the variant that was loaded."""
+    import diffusers
+
+    # diffusers is untyped; the pipeline is handled as Any throughout.
+    pipeline_class: Any = diffusers.DiffusionPipeline
+    where = source.folder if source.folder is not None else source.hub_id
+    dtype_kw = {_dtype_keyword(): _dtype_argument(dtype_name, family)}
+    _quiet_progress_bars()
+    for index, variant in enumerate(variants):
+        last = index == len(variants) - 1
+        try:
+            pipe = pipeline_class.from_pretrained(where, variant=variant, **dtype_kw)
+        except Exception as exc:
+            if not last:
+                # "No such variant" reads differently online, offline and across diffusers
+                # releases; whatever it was, the next candidate's error is the one to report.
+                log.info(
+                    "%s: no %r weights (%s); trying %r",
+                    source.model,
+                    variant,
+                    _first_line(exc),
+                    variants[index + 1],
+                )
+                continue
+            if variant is not None and _no_such_variant(exc):
+                raise EngineUnavailable(
+                    f"model {source.model!r} has no {variant!r} weights variant",
+                    "set the rule's diffusion.variant to auto or null (the full-precision "
+                    "weights are then used)",
+                ) from None
+            if isinstance(exc, ImportError):
+                raise EngineUnavailable(
+                    f"loading {source.model!r} needs a package this host does not have: "
+                    f"{_first_line(exc)}",
+                    "install the package it names with pip, restart i2vd, then move the image "
+                    "back into the inbox",
+                ) from None
+            raise _load_failure(source, exc) from None
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        return pipe, variant
+    raise AssertionError("no variant candidates")  # pragma: no cover - callers give one
+
+
+def _quiet_progress_bars() -> None:
+    # Loading bars on a daemon's stderr are noise between log lines; this is process-wide,
+    # which suits a daemon. The engine reports its own progress.
+    import diffusers
+    import transformers
+
+    for library in (diffusers, transformers):
+        library_logging: Any = library.utils.logging
+        library_logging.disable_progress_bar()
+
+
+def _load_failure(source: ModelSource, exc: BaseException) -> Exception:
+    reason = f"{type(exc).__name__}: {_first_line(exc)}"
+    if source.folder is not None:
+        return ModelUnavailable(
+            f"could not load the pipeline in {source.folder}: {reason}",
+            "the folder looks incomplete or damaged: copy or download it again "
+            f"(e.g. `hf download <hub id> --local-dir {source.folder}`); the job is retried",
+        )
+    return ModelUnavailable(
+        f"could not load model {source.hub_id!r} from the Hugging Face hub or its cache: {reason}",
+        _fetch_hint(str(source.hub_id)),
+    )
