@@ -64,6 +64,18 @@ def source_pixels_needed(rule: Rule) -> int:
     return math.ceil(longest * zoom)
 
 
+def model_location(model: str | None, base_dir: Path) -> str | None:
+    """A rule's ``model`` as the engine loads it: a relative path naming a folder under
+    the config file's folder becomes that folder; anything else (a hub id such as
+    ``ali-vilab/i2vgen-xl``, an absolute path) is passed on as written."""
+    if not model:
+        return model
+    path = Path(model).expanduser()
+    if not path.is_absolute() and (base_dir / path).is_dir():
+        return str(base_dir / path)
+    return str(path) if path.is_absolute() else model
+
+
 def engine_options(settings: Settings) -> EngineOptions:
     return EngineOptions(
         device=settings.device,
@@ -243,7 +255,7 @@ class Worker:
             aspect=rule.aspect,
             prompt=plan.prompt,
             negative_prompt=plan.negative_prompt,
-            model=rule.model,
+            model=model_location(rule.model, self.settings.base_dir),
             motion=rule.motion,
             diffusion=rule.diffusion,
             checkpoint=lambda done: self._checkpoint(job, done),

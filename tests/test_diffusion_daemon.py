@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("diffusers", reason="the diffusion extra is not installed")
-
 from conftest import Layout, make_image
 from daemon.video import probe
 from test_worker import Bench
@@ -150,3 +148,20 @@ def test_out_of_memory_at_the_floor_fails_with_the_ladder_in_the_report(
     rungs = [entry.get("rung") for entry in report["backoff"]]
     assert rungs[0] is None and "fewer_frames" in rungs
     assert other.state == "queued"  # the daemon carries on with the next image
+
+
+def test_a_relative_model_folder_is_found_beside_the_config(
+    layout: Layout, models: dict[str, Path]
+) -> None:
+    import shutil
+
+    shutil.copytree(models["i2vgenxl"], layout.root / "models" / "tiny")
+    layout.rule("ai", rule_text(Path("models/tiny")))
+    bench = Bench(layout, device="cpu")
+    try:
+        bench.queue(make_image(layout.inbox / "a.jpg"))
+        job = bench.run()
+    finally:
+        bench.store.close()
+    assert job.state == "done", job.error
+    assert sidecar(layout.outbox / "a.ai.json")["model"] == str(layout.root / "models" / "tiny")

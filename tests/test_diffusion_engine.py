@@ -20,13 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
-
-pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
 import torch
+from PIL import Image
 
 from conftest import REPO, picture
 from daemon.engines import EngineOptions, JobInterrupted, RenderRequest, get_engine
@@ -48,14 +43,10 @@ CLASS = {
     "svd": "StableVideoDiffusionPipeline",
     "wan_i2v": "WanImageToVideoPipeline",
 }
-needs_ftfy = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("ftfy") is None,
-    reason="Wan's prompt cleaning needs ftfy (pip install ftfy)",
-)
 FAMILIES = [
     pytest.param("i2vgenxl", id="i2vgenxl"),
     pytest.param("svd", id="svd"),
-    pytest.param("wan_i2v", id="wan", marks=needs_ftfy),
+    pytest.param("wan_i2v", id="wan"),
 ]
 
 
@@ -258,7 +249,6 @@ def test_svd_settings_reach_the_pipeline(models: dict[str, Path], tmp_path: Path
     assert clip.guidance == 1.0  # SVD's guidance ramps from 1.0: lower means nothing
 
 
-@needs_ftfy
 def test_wan_at_the_smallest_rule_resolution_and_source_aspect(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -307,7 +297,6 @@ def test_seed_makes_frames_repeatable_and_a_missing_one_is_drawn_and_recorded(
 # --- warm pipelines -----------------------------------------------------------------------
 
 
-@needs_ftfy
 def test_pipeline_stays_warm_is_unloaded_when_idle_and_evicted_by_another_model(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -342,7 +331,6 @@ def test_pipeline_stays_warm_is_unloaded_when_idle_and_evicted_by_another_model(
     assert wan_pipe() is None, "the first model was not freed when the second was loaded"
 
 
-@needs_ftfy
 def test_release_idle_never_unloads_during_a_render(
     models: dict[str, Path], tmp_path: Path
 ) -> None:

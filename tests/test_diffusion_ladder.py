@@ -15,13 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
 import torch
-from test_diffusion_engine import make_engine, make_request, needs_ftfy, tiny_model
+from test_diffusion_engine import make_engine, make_request, tiny_model
 
 from daemon.engines.diffusion import OutOfMemory
 from daemon.engines.diffusion.ladder import MEMORY_FILE, is_out_of_memory
@@ -100,7 +95,6 @@ def test_out_of_memory_is_recognised_for_every_backend() -> None:
     assert not is_out_of_memory(ValueError("out of memory"))
 
 
-@needs_ftfy
 def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
     wan: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -178,7 +172,6 @@ def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
     assert [(c.vae_slicing, c.vae_tiling) for c in fake.calls] == [(False, False)]
 
 
-@needs_ftfy
 def test_rule_ladder_override_is_followed(
     wan: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,7 +184,6 @@ def test_rule_ladder_override_is_followed(
     assert [e["rung"] for e in clip.backoff] == [None, "lower_resolution"]
 
 
-@needs_ftfy
 def test_floor_of_the_ladder_fails_with_a_hint(
     wan: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,13 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
-
 import torch
-from test_diffusion_engine import make_engine, make_request, needs_ftfy, tiny_model
+from test_diffusion_engine import make_engine, make_request, tiny_model
 
 from conftest import REPO
 from daemon.engines import EngineOptions, EngineUnavailable, get_engine
@@ -116,7 +111,6 @@ def _cache_as_hub_repo(folder: Path, cache: Path, repo_id: str) -> None:
     (repo / "refs" / "main").write_text(commit)
 
 
-@needs_ftfy
 def test_hub_ids_offline_cached_loads_and_missing_says_how_to_fetch(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
