@@ -67,6 +67,10 @@ class Intake:
         """Forget files no longer in the inbox, so the memory stays bounded by its size."""
         self._handled = {path: seen for path, seen in self._handled.items() if path in present}
 
+    def forget_unmatched(self) -> None:
+        """Forget files no rule matched, so the next scan tries them against new rules."""
+        self._handled = {p: seen for p, seen in self._handled.items() if seen[1] is not None}
+
     def take(self, root: Path, path: Path) -> IntakeResult:
         try:
             stat = path.stat()

@@ -427,13 +427,25 @@ def load_overrides(path: Path) -> ImageOverrides:
         raise RuleFileError(_problems(path, node, exc)) from None
 
 
+def is_rule_file_name(name: str) -> bool:
+    """Rule and preset files: ``*.yaml``/``*.yml``, not hidden. Hidden names are editors'
+    temporaries and locks (``.#x.yaml``) and macOS metadata on shares (``._x.yaml``)."""
+    return name.lower().endswith((".yaml", ".yml")) and not name.startswith(".")
+
+
+def _yaml_files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if is_rule_file_name(p.name) and p.is_file())
+    except OSError:
+        return []
+
+
 def preset_files(rules_dir: Path) -> list[Path]:
-    folder = rules_dir / "presets"
-    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    return _yaml_files(rules_dir / "presets")
 
 
 def rule_files(rules_dir: Path) -> list[Path]:
-    return sorted([*rules_dir.glob("*.yaml"), *rules_dir.glob("*.yml")])
+    return _yaml_files(rules_dir)
 
 
 def load_presets(rules_dir: Path) -> tuple[dict[str, Preset], list[RuleProblem]]:

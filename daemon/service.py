@@ -1,7 +1,9 @@
 """Wiring: settings, store, watcher, intake and worker on one timeline; signals; lifecycle.
 
 No business logic lives here. Timers run on an APScheduler background scheduler;
-the worker runs on its own thread so a long job never delays noticing new files.
+the worker runs on its own thread so a long job never delays noticing new files; the
+rules are reloaded on their own thread when their folder changes, on a timer and on
+SIGHUP.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -23,12 +26,15 @@ from .config import Settings
 from .engines import Engine, EngineUnavailable, get_engine
 from .intake import Intake
 from .publish import sweep_temporaries
-from .rules import LoadedRule, load_rules
+from .rules import LoadedRule
+from .ruleset import RuleSet, RulesWatcher
 from .store import JobState, JobStore
 from .watch import InboxWatcher, SettleTracker, scan
-from .worker import Worker
+from .worker import Worker, engine_options
 
 log = logging.getLogger(__name__)
+
+RELEASE_IDLE_SECONDS = 30.0
 
 
 class StartupError(Exception):
@@ -42,7 +48,12 @@ class Service:
         self.stop_event = threading.Event()
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}"
-        self.rules: list[LoadedRule] = []
+        self.ruleset = RuleSet(settings.rules_dir)
+        # Engines built only to check that rules' engines can run here (never rendered
+        # with), kept so a reload does not build them again.
+        self._engine_checks: dict[str, Engine] = {}
+        # Set by the SIGHUP handler, acted on by the main loop.
+        self._reload_requested = False
         self._wake = threading.Event()
         self._intake_lock = threading.Lock()
         self._started_at = time.time()
@@ -61,6 +72,10 @@ class Service:
         drained = False
         try:
             while not self.stop_event.wait(0.2):
+                if self._reload_requested:
+                    self._reload_requested = False
+                    log.info("received SIGHUP: reloading the rules")
+                    self.rules_watcher.request(0.0)
                 if self.once and self._drained():
                     drained = True
                     break
@@ -121,7 +136,7 @@ class Service:
         self.tracker = SettleTracker(s.inbox, s.settle_seconds)
         self.intake = Intake(
             self.store,
-            lambda: self.rules,
+            self.ruleset.rules,
             s.failed_dir,
             s.max_attempts,
             on_queued=lambda job: self._wake.set(),
@@ -138,7 +153,7 @@ class Service:
                     "fs.inotify.max_user_watches or set watch_mode: auto or polling"
                 ) from None
 
-        # Four short timers need no more threads; every idle thread costs its own
+        # Five short timers need no more threads; every idle thread costs its own
         # malloc arena, which shows in the daemon's resident memory.
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=3)},
@@ -154,9 +169,21 @@ class Service:
             "interval",
             seconds=max(1.0, s.lease_seconds / 4),
         )
+        self.scheduler.add_job(self._release_idle, "interval", seconds=RELEASE_IDLE_SECONDS)
         self.scheduler.start()
         self._rescan()  # whatever arrived while the daemon was down
         self._scanned.set()
+
+        # Rule edits take effect without a restart: file events (debounced), a rescan
+        # as often as the inbox's for shares where events never come, and SIGHUP.
+        self.rules_watcher = RulesWatcher(
+            s.rules_dir,
+            self._reload_rules,
+            mode=s.watch_mode,
+            interval=None if self.once else s.rescan_seconds,
+            observe=not self.once,
+        )
+        self.rules_watcher.start()
 
         self._worker_thread = threading.Thread(target=self._work_loop, name="worker")
         self._worker_thread.start()
@@ -164,7 +191,7 @@ class Service:
             "i2vd started: watching %s (%s), %d rule(s), outbox %s, database %s",
             ", ".join(map(str, s.inbox)),
             self.watcher.kind or "scan only",
-            len(self.rules),
+            len(self.ruleset.snapshot),
             s.outbox,
             _redact(s.database_url),
         )
@@ -173,6 +200,7 @@ class Service:
         log.info("stopping: the running job, if any, goes back to the queue")
         self.stop_event.set()
         self._wake.set()
+        self.rules_watcher.stop()
         self.scheduler.shutdown(wait=True)
         self.watcher.stop()
         self._worker_thread.join()
@@ -185,8 +213,14 @@ class Service:
             self.stop_event.set()
             self._wake.set()
 
+        def request_reload(_signum: int, _frame: FrameType | None) -> None:
+            # Only a flag, without locks or logging: the main loop does the rest.
+            self._reload_requested = True
+
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, request_reload)
 
     # --- the moving parts --------------------------------------------------------------
 
@@ -201,24 +235,42 @@ class Service:
 
     def _load_rules(self) -> None:
         rules_dir = self.settings.rules_dir
-        if not rules_dir.is_dir():
+        result = self.ruleset.reload()  # logs each problem, and each rule loaded
+        if result.folder_missing:
             log.error(
-                "rules folder %s does not exist: no image will be processed. Create it "
-                "(examples are in the i2vd repository's rules/) or set rules_dir",
+                "rules folder %s does not exist (or cannot be read): no image will be "
+                "processed. Create it (examples are in the i2vd repository's rules/) or set "
+                "rules_dir; it is looked for again every rescan_seconds and on SIGHUP",
                 rules_dir,
             )
             return
-        self.rules, problems = load_rules(rules_dir)
-        for problem in problems:
-            log.error("rule skipped: %s", problem)
-        if not self.rules:
+        if not self.ruleset.snapshot:
             log.warning("no valid rules in %s: images will wait in the inbox", rules_dir)
-        engines: dict[str, Engine] = {}
-        for loaded in self.rules:
+        self._check_engines(self.ruleset.snapshot)
+
+    def _reload_rules(self) -> None:
+        """Runs on the rules watcher's thread after a change, a rescan or SIGHUP."""
+        result = self.ruleset.reload()
+        if not result.changed:
+            return
+        if not self.ruleset.snapshot:
+            log.warning(
+                "no valid rules in %s: images will wait in the inbox", self.settings.rules_dir
+            )
+        self._check_engines(result.new_or_changed)
+        if result.new_or_changed:
+            # Images that waited unmatched are tried against the new rules: forget
+            # them, then rescan. Queued jobs keep the rule content they were queued with.
+            with self._intake_lock:
+                self.intake.forget_unmatched()
+            self._rescan()
+
+    def _check_engines(self, rules: Iterable[LoadedRule]) -> None:
+        for loaded in rules:
             try:
-                get_engine(loaded.rule.engine, engines)
+                get_engine(loaded.rule.engine, self._engine_checks, engine_options(self.settings))
             except EngineUnavailable as exc:
-                # Said once at start, so nobody drops a hundred images to learn it.
+                # Said once per rule version, so nobody drops a hundred images to learn it.
                 log.warning(
                     "rule %s: %s; its images will go to %s (%s)",
                     loaded.rule.name,
@@ -226,6 +278,15 @@ class Service:
                     self.settings.failed_dir,
                     exc.hint,
                 )
+
+    def _release_idle(self) -> None:
+        """Let engines free what has sat unused (a diffusion model's GPU memory)."""
+        for engine in tuple(self.worker.engines.values()):
+            try:
+                engine.release_idle(time.monotonic())
+            except Exception:
+                # The timer must keep running; the next tick tries again.
+                log.exception("engine %s: releasing idle resources failed", engine.name)
 
     def _settle_tick(self) -> None:
         for folder in self.watcher.take_folder_rescans():
