@@ -106,7 +106,8 @@ class Intake:
             )
             return IntakeResult("unreadable")
         known = self.store.seen(str(path), sha256)
-        if still_in_inbox(known):
+        kept = known is not None and known.state == JobState.DONE and known.source_stuck
+        if still_in_inbox(known) and not kept:
             self._handled[path] = (fingerprint, known.id if known else None)
             return IntakeResult("known", known)
 
@@ -121,7 +122,13 @@ class Intake:
             self._handled[path] = (fingerprint, job.id)
             return IntakeResult("rejected", job)
 
-        jobs = tuple(self.store.enqueue(j) for j in self._variants(job, loaded.rule, companions))
+        planned = self._variants(job, loaded.rule, companions)
+        if kept and known is not None and self._same_work(known, planned):
+            # A kept original (`source: keep`) is remembered by content; it is new work
+            # only once its rule or its .txt/.yaml changed.
+            self._handled[path] = (fingerprint, known.id)
+            return IntakeResult("known", known)
+        jobs = tuple(self.store.enqueue(j) for j in planned)
         self._handled[path] = (fingerprint, jobs[0].id)
         for queued in jobs:
             variant = f" variant {queued.variant}" if queued.variant else ""
@@ -136,6 +143,10 @@ class Intake:
             self.on_queued(queued)
         return IntakeResult("queued", jobs[0], jobs)
 
+    def _same_work(self, known: Job, planned: list[Job]) -> bool:
+        done = {known.rule_hash, *(j.rule_hash for j in self.store.siblings(known))}
+        return {j.rule_hash for j in planned} <= done
+
     @staticmethod
     def _variants(job: Job, rule: Rule, companions: Companions) -> list[Job]:
         """One job per output. Each snapshots its own rule (the image's overrides and
@@ -144,8 +155,10 @@ class Intake:
         out = []
         for variant, variant_rule in companions.apply(rule):
             rule_hash = variant_rule.content_hash()
-            if companions.text or companions.overrides:
-                rule_hash = sha256_of(f"{rule_hash}:{companions.fingerprint()}".encode())[:16]
+            if variant or companions.text or companions.overrides:
+                # Two variants differing only by name are still two outputs asked for.
+                identity = f"{rule_hash}:{variant}:{companions.fingerprint()}"
+                rule_hash = sha256_of(identity.encode())[:16]
             # A new row each (SQLModel's model_copy would share the ORM state).
             fields = job.model_dump(exclude={"id"})
             fields.update(

@@ -51,6 +51,8 @@ class Job(SQLModel, table=True):
     # has its own `variant` name. The last of them to end takes care of the original.
     drop: str = Field(default="", index=True)
     variant: str = ""
+    # Set on every job of a drop by the one job that takes care of the original.
+    drop_settled: bool = False
     # The text of the image's <stem>.txt when it was queued (a template variable).
     text: str = ""
     # The <stem>.txt/.yaml files beside the image, which travel with it (JSON list).
@@ -315,6 +317,21 @@ class JobStore:
                 .where(Job.source == source, Job.sha256 == sha256)
                 .order_by(pending_first, col(Job.id).desc())
             ).first()
+
+    def settle_drop(self, drop: str) -> bool:
+        """True for exactly one caller: the first to ask once no job of ``drop`` is
+        pending. Each job commits its own end first, so the last to end always wins,
+        also with several daemons on one queue."""
+        pending = select(Job.id).where(Job.drop == drop, col(Job.state).in_(PENDING)).exists()
+        statement = (
+            update(Job)
+            .where(col(Job.drop) == drop, col(Job.drop_settled).is_(False), ~pending)
+            .values(drop_settled=True)
+        )
+        with self._session() as session:
+            changed = session.execute(statement).rowcount  # type: ignore[attr-defined]
+            session.commit()
+        return bool(changed)
 
     def siblings(self, job: Job) -> list[Job]:
         """The other jobs of the same drop (the other variants of this image)."""

@@ -44,7 +44,7 @@ from .publish import (
 from .rules import Rule
 from .sidecar import build_sidecar, params_block
 from .sizing import frame_size
-from .store import PENDING, Job, JobState, JobStore
+from .store import Job, JobState, JobStore
 from .video import VideoError, encode_mp4, verify
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,19 @@ def source_pixels_needed(rule: Rule) -> int:
 
 
 def model_location(model: str | None, base_dir: Path) -> str | None:
-    """A rule's ``model`` as the engine loads it: a relative path naming a folder under
-    the config file's folder becomes that folder; anything else (a hub id such as
-    ``ali-vilab/i2vgen-xl``, an absolute path) is passed on as written."""
+    """A rule's ``model`` as the engine loads it. Paths are relative to the config
+    file's folder, never to wherever the daemon was started: ``./x``, ``../x``, ``~/x``
+    and ``a/b/c`` are always folders; ``owner/name`` is that folder when it exists
+    there, else a hub id such as ``ali-vilab/i2vgen-xl``."""
     if not model:
         return model
     path = Path(model).expanduser()
-    if not path.is_absolute() and (base_dir / path).is_dir():
+    if path.is_absolute():
+        return str(path)
+    local = model.startswith(("./", "../", "~")) or model.count("/") > 1
+    if local or (base_dir / path).is_dir():
         return str(base_dir / path)
-    return str(path) if path.is_absolute() else model
+    return model
 
 
 def engine_options(settings: Settings) -> EngineOptions:
@@ -342,6 +346,7 @@ class Worker:
         if not self.store.finish(job.id, now, document["timings"], duplicate_id, owner=self.owner):
             # Our lease ran out mid-job and another daemon took the job: its row is theirs.
             log.warning("job %d: published, but its lease had been taken over", job.id)
+        self._after_done(job, plan.source_action)
         log.info(
             "job %d done in %.2fs (queued %.2fs, generate %.2fs, encode %.2fs) -> %s",
             job.id,
@@ -354,28 +359,79 @@ class Worker:
 
     # --- the original ------------------------------------------------------------
 
-    def _source_action(self, job: Job, rule: Rule) -> str:
-        """The rule's ``source`` handling, or "leave" while other variants of the same
-        drop still need the original (the last of them to end takes care of it)."""
-        if any(other.state in PENDING for other in self.store.siblings(job)):
-            return "leave"
-        return rule.source
+    def _after_done(self, job: Job, action: str) -> None:
+        """What happens to the original once the job is recorded done."""
+        if action == "delete":
+            self._delete_source(job)
+        elif action == "leave":
+            self._settle_drop(job, Rule.model_validate(job.rule_data))
+
+    @staticmethod
+    def _source_action(job: Job, rule: Rule) -> str:
+        """What this job's publish does with the original. A job of a drop with
+        several variants leaves it: the drop settles it once all its jobs ended
+        (``_settle_drop``). ``delete`` happens only after the job is recorded done,
+        so a failure after it can never discard the only copy's outputs."""
+        return "leave" if job.variant else rule.source
 
     def _settle_source(self, job: Job, action: str, dest: Path | None) -> None:
-        """Move, keep or delete the original (and the companion files beside it)."""
-        source = Path(job.source)
+        """Move or keep the original (and the companion files beside it)."""
         companions = [Path(name) for name in job.companions]
         if action == "move":
-            assert dest is not None
-            place(source, dest)
+            if dest is None:
+                dest = free_path(self.settings.outbox / PurePosixPath(job.relative).parent,
+                                 Path(job.source).name)
+            place(Path(job.source), dest)
             self._move_companions(job, companions, dest)
         elif action == "keep":
             self.store.mark_source_left(job.source, job.sha256)
-        elif action == "delete":
+
+    def _delete_source(self, job: Job) -> None:
+        """``source: delete``, once the job is recorded done: the original (only if it
+        is still the content this job read) and its companion files."""
+        source = Path(job.source)
+        try:
             if self._is_copy_of_source(source, job):
                 source.unlink()
-            for path in companions:
-                path.unlink(missing_ok=True)
+            for path in job.companions:
+                Path(path).unlink(missing_ok=True)
+        except OSError as exc:
+            self.store.mark_source_left(job.source, job.sha256)
+            log.error("job %d: could not delete %s: %s; it stays in the inbox and is not "
+                      "taken again until it changes", job.id, job.relative, exc)
+
+    def _settle_drop(self, job: Job, rule: Rule) -> None:
+        """The last job of a drop to end takes care of the original: the rule's
+        ``source`` if any variant succeeded, else failed/ with that job's report."""
+        if not job.drop or not job.variant or not self.store.settle_drop(job.drop):
+            return
+        if not self._is_copy_of_source(Path(job.source), job):
+            return  # gone, or a new picture under its name, which intake queues itself
+        jobs = [self.store.get(job.id) or job, *self.store.siblings(job)]  # type: ignore[arg-type]
+        if any(j.state == JobState.DONE for j in jobs):
+            if rule.source == "delete":
+                self._delete_source(job)
+                return
+            try:
+                self._settle_source(job, rule.source, None)
+            except OSError as exc:
+                self.store.mark_source_left(job.source, job.sha256)
+                log.error("job %d: could not %s the original %s: %s; it stays in the inbox",
+                          job.id, rule.source, job.relative, exc)
+            return
+        relative = PurePosixPath(job.relative)
+        folder = self.settings.failed_dir / relative.parent
+        report = {"error": job.error, "hint": job.hint, "rule": job.rule_name,
+                  "source": job.relative, "sha256": job.sha256, "job": job.id,
+                  "variants": {j.variant: j.error for j in jobs}}
+        try:
+            dest = quarantine(Path(job.source), folder, report)
+            self._move_companions(job, [Path(name) for name in job.companions], dest)
+        except OSError as exc:
+            self.store.mark_source_left(job.source, job.sha256)
+            log.error("job %d: could not move %s to %s: %s", job.id, relative, folder, exc)
+            return
+        log.warning("every variant of %s failed -> %s", relative, dest)
 
     def _move_companions(self, job: Job, companions: list[Path], image_dest: Path) -> None:
         """The .txt/.yaml follow the image; failing to move them never fails the job
@@ -392,6 +448,8 @@ class Worker:
         ones it published (same inode, sidecar of the same image): never reuse a file
         that merely has the old name."""
         for done in self.store.find_done(job.sha256, job.rule_name, job.rule_hash, exclude=job.id):
+            if done.drop and done.drop == job.drop:
+                continue  # another output of this very drop, never a copy to reuse
             if (
                 done.video_path
                 and done.sidecar_path
@@ -409,6 +467,8 @@ class Worker:
         document = json.loads(Path(original.sidecar_path).read_text(encoding="utf-8"))
         document.update(
             source=job.relative,
+            variant=job.variant or None,
+            source_handling=Rule.model_validate(job.rule_data).source,
             outputs=_outputs(plan),
             duplicate_of=original_video.relative_to(self.settings.outbox).as_posix(),
             job=job.id,
@@ -459,11 +519,16 @@ class Worker:
             if completed:
                 self._move_companions(job, [Path(name) for name in job.companions], moved)
         elif ours and not job.source_dest:
-            # Keep, delete or leave: redoing it is harmless, and only the sidecar's
-            # presence says the publish got that far.
+            # Keep, delete or a variant: the sidecar's presence says the publish got
+            # that far; what follows "done" is redone after marking it.
             rule = Rule.model_validate(job.rule_data)
-            self._settle_source(job, self._source_action(job, rule), None)
-            completed = True
+            action = self._source_action(job, rule)
+            if action == "keep":
+                self.store.mark_source_left(job.source, job.sha256)
+            self.store.finish(job.id, time.time(), {}, owner=self.owner)
+            log.info("job %d: its publish had completed before a restart; marked done", job.id)
+            self._after_done(job, action)
+            return True
         else:
             completed = False
         if completed:
@@ -503,7 +568,9 @@ class Worker:
         """``path`` holds this job's original: a hard link to it, or a full copy."""
         source = Path(job.source)
         try:
-            if source.exists() and os.path.samefile(path, source):
+            # A hard link to the original is a copy; the original's own path is not
+            # proof of anything (a new picture may have been dropped under its name).
+            if path != source and source.exists() and os.path.samefile(path, source):
                 return True
             return (
                 path.stat().st_size == job.size_bytes and sha256_of(path.read_bytes()) == job.sha256
@@ -542,39 +609,18 @@ class Worker:
         self.store.fail(job.id, now, error, hint, retry_at=None, owner=self.owner)
         self._quarantine(job, error, hint, backoff)
 
-    def _variant_failed(self, job: Job, siblings: list[Job], report: dict[str, Any]) -> None:
-        """One variant of several failed. Its report goes to failed/; the original stays
-        for the variants still to run, or, if this was the last of them and another
-        one succeeded, is handled as the rule says; if all failed, it is quarantined."""
+    def _variant_failed(self, job: Job, report: dict[str, Any]) -> None:
+        """One variant of several failed: its report goes to failed/ on its own; the
+        original is settled by the drop's last job (``_settle_drop``)."""
         relative = PurePosixPath(job.relative)
         folder = self.settings.failed_dir / relative.parent
-        if any(other.state in PENDING for other in siblings) or any(
-            other.state == JobState.DONE for other in siblings
-        ):
-            name = f"{relative.name}.{job.variant or job.id}.error.json"
-            try:
-                write_json(free_path(folder, name), report)
-            except OSError as exc:
-                log.error("job %d: cannot write its error report to %s: %s", job.id, folder, exc)
-            log.warning(
-                "job %d (variant %s) failed: %s: %s", job.id, job.variant, relative, report["error"]
-            )
-            if not any(other.state in PENDING for other in siblings):
-                rule = Rule.model_validate(job.rule_data)
-                dest = None
-                if rule.source == "move":
-                    dest = free_path(self.settings.outbox / relative.parent, relative.name)
-                try:
-                    self._settle_source(job, rule.source, dest)
-                except OSError as exc:
-                    log.error("job %d: could not %s the original: %s", job.id, rule.source, exc)
-            return
         try:
-            dest = quarantine(Path(job.source), folder, report)
-            self._move_companions(job, [Path(name) for name in job.companions], dest)
+            write_json(free_path(folder, f"{relative.name}.{job.variant}.error.json"), report)
         except OSError as exc:
-            log.error("job %d: could not move %s to %s: %s", job.id, relative, folder, exc)
-        log.warning("job %d failed, as did every variant: %s -> %s", job.id, relative, folder)
+            log.error("job %d: cannot write its error report to %s: %s", job.id, folder, exc)
+        log.warning("job %d (variant %s) failed: %s: %s", job.id, job.variant, relative,
+                    report["error"])
+        self._settle_drop(job, Rule.model_validate(job.rule_data))
 
     def _explain_encoder_failure(self, exc: VideoError) -> tuple[str, str]:
         """A full scratch disk makes ffmpeg write a broken file: say that, not 'encoder'."""
@@ -607,9 +653,8 @@ class Worker:
         }
         if backoff:
             report["backoff"] = backoff
-        siblings = self.store.siblings(job)
-        if siblings and self._is_copy_of_source(source, job):
-            self._variant_failed(job, siblings, report)
+        if job.variant:
+            self._variant_failed(job, report)
             return
         if not self._is_copy_of_source(source, job):
             # Gone, or replaced by new content that intake queues as a job of its own.

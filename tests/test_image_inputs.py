@@ -312,3 +312,78 @@ def test_existing_output_name_gets_a_suffix(layout: Layout) -> None:
     assert (layout.outbox / "fixed.mp4").read_bytes() == b"someone else's"
     names = layout.files(layout.outbox)
     assert len([n for n in names if n.endswith(".mp4")]) == 2
+
+
+# --- review findings, each pinned ------------------------------------------------------
+
+
+def test_variants_differing_only_by_name_are_each_generated(layout: Layout) -> None:
+    layout.rule("motion", SMALL + "variants: [{name: take1}, {name: take2}]\n")
+    bench = Bench(layout)
+    bench.queue(make_image(layout.inbox / "a.jpg"))
+    jobs = run_all(bench)
+    assert [(j.variant, j.state, j.duplicate_of) for j in jobs] == [
+        ("take1", "done", None), ("take2", "done", None)
+    ]
+    take2 = sidecar(layout.outbox / "a.motion.take2.json")
+    assert (take2["variant"], take2["duplicate_of"]) == ("take2", None)
+    one, two = layout.outbox / "a.motion.take1.mp4", layout.outbox / "a.motion.take2.mp4"
+    assert one.stat().st_ino != two.stat().st_ino
+
+
+def test_only_one_job_of_a_drop_settles_the_original(layout: Layout) -> None:
+    """Two daemons finishing a drop's last two variants at once: the store lets exactly
+    one of them take care of the original, whatever the order of their commits."""
+    layout.rule("motion", SMALL + "variants: [{seed: 1}, {seed: 2}]\n")
+    bench = Bench(layout)
+    rules, _ = load_rules(bench.settings.rules_dir)
+    intake = Intake(bench.store, lambda: rules, bench.settings.failed_dir, 3)
+    first, second = intake.take(bench.settings.inbox[0], make_image(layout.inbox / "a.jpg")).jobs
+    assert first.id is not None and second.id is not None
+    assert not bench.store.settle_drop(first.drop), "both jobs are still queued"
+    bench.store.finish(first.id, time.time(), {})
+    assert not bench.store.settle_drop(first.drop), "the second is still queued"
+    bench.store.fail(second.id, time.time(), "x", "y", retry_at=None)
+    assert [bench.store.settle_drop(first.drop) for _ in range(3)] == [True, False, False]
+
+
+def test_a_new_picture_under_a_variant_name_is_never_moved_or_deleted(layout: Layout) -> None:
+    layout.rule("motion", SMALL + "source: delete\nvariants: [{seed: 1}, {seed: 2}]\n")
+    bench = Bench(layout)
+    image = make_image(layout.inbox / "a.jpg")
+    bench.queue(image)
+    assert bench.run().state == "done"
+    make_image(image, seed=9)  # the user drops another picture under the same name
+    (job,) = run_all(bench)
+    assert job.state == "cancelled"  # it was replaced under the job: never published
+    assert layout.files(layout.inbox) == ["a.jpg"]
+    assert image.read_bytes() == make_image(layout.root / "copy.jpg", seed=9).read_bytes()
+
+
+def test_a_kept_image_is_new_work_once_its_text_changes(layout: Layout) -> None:
+    layout.rule("motion", SMALL + 'source: keep\nprompt: "{{ text }}"\n')
+    bench = Bench(layout)
+    image = make_image(layout.inbox / "k.jpg")
+    text = layout.inbox / "k.txt"
+    text.write_text("first")
+    bench.queue(image)
+    assert [j.state for j in run_all(bench)] == ["done"]
+    rules, _ = load_rules(bench.settings.rules_dir)
+    fresh = Intake(bench.store, lambda: rules, bench.settings.failed_dir, 3)
+    assert fresh.take(bench.settings.inbox[0], image).outcome == "known"
+    text.write_text("second")
+    again = Intake(bench.store, lambda: rules, bench.settings.failed_dir, 3)
+    assert again.take(bench.settings.inbox[0], image).outcome == "queued"
+    (job,) = run_all(bench)
+    assert sidecar(Path(job.sidecar_path))["prompt"] == "second"
+
+
+def test_relative_model_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    from daemon.worker import model_location
+
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    assert model_location("models/tiny", tmp_path) == str(tmp_path / "models" / "tiny")
+    assert model_location("./x", tmp_path) == str(tmp_path / "x")
+    assert model_location("a/b/c", tmp_path) == str(tmp_path / "a" / "b" / "c")
+    assert model_location("ali-vilab/i2vgen-xl", tmp_path) == "ali-vilab/i2vgen-xl"
+    assert model_location("/abs/model", tmp_path) == "/abs/model"

@@ -71,9 +71,12 @@ def _offline() -> bool:
 def locate(model: str) -> ModelSource:
     """Where ``model`` is and which pipeline class it holds, without loading weights."""
     path = Path(model).expanduser()
-    if path.is_dir():
+    # The worker makes local folders absolute (relative to the config file), so a
+    # relative `owner/name` here is a hub id, never a folder under the daemon's cwd.
+    hub_shaped = bool(_HUB_ID.match(model)) and not path.is_absolute()
+    if path.is_dir() and not hub_shaped:
         return ModelSource(model, path.resolve(), None, _class_name(path.resolve(), model))
-    if _HUB_ID.match(model) and not path.exists():
+    if hub_shaped:
         return ModelSource(model, None, model, _hub_class_name(model))
     if path.exists():
         raise ModelUnavailable(
@@ -134,7 +137,7 @@ def _hub_class_name(hub_id: str) -> str:
     except Exception as exc:  # offline, network down, no such file: all "cannot get it now"
         why = "HF_HUB_OFFLINE is set" if _offline() else "it could not be downloaded"
         raise ModelUnavailable(
-            f"model {hub_id!r} is not a folder here ({Path(hub_id).resolve()}) nor in the "
+            f"model {hub_id!r} is neither a folder beside the config file nor in the "
             f"Hugging Face cache, and {why} ({type(exc).__name__}: {_first_line(exc)})",
             _fetch_hint(hub_id),
         ) from None
