@@ -142,7 +142,8 @@ class DiffusionSettings(_Strict):
         "auto", description="weights variant; auto: fp16 where the checkpoint has it"
     )
     decode_chunk_size: int | None = Field(
-        None, ge=1, le=64, description="frames decoded at once (default: all)"
+        None, ge=1, le=64, description="frames the VAE decodes at once (default: the model's own: "
+        "1 for I2VGen-XL, all for the others)",
     )
     motion_bucket_id: int = Field(
         127, ge=1, le=255, description="Stable Video Diffusion: how much motion"

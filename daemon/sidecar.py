@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -14,6 +15,7 @@ from .rules import ResolvedParams, Rule
 from .store import Job
 
 
+@functools.cache  # installed versions do not change under a running daemon
 def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     versions = {"i2vd": __version__, "python": platform.python_version()}
     for name in ("imageio-ffmpeg", "Pillow", *extra):
@@ -81,7 +83,7 @@ def build_sidecar(
         "notes": clip.notes,
         "timings": {key: round(value, 4) for key, value in timings.items()},
         "device": clip.device,
-        "versions": package_versions(tuple(clip.extra.get("packages", ()))),
+        "versions": dict(package_versions(tuple(clip.extra.get("packages", ())))),
         "outputs": outputs,
         "duplicate_of": None,
         "job": job.id,

@@ -421,9 +421,17 @@ class Worker:
             return
         relative = PurePosixPath(job.relative)
         folder = self.settings.failed_dir / relative.parent
-        report = {"error": job.error, "hint": job.hint, "rule": job.rule_name,
-                  "source": job.relative, "sha256": job.sha256, "job": job.id,
-                  "variants": {j.variant: j.error for j in jobs}}
+        latest = jobs[0]  # this job's row as just recorded, with its error
+        report = {
+            "error": latest.error,
+            "hint": latest.hint,
+            "attempts": latest.attempts,
+            "rule": job.rule_name,
+            "source": job.relative,
+            "sha256": job.sha256,
+            "job": job.id,
+            "variants": {j.variant: j.error for j in jobs},
+        }
         try:
             dest = quarantine(Path(job.source), folder, report)
             self._move_companions(job, [Path(name) for name in job.companions], dest)

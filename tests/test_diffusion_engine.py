@@ -212,9 +212,12 @@ def test_each_family_renders_and_records_what_it_used(
     assert clip.device == "cpu"
     assert clip.load_seconds > 0
     assert clip.extra["packages"] == ("torch", "diffusers", "transformers", "accelerate")
-    # Progress: the start, one per denoising step up to 0.9, then the decode starting.
-    assert fractions == pytest.approx([0.0, *(0.9 * step / 10 for step in range(1, 11)), 0.9])
-    assert clip.extra["progress"] == {"steps": 10, "total": 10, "decodes": 1}
+    # Progress: the start, one per denoising step up to 0.9, then each decode starting
+    # (I2VGen-XL decodes one frame at a time by default; the others all at once).
+    decodes = expected_frames if name == "i2vgenxl" else 1
+    decoding = [0.9 + 0.1 * part / decodes for part in range(decodes)]
+    assert fractions == pytest.approx([0.0, *(0.9 * step / 10 for step in range(1, 11)), *decoding])
+    assert clip.extra["progress"] == {"steps": 10, "total": 10, "decodes": decodes}
     assert clip.effective_extra["dtype"] == "float32"
     assert clip.effective_extra["variant"] is None
     assert clip.effective_extra["memory_savers"] == []
@@ -227,7 +230,7 @@ def test_each_family_renders_and_records_what_it_used(
     else:
         assert not any("takes no prompt" in note for note in clip.notes)
     if name == "i2vgenxl":
-        assert clip.effective_extra["decode_chunk_size"] == 8
+        assert clip.effective_extra["decode_chunk_size"] == 1  # the pipeline's own default
     if name == "wan_i2v":
         assert "decode_chunk_size" not in clip.effective_extra
         assert "frames 8 rounded to 9: Wan 2.x image-to-video makes 4k+1 frames" in clip.notes

@@ -387,3 +387,35 @@ def test_relative_model_paths_are_relative_to_the_config_file(tmp_path: Path) ->
     assert model_location("a/b/c", tmp_path) == str(tmp_path / "a" / "b" / "c")
     assert model_location("ali-vilab/i2vgen-xl", tmp_path) == "ali-vilab/i2vgen-xl"
     assert model_location("/abs/model", tmp_path) == "/abs/model"
+
+
+def test_when_every_variant_fails_the_original_goes_to_failed(layout: Layout) -> None:
+    layout.rule(
+        "motion", SMALL + 'output: {name: "../{{ variant }}"}\nvariants: [{seed: 1}, {seed: 2}]\n'
+    )
+    bench = Bench(layout)
+    (layout.inbox / "a.txt").write_text("words")
+    bench.queue(make_image(layout.inbox / "a.jpg"))
+    assert [j.state for j in run_all(bench)] == ["failed", "failed"]
+    assert layout.files(layout.inbox) == []
+    assert layout.files(layout.failed) == [
+        "a.jpg", "a.jpg.error.json", "a.jpg.v1.error.json", "a.jpg.v2.error.json", "a.txt"
+    ]
+    report = sidecar(layout.failed / "a.jpg.error.json")
+    assert set(report["variants"]) == {"v1", "v2"}
+    assert "not a plain file name" in report["error"]
+
+
+def test_one_failed_variant_still_publishes_the_rest_and_moves_the_original(
+    layout: Layout,
+) -> None:
+    layout.rule(
+        "motion",
+        SMALL + "variants:\n  - {name: good}\n  - {name: bad, prompt: '{{ nope }}'}\n",
+    )
+    bench = Bench(layout)
+    bench.queue(make_image(layout.inbox / "a.jpg"))
+    assert [j.state for j in run_all(bench)] == ["done", "failed"]
+    assert layout.files(layout.outbox) == ["a.jpg", "a.motion.good.json", "a.motion.good.mp4"]
+    assert layout.files(layout.failed) == ["a.jpg.bad.error.json"]
+    assert "'nope' is undefined" in sidecar(layout.failed / "a.jpg.bad.error.json")["error"]

@@ -551,7 +551,11 @@ class _Climb:
             arguments["prompt_embeds"] = embeddings.prompt_embeds
             arguments["negative_prompt_embeds"] = embeddings.negative_prompt_embeds
             truncated = embeddings.truncated
-        chunk = plan.decode_chunk if family.decode_chunk_argument else None
+        chunk = (
+            (plan.decode_chunk or family.default_decode_chunk)
+            if family.decode_chunk_argument
+            else None
+        )
         reporter = StepReporter(
             request.checkpoint,
             f"{self.resident.source.model} {plan.width}x{plan.height}, {plan.frames} frames",

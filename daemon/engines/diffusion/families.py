@@ -63,6 +63,8 @@ class Family:
     float32_components: tuple[str, ...] = ()
     # Packages the pipeline imports only when called (checked before loading).
     requires: tuple[str, ...] = ()
+    # Frames the pipeline decodes at once when the rule does not say (None: all).
+    default_decode_chunk: int | None = None
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -79,6 +81,7 @@ FAMILIES: tuple[Family, ...] = (
         decode_chunk_argument="decode_chunk_size",
         spatial_multiple=_vae_scale,
         frame_step=lambda pipe: 1,
+        default_decode_chunk=1,  # I2VGen-XLPipeline.__call__'s own default
     ),
     Family(
         class_name="StableVideoDiffusionPipeline",
@@ -190,7 +193,8 @@ def call_arguments(family: Family, inputs: CallInputs) -> dict[str, Any]:
         arguments["negative_prompt"] = inputs.negative_prompt
     if family.fps_argument is not None:
         arguments[family.fps_argument] = inputs.fps
-    if family.decode_chunk_argument is not None:
+    if family.decode_chunk_argument is not None and inputs.decode_chunk is not None:
+        # Unset, the pipeline keeps its own default, exactly as in a user's script.
         arguments[family.decode_chunk_argument] = inputs.decode_chunk
     if family.svd_conditioning:
         arguments["motion_bucket_id"] = inputs.motion_bucket_id
@@ -202,8 +206,9 @@ def effective_extra(family: Family, inputs: CallInputs) -> dict[str, Any]:
     """Family-specific values actually used, for the sidecar's "effective" block."""
     extra: dict[str, Any] = {}
     if family.decode_chunk_argument is not None:
-        # None means all frames in one decode for these families.
-        extra["decode_chunk_size"] = inputs.decode_chunk or inputs.frames
+        extra["decode_chunk_size"] = (
+            inputs.decode_chunk or family.default_decode_chunk or inputs.frames
+        )
     if family.svd_conditioning:
         extra["motion_bucket_id"] = inputs.motion_bucket_id
         extra["noise_aug_strength"] = inputs.noise_aug_strength
