@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -403,27 +403,34 @@ def load_rule_file(path: Path, presets: Mapping[str, Preset] = BUILTIN_PRESETS) 
             [RuleProblem(path, 1, 1, "preset_values", "unknown field; use 'preset' and 'params'")]
         )
     data.setdefault("name", path.stem)
-    try:
-        rule = Rule.model_validate(data, context={"presets": presets})
-    except ValidationError as exc:
-        raise RuleFileError(_problems(path, node, exc)) from None
-    return LoadedRule(rule, path)
+    return LoadedRule(_validate(Rule, data, path, node, {"presets": presets}), path)
 
 
 def load_preset_file(path: Path) -> Preset:
     """One user preset: ``<rules_dir>/presets/<name>.yaml`` holding every Preset field."""
     node, data = _read_yaml(path, "a preset file")
-    try:
-        return Preset.model_validate(data)
-    except ValidationError as exc:
-        raise RuleFileError(_problems(path, node, exc)) from None
+    return _validate(Preset, data, path, node)
 
 
 def load_overrides(path: Path) -> ImageOverrides:
     """An image's ``<stem>.yaml``: raise RuleFileError naming file, line and field."""
     node, data = _read_yaml(path, "an image's .yaml")
+    return _validate(ImageOverrides, data, path, node)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _validate(
+    model: type[_Model],
+    data: dict[str, Any],
+    path: Path,
+    node: yaml.Node | None,
+    context: dict[str, Any] | None = None,
+) -> _Model:
+    """``model`` from a file's mapping, or RuleFileError naming file, line and field."""
     try:
-        return ImageOverrides.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise RuleFileError(_problems(path, node, exc)) from None
 

@@ -50,86 +50,14 @@ FAMILIES = [
 ]
 
 
-def build_ltx_i2v(folder: Path) -> Path:
-    """A tiny random LTXImageToVideoPipeline (diffusers' fast-test configs; a T5 encoder
-    made from a config and the hand-written tokenizer, so nothing is downloaded)."""
-    import torch
-    from diffusers import (
-        AutoencoderKLLTXVideo,
-        FlowMatchEulerDiscreteScheduler,
-        LTXImageToVideoPipeline,
-        LTXVideoTransformer3DModel,
-    )
-    from transformers import T5Config, T5EncoderModel
 
-    from tiny_pipelines import tiny_t5_tokenizer
-
-    torch.manual_seed(0)
-    transformer = LTXVideoTransformer3DModel(
-        in_channels=8,
-        out_channels=8,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=4,
-        attention_head_dim=8,
-        cross_attention_dim=32,
-        num_layers=1,
-        caption_channels=32,
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKLLTXVideo(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=8,
-        block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8, 8),
-        layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1, 1),
-        spatio_temporal_scaling=(True, True, False, False),
-        decoder_spatio_temporal_scaling=(True, True, False, False),
-        decoder_inject_noise=(False, False, False, False, False),
-        upsample_residual=(False, False, False, False),
-        upsample_factor=(1, 1, 1, 1),
-        timestep_conditioning=False,
-        patch_size=1,
-        patch_size_t=1,
-        encoder_causal=True,
-        decoder_causal=False,
-    )
-    tokenizer = tiny_t5_tokenizer()
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        feed_forward_proj="relu",
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    pipe = LTXImageToVideoPipeline(
-        transformer=transformer,
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        text_encoder=T5EncoderModel(config),
-        tokenizer=tokenizer,
-    )
-    pipe.save_pretrained(folder)
-    return folder
-
-
-BUILDERS = {**TINY_BUILDERS, "ltx_i2v": build_ltx_i2v}
 
 
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """The tiny pipeline ``name`` saved once per test session (shared by the modules)."""
     folder = tmp_path_factory.getbasetemp() / "tiny-pipelines" / name
     if not (folder / "model_index.json").exists():
-        BUILDERS[name](folder)
+        TINY_BUILDERS[name](folder)
     return folder
 
 

@@ -337,20 +337,7 @@ def wan_i2v_components() -> dict[str, Any]:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
     tokenizer = tiny_t5_tokenizer()
     text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=5,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="relu",
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-            is_encoder_decoder=True,
-        )
+        UMT5Config(**tiny_t5_sizes(len(tokenizer)), num_layers=5, is_encoder_decoder=True)
     )
     torch.manual_seed(0)
     transformer = WanTransformer3DModel(
@@ -399,10 +386,80 @@ def build_wan_i2v(folder: Path) -> Path:
     return _save(WanImageToVideoPipeline(**wan_i2v_components()), folder)
 
 
+def tiny_t5_sizes(vocab_size: int) -> dict[str, Any]:
+    """The sizes of hf-internal-testing/tiny-random-t5, which cannot be downloaded here."""
+    return {
+        "vocab_size": vocab_size,
+        "d_model": 32,
+        "d_kv": 8,
+        "d_ff": 37,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 8,
+        "feed_forward_proj": "relu",
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+
+
+def build_ltx_i2v(folder: Path) -> Path:
+    """A tiny random LTXImageToVideoPipeline (diffusers' fast-test configs; a T5 encoder
+    made from a config and the hand-written tokenizer, so nothing is downloaded)."""
+    from diffusers.models.autoencoders.autoencoder_kl_ltx import AutoencoderKLLTXVideo
+    from diffusers.models.transformers.transformer_ltx import LTXVideoTransformer3DModel
+    from diffusers.pipelines.ltx.pipeline_ltx_image2video import LTXImageToVideoPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=4,
+        attention_head_dim=8,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=32,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=8,
+        block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1),
+        timestep_conditioning=False,
+        patch_size=1,
+        patch_size_t=1,
+        encoder_causal=True,
+        decoder_causal=False,
+    )
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(T5Config(**tiny_t5_sizes(len(tokenizer)), num_layers=2))
+    pipe = LTXImageToVideoPipeline(
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+    return _save(pipe, folder)
+
+
 TINY_BUILDERS: dict[str, Callable[[Path], Path]] = {
     "i2vgenxl": build_i2vgenxl,
     "svd": build_svd,
     "wan_i2v": build_wan_i2v,
+    "ltx_i2v": build_ltx_i2v,
 }
 
 
