@@ -171,27 +171,31 @@ def main(argv: list[str] | None = None) -> int:
         warm_daemon, first = daemon.job(size)  # loads the model
         pipe = daemon.pipeline()
         warm_raw = raw_job(pipe, size, params, root / "raw-0.mp4", 0)
-        raw_times, daemon_times, peaks = [], [], []
+        raw_times: list[float] = []
+        daemon_times: list[float] = []
+        peaks: list[float] = []
+
+        def daemon_round() -> None:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            daemon_times.append(daemon.job(size)[0])
+            if cuda:
+                peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+
+        def raw_round(index: int) -> None:
+            raw_times.append(raw_job(pipe, size, params, root / f"raw-{index}.mp4", index))
+
         for index in range(1, args.rounds + 1):
             # Which side goes first alternates: the second of a pair runs on a warmer
             # allocator and cache, a bias of several percent on a CPU.
             if index % 2:
-                raw_times.append(raw_job(pipe, size, params, root / f"raw-{index}.mp4", index))
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            elapsed, _ = daemon.job(size)
-            daemon_times.append(elapsed)
-            if cuda:
-                peaks.append(torch.cuda.max_memory_allocated() / 2**30)
-            if not index % 2:
-                raw_times.append(raw_job(pipe, size, params, root / f"raw-{index}.mp4", index))
+                raw_round(index)
+                daemon_round()
+            else:
+                daemon_round()
+                raw_round(index)
         for _ in range(args.jobs):
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            elapsed, _ = daemon.job(size)
-            daemon_times.append(elapsed)
-            if cuda:
-                peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+            daemon_round()
 
         result: dict[str, Any] = {
             "model": "full I2VGen-XL (random weights)" if args.full else "tiny I2VGen-XL",

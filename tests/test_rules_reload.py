@@ -17,17 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, col, select
 from watchdog.observers import Observer
 
 from conftest import MOTION_RULE, DaemonProcess, Layout, make_image, wait_for
-from daemon.config import load_settings
 from daemon.engines import Clip, RenderRequest
 from daemon.rules import LoadedRule
 from daemon.ruleset import ReloadResult, RuleSet, RulesWatcher
 from daemon.service import Service
-from daemon.store import Job, JobStore
+from daemon.store import JobStore
 from daemon.worker import Worker
+from test_daemon_e2e import jobs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
 
@@ -567,15 +566,6 @@ def test_the_idle_timer_asks_every_engine_and_survives_a_failure(
 # --- the daemon --------------------------------------------------------------------
 
 DaemonFactory = Callable[..., DaemonProcess]
-
-
-def jobs(layout: Layout) -> list[Job]:
-    store = JobStore(load_settings(layout.config_file).database_url)
-    try:
-        with Session(store.engine) as session:
-            return list(session.exec(select(Job).order_by(col(Job.id))).all())
-    finally:
-        store.close()
 
 
 def sidecar(layout: Layout, name: str) -> dict[str, Any]:
