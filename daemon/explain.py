@@ -13,7 +13,7 @@ import datetime as dt
 import importlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -48,7 +48,7 @@ from .rules import (
     rule_matches,
 )
 from .sizing import frame_size
-from .watch import is_candidate_name
+from .watch import DEFAULT_RESERVED, is_candidate_name
 
 # GPU memory the reference I2VGen-XL tool needs per resolution (its own table); other
 # diffusion families differ, so explain names where the figures come from.
@@ -238,9 +238,11 @@ def _inbox_list(inboxes: Sequence[Path]) -> str:
     return ", ".join(str(i) for i in inboxes)
 
 
-def ignored_because(place: Place) -> str | None:
+def ignored_because(place: Place, reserved: Collection[str] = DEFAULT_RESERVED) -> str | None:
     """Why the watcher would never take this path, or None."""
     for part in place.relative.parts:
+        if part.lower() in reserved:
+            return f"{part!r} is the name of i2vd's status page, which is never a job"
         if not is_candidate_name(part):
             return (
                 f"{part!r} is a hidden, temporary or partial name: the watcher waits for it "
@@ -292,7 +294,7 @@ class Explainer:
             return report
         path = place.path
         report.update(inbox=str(place.inbox), relative=str(place.relative), exists=path.is_file())
-        ignored = ignored_because(place)
+        ignored = ignored_because(place, self.settings.status_files)
         if ignored is not None:
             report["verdict"] = f"never taken: {ignored}"
             report["errors"].append(report["verdict"])

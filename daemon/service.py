@@ -133,7 +133,7 @@ class Service:
         self._sweep_work_dir()
         self._load_rules()
 
-        self.tracker = SettleTracker(s.inbox, s.settle_seconds)
+        self.tracker = SettleTracker(s.inbox, s.settle_seconds, s.status_files)
         self.intake = Intake(
             self.store,
             self.ruleset.rules,
@@ -290,7 +290,7 @@ class Service:
 
     def _settle_tick(self) -> None:
         for folder in self.watcher.take_folder_rescans():
-            for path in scan(folder):
+            for path in scan(folder, self.settings.status_files):
                 self.tracker.note(path)
         with self._intake_lock:
             for root, path in self.tracker.poll(time.time()):
@@ -313,7 +313,7 @@ class Service:
     def _rescan(self) -> None:
         present: set[Path] = set()
         for root in self.settings.inbox:
-            for path in scan(root):
+            for path in scan(root, self.settings.status_files):
                 self.tracker.note(path)
                 present.add(path)
         with self._intake_lock:
