@@ -49,6 +49,23 @@ def write_json(dest: Path, data: dict[str, Any]) -> None:
     _fsync_dir(dest.parent)
 
 
+def replace_file(dest: Path, payload: bytes) -> None:
+    """Replace ``dest`` whole: readers see the old file or the new one, never a mix. A
+    symlink at ``dest`` is replaced itself, never written through.
+
+    Not synced: this is for files rewritten every few seconds and rebuilt at start
+    (the status page), where a sync per write would cost on network shares.
+    """
+    tmp = temp_name(dest)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def place(src: Path, dest: Path, keep_src: bool = False, link: bool = False) -> None:
     """Move ``src`` to ``dest`` (or copy it with ``keep_src``, or hard-link it with
     ``link``), atomically and across filesystems too. Never overwrites: an existing

@@ -1,0 +1,532 @@
+"""The queue's read side: one picture of what waits, runs, finished and failed.
+
+Everything people and admins are shown about the queue (the status page in the share,
+``i2vd status``) is built from one :class:`Snapshot`, so they never disagree. Nothing
+here changes a job. Estimates are medians of measured jobs, said to be estimates and
+how they were made; before a rule has a finished job at a size there is none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
+
+from .store import Job, JobState, JobStore
+
+# How many recent finished jobs of one rule and size an estimate is the median of.
+ESTIMATE_JOBS = 10
+# Finished jobs read to find them: enough for several rules without scanning history.
+HISTORY_ROWS = 400
+# Below this progress an extrapolation from progress is mostly noise.
+MIN_PROGRESS = 0.05
+PARAM_KEYS = ("width", "height", "frames", "fps", "steps", "guidance", "seed")
+
+
+@dataclass(frozen=True)
+class DaemonState:
+    """What the daemon is doing: ``running``, ``paused``, ``outside_window`` or
+    ``stopped``, with a sentence for people and, outside the window, when it reopens."""
+
+    state: str
+    message: str
+    reopens_at: float | None = None
+
+
+RUNNING = DaemonState("running", "i2vd is running: images are taken in and made into videos")
+STOPPED = DaemonState(
+    "stopped", "i2vd is stopped: new images wait in the folder until it starts again"
+)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    job: int
+    inbox: str
+    source: str  # inbox-relative
+    rule: str
+    variant: str
+    state: str  # queued | retrying
+    position: int  # 1 = next to start, over the whole queue
+    attempts: int
+    max_attempts: int
+    queued_at: float
+    last_error: str | None  # retrying: why the previous attempt failed
+    eta: float | None  # seconds from the snapshot until it should be done
+    eta_how: str  # how the estimate was made, or why there is none
+
+
+@dataclass(frozen=True)
+class Running:
+    job: int
+    inbox: str
+    source: str
+    rule: str
+    variant: str
+    phase: str  # loading | generating | encoding
+    step: str  # the phase in words, e.g. "generating 40%"
+    progress: float
+    started_at: float
+    elapsed: float
+    remaining: float | None
+    remaining_how: str
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class Done:
+    job: int
+    inbox: str
+    source: str
+    rule: str
+    variant: str
+    finished_at: float
+    duration: float | None  # seconds from start to finish of the last attempt
+    video: str | None  # outbox-relative
+    sidecar: str | None  # outbox-relative
+    prompt: str | None
+    params: dict[str, Any]
+    reused: bool  # the same image and rule were done before: that video was reused
+
+
+@dataclass(frozen=True)
+class Failed:
+    job: int
+    inbox: str
+    source: str
+    rule: str
+    variant: str
+    finished_at: float
+    error: str
+    hint: str
+    detail: str | None
+    attempts: int
+    report: str | None  # the .error.json, relative to the failed folder
+    retry: str  # how to try again, in words
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    updated: float
+    daemon: DaemonState
+    waiting: tuple[Waiting, ...] = ()
+    running: tuple[Running, ...] = ()
+    done: tuple[Done, ...] = ()
+    failed: tuple[Failed, ...] = ()
+    inboxes: tuple[str, ...] = ()
+
+    def for_inbox(self, inbox: str) -> Snapshot:
+        """The same picture limited to one inbox's images (positions stay queue-wide)."""
+        return replace(
+            self,
+            waiting=tuple(w for w in self.waiting if w.inbox == inbox),
+            running=tuple(r for r in self.running if r.inbox == inbox),
+            done=tuple(d for d in self.done if d.inbox == inbox),
+            failed=tuple(f for f in self.failed if f.inbox == inbox),
+            inboxes=(inbox,),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "updated": iso(self.updated),
+            "daemon": {
+                **asdict(self.daemon),
+                "reopens_at": iso(self.daemon.reopens_at) if self.daemon.reopens_at else None,
+            },
+            "inboxes": list(self.inboxes),
+            "waiting": [_item_json(w, "queued_at") for w in self.waiting],
+            "running": [_item_json(r, "started_at") for r in self.running],
+            "done": [_item_json(d, "finished_at") for d in self.done],
+            "failed": [_item_json(f, "finished_at") for f in self.failed],
+        }
+
+
+def iso(timestamp: float) -> str:
+    """A moment as people read it on the page: local time with its UTC offset."""
+    return dt.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+def _item_json(item: Any, time_key: str) -> dict[str, Any]:
+    data: dict[str, Any] = asdict(item)
+    data[time_key] = iso(data[time_key])
+    return data
+
+
+@dataclass(frozen=True)
+class _Size:
+    """The part of a rule that decides how long a job takes, with its words."""
+
+    key: tuple[Any, ...]
+    words: str
+
+
+@dataclass
+class QueueView:
+    """Builds snapshots from the queue. Caches what never changes (a rule snapshot's
+    size, a finished job's sidecar and report), so a snapshot costs a few queries."""
+
+    store: JobStore
+    inboxes: Sequence[Path]
+    outbox: Path
+    failed_dir: Path
+    items: int = 20  # finished and failed jobs listed
+    _sizes: dict[str, _Size] = field(default_factory=dict)
+    _done: dict[int, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
+    _reports: dict[int, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
+
+    def snapshot(self, now: float, daemon: DaemonState, workers: int = 1) -> Snapshot:
+        with Session(self.store.engine) as session:
+            estimates = self._estimates(session)
+            running = self._running(session, now, estimates)
+            waiting = self._waiting(session, now, estimates, running, max(1, workers))
+            done = self._finished(session)
+            failed = self._failed(session)
+        return Snapshot(
+            updated=now,
+            daemon=daemon,
+            waiting=tuple(waiting),
+            running=tuple(running),
+            done=tuple(done),
+            failed=tuple(failed),
+            inboxes=tuple(self.label(root) for root in self.inboxes),
+        )
+
+    def label(self, root: Path | str) -> str:
+        """An inbox's name on pages: its folder's name, or the whole path when two
+        inboxes share a folder name."""
+        path = Path(root)
+        if sum(1 for other in self.inboxes if other.name == path.name) == 1:
+            return path.name
+        return str(path)
+
+    # --- estimates ---------------------------------------------------------------
+
+    def _size(self, session: Session, rule_hash: str, rule_name: str) -> _Size:
+        cached = self._sizes.get(rule_hash)
+        if cached is None:
+            text = session.exec(
+                select(Job.rule_json).where(Job.rule_hash == rule_hash).limit(1)
+            ).first()
+            cached = self._sizes[rule_hash] = size_of(rule_name, json.loads(text or "{}"))
+        return cached
+
+    def _estimates(self, session: Session) -> dict[tuple[Any, ...], tuple[float, int]]:
+        """(median seconds, jobs measured) per rule and size, from the newest jobs that
+        were really generated (a reused video took no time)."""
+        rows = session.exec(
+            select(Job.rule_hash, Job.rule_name, Job.started_at, Job.finished_at)
+            .where(
+                Job.state == JobState.DONE,
+                col(Job.duplicate_of).is_(None),
+                col(Job.started_at).is_not(None),
+                col(Job.finished_at).is_not(None),
+            )
+            .order_by(col(Job.finished_at).desc())
+            .limit(HISTORY_ROWS)
+        ).all()
+        samples: dict[tuple[Any, ...], list[float]] = {}
+        for rule_hash, rule_name, started, finished in rows:
+            seconds = (finished or 0.0) - (started or 0.0)
+            key = self._size(session, rule_hash, rule_name).key
+            bucket = samples.setdefault(key, [])
+            if seconds > 0 and len(bucket) < ESTIMATE_JOBS:
+                bucket.append(seconds)
+        return {key: (statistics.median(s), len(s)) for key, s in samples.items() if s}
+
+    # --- the queue -----------------------------------------------------------------
+
+    def _running(
+        self, session: Session, now: float, estimates: dict[tuple[Any, ...], tuple[float, int]]
+    ) -> list[Running]:
+        jobs = session.exec(
+            select(Job).where(Job.state == JobState.RUNNING).order_by(col(Job.started_at))
+        ).all()
+        out = []
+        for job in jobs:
+            assert job.id is not None
+            size = self._size(session, job.rule_hash, job.rule_name)
+            elapsed = max(0.0, now - (job.started_at or now))
+            phase, step = phase_of(job.progress, job.engine)
+            remaining, how = remaining_time(elapsed, job.progress, phase, estimates.get(size.key))
+            out.append(
+                Running(
+                    job=job.id,
+                    inbox=self.label(job.inbox_root),
+                    source=job.relative,
+                    rule=job.rule_name,
+                    variant=job.variant,
+                    phase=phase,
+                    step=step,
+                    progress=round(job.progress, 3),
+                    started_at=job.started_at or now,
+                    elapsed=round(elapsed, 1),
+                    remaining=remaining,
+                    remaining_how=how + (f" ({size.words})" if remaining is not None else ""),
+                    attempt=job.attempts,
+                    max_attempts=job.max_attempts,
+                )
+            )
+        return out
+
+    def _waiting(
+        self,
+        session: Session,
+        now: float,
+        estimates: dict[tuple[Any, ...], tuple[float, int]],
+        running: list[Running],
+        workers: int,
+    ) -> list[Waiting]:
+        # The claim's own order (store.claim): earliest due first, then oldest.
+        rows = session.execute(
+            sa_select(
+                col(Job.id),
+                col(Job.inbox_root),
+                col(Job.relative),
+                col(Job.rule_name),
+                col(Job.rule_hash),
+                col(Job.variant),
+                col(Job.state),
+                col(Job.attempts),
+                col(Job.max_attempts),
+                col(Job.created_at),
+                col(Job.not_before),
+                col(Job.error),
+            )
+            .where(col(Job.state).in_((JobState.QUEUED, JobState.RETRYING)))
+            .order_by(col(Job.not_before), col(Job.id))
+        ).all()
+        # Work ahead, in seconds of one worker; None once something ahead has no estimate.
+        ahead: float | None = 0.0
+        for item in running:
+            ahead = None if ahead is None or item.remaining is None else ahead + item.remaining
+        out = []
+        for position, row in enumerate(rows, start=1):
+            job_id, root, relative, rule, rule_hash, variant, state = row[:7]
+            attempts, max_attempts, created, not_before, error = row[7:]
+            size = self._size(session, rule_hash, rule)
+            measured = estimates.get(size.key)
+            eta: float | None = None
+            if measured is None:
+                how = f"no estimate yet: no image of rule {rule} at {size.words} has finished"
+            elif ahead is None:
+                how = "no estimate yet: an image ahead of it has no measured time yet"
+            else:
+                start = max(ahead / workers, not_before - now)
+                eta = round(start + measured[0], 1)
+                how = (
+                    f"estimate: the median time of the last {measured[1]} image(s) of rule "
+                    f"{rule} at {size.words}, after the images ahead of it"
+                )
+            ahead = None if ahead is None or measured is None else ahead + measured[0]
+            out.append(
+                Waiting(
+                    job=job_id,
+                    inbox=self.label(root),
+                    source=relative,
+                    rule=rule,
+                    variant=variant,
+                    state=state,
+                    position=position,
+                    attempts=attempts,
+                    max_attempts=max_attempts,
+                    queued_at=created,
+                    last_error=error if state == JobState.RETRYING else None,
+                    eta=eta,
+                    eta_how=how,
+                )
+            )
+        return out
+
+    # --- finished and failed -------------------------------------------------------
+
+    def _finished(self, session: Session) -> list[Done]:
+        jobs = session.exec(
+            select(Job)
+            .where(Job.state == JobState.DONE)
+            .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
+            .limit(self.items)
+        ).all()
+        out = []
+        for job in jobs:
+            assert job.id is not None
+            if job.id not in self._done:
+                self._done[job.id] = _read_sidecar(job.sidecar_path)
+            prompt, params = self._done[job.id]
+            started, finished = job.started_at, job.finished_at or 0.0
+            out.append(
+                Done(
+                    job=job.id,
+                    inbox=self.label(job.inbox_root),
+                    source=job.relative,
+                    rule=job.rule_name,
+                    variant=job.variant,
+                    finished_at=finished,
+                    duration=round(finished - started, 1) if started else None,
+                    video=_relative(job.video_path, self.outbox),
+                    sidecar=_relative(job.sidecar_path, self.outbox),
+                    prompt=prompt,
+                    params=params,
+                    reused=job.duplicate_of is not None,
+                )
+            )
+        return out
+
+    def _failed(self, session: Session) -> list[Failed]:
+        jobs = session.exec(
+            select(Job)
+            .where(Job.state == JobState.FAILED)
+            .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
+            .limit(self.items * 3)
+        ).all()
+        retaken = _retaken(session, jobs)
+        out = []
+        for job in jobs:
+            assert job.id is not None
+            if job.id in retaken:
+                continue  # taken again since: this failure is history, not news
+            if job.id not in self._reports:
+                self._reports[job.id] = self._read_report(job)
+            report_path, report = self._reports[job.id]
+            out.append(
+                Failed(
+                    job=job.id,
+                    inbox=self.label(job.inbox_root),
+                    source=job.relative,
+                    rule=job.rule_name,
+                    variant=job.variant,
+                    finished_at=job.finished_at or 0.0,
+                    error=str(report.get("error") or job.error or ""),
+                    hint=str(report.get("hint") or job.hint or ""),
+                    detail=_text_or_none(report.get("detail")),
+                    attempts=job.attempts,
+                    report=report_path,
+                    retry=retry_words(job),
+                )
+            )
+            if len(out) == self.items:
+                break
+        return out
+
+    def _read_report(self, job: Job) -> tuple[str | None, dict[str, Any]]:
+        """The job's .error.json in the failed folder, if it is there and is its own."""
+        path = PurePosixPath(job.relative)
+        name = f"{path.name}.{job.variant}.error.json" if job.variant else f"{path.name}.error.json"
+        relative = (path.parent / name).as_posix()
+        try:
+            report = json.loads((self.failed_dir / relative).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None, {}
+        if not isinstance(report, dict) or report.get("job") != job.id:
+            return None, {}
+        return relative, report
+
+
+def size_of(rule_name: str, rule: dict[str, Any]) -> _Size:
+    """A rule snapshot's effective size: its preset with its own params laid over."""
+    params = dict(rule.get("preset_values") or {})
+    params.update({k: v for k, v in (rule.get("params") or {}).items() if v is not None})
+    resolution, frames, steps = params.get("resolution"), params.get("frames"), params.get("steps")
+    words = f"{resolution}p, {frames} frames"
+    if rule.get("engine") == "diffusion":
+        words += f", {steps} steps"
+    key = (rule_name, rule.get("engine"), rule.get("model"), resolution, frames, steps)
+    return _Size(key, words)
+
+
+def phase_of(progress: float, engine: str) -> tuple[str, str]:
+    """The step a running job is at, from the progress its engine reports (the worker
+    marks 100% when the frames are done and the encoder starts)."""
+    if progress <= 0.0:
+        words = "loading the model" if engine == "diffusion" else "preparing"
+        return "loading", words
+    if progress < 1.0:
+        return "generating", f"generating {progress:.0%}"
+    return "encoding", "encoding the video"
+
+
+def remaining_time(
+    elapsed: float, progress: float, phase: str, measured: tuple[float, int] | None
+) -> tuple[float | None, str]:
+    """Seconds a running job still needs, and how that was estimated."""
+    if measured is not None and elapsed < measured[0]:
+        return (
+            round(measured[0] - elapsed, 1),
+            f"estimate: the median time of the last {measured[1]} image(s) of this rule and "
+            "size, less the time so far",
+        )
+    if phase == "generating" and progress >= MIN_PROGRESS:
+        return (
+            round(elapsed * (1 - progress) / progress, 1),
+            "estimate: from its progress so far",
+        )
+    return None, "no estimate yet"
+
+
+def retry_words(job: Job) -> str:
+    relative = PurePosixPath(job.relative)
+    where = f"the folder {relative.parent}" if relative.parent.name else "the top of the inbox"
+    return (
+        f"fix what the hint says, then move {relative.name} from the failed folder back "
+        f"into {where}; an administrator can also run: i2vd retry {job.id}"
+    )
+
+
+def _retaken(session: Session, jobs: Sequence[Job]) -> set[int]:
+    """The failed jobs whose image was taken again since (a later drop at its path)."""
+    relatives = {job.relative for job in jobs}
+    if not relatives:
+        return set()
+    rows = session.exec(
+        select(Job.id, Job.inbox_root, Job.relative, Job.drop).where(
+            col(Job.relative).in_(relatives)
+        )
+    ).all()
+    later: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for job_id, root, relative, drop in rows:
+        later.setdefault((root, relative), []).append((job_id or 0, drop))
+    return {
+        job.id
+        for job in jobs
+        if job.id is not None
+        and any(
+            other > job.id and (not drop or drop != job.drop)
+            for other, drop in later.get((job.inbox_root, job.relative), ())
+        )
+    }
+
+
+def _read_sidecar(path: str | None) -> tuple[str | None, dict[str, Any]]:
+    if not path:
+        return None, {}
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, {}
+    if not isinstance(document, dict):
+        return None, {}
+    effective = document.get("effective") or {}
+    params = {k: effective[k] for k in PARAM_KEYS if isinstance(effective, dict) and k in effective}
+    return _text_or_none(document.get("prompt")), params
+
+
+def _relative(path: str | None, root: Path) -> str | None:
+    """``path`` relative to ``root``, only when it lies inside without climbing out."""
+    if not path:
+        return None
+    try:
+        relative = PurePosixPath(Path(path).relative_to(root).as_posix())
+    except ValueError:
+        return None
+    return None if ".." in relative.parts else relative.as_posix()
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
