@@ -255,7 +255,8 @@ class QueueView:
             size = self._size(session, job.rule_hash, job.rule_name)
             elapsed = max(0.0, now - (job.started_at or now))
             phase, step = phase_of(job.progress, job.engine)
-            remaining, how = remaining_time(elapsed, job.progress, phase, estimates.get(size.key))
+            measured = estimates.get(size.key)
+            remaining, how = remaining_time(elapsed, job.progress, phase, measured, size.words)
             out.append(
                 Running(
                     job=job.id,
@@ -269,7 +270,7 @@ class QueueView:
                     started_at=job.started_at or now,
                     elapsed=round(elapsed, 1),
                     remaining=remaining,
-                    remaining_how=how + (f" ({size.words})" if remaining is not None else ""),
+                    remaining_how=how,
                     attempt=job.attempts,
                     max_attempts=job.max_attempts,
                 )
@@ -453,14 +454,18 @@ def phase_of(progress: float, engine: str) -> tuple[str, str]:
 
 
 def remaining_time(
-    elapsed: float, progress: float, phase: str, measured: tuple[float, int] | None
+    elapsed: float,
+    progress: float,
+    phase: str,
+    measured: tuple[float, int] | None,
+    size_words: str = "this size",
 ) -> tuple[float | None, str]:
     """Seconds a running job still needs, and how that was estimated."""
     if measured is not None and elapsed < measured[0]:
         return (
             round(measured[0] - elapsed, 1),
-            f"estimate: the median time of the last {measured[1]} image(s) of this rule and "
-            "size, less the time so far",
+            f"estimate: the median time of the last {measured[1]} image(s) of this rule at "
+            f"{size_words}, less the time so far",
         )
     if phase == "generating" and progress >= MIN_PROGRESS:
         return (

@@ -26,8 +26,10 @@ from .config import Settings
 from .engines import Engine, EngineUnavailable, get_engine
 from .intake import Intake
 from .publish import sweep_temporaries
+from .queue_view import RUNNING, STOPPED, DaemonState
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
+from .status_page import StatusPages
 from .store import JobState, JobStore
 from .watch import InboxWatcher, SettleTracker, scan
 from .worker import Worker, engine_options
@@ -170,9 +172,12 @@ class Service:
             seconds=max(1.0, s.lease_seconds / 4),
         )
         self.scheduler.add_job(self._release_idle, "interval", seconds=RELEASE_IDLE_SECONDS)
+        self.status_pages = StatusPages(s, self.store)
+        self.scheduler.add_job(self._write_status, "interval", seconds=s.status_page_seconds)
         self.scheduler.start()
         self._rescan()  # whatever arrived while the daemon was down
         self._scanned.set()
+        self._write_status(force=True)
 
         # Rule edits take effect without a restart: file events (debounced), a rescan
         # as often as the inbox's for shares where events never come, and SIGHUP.
@@ -204,6 +209,7 @@ class Service:
         self.scheduler.shutdown(wait=True)
         self.watcher.stop()
         self._worker_thread.join()
+        self._write_status(STOPPED, force=True)
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:
@@ -302,6 +308,13 @@ class Service:
                     outcome = "error"
                 if outcome in ("unreadable", "error"):
                     self._intake_errors += 1
+
+    def _write_status(self, state: DaemonState = RUNNING, force: bool = False) -> None:
+        """The status page in the share; a failure to build it never stops a job."""
+        try:
+            self.status_pages.refresh(time.time(), state, force=force)
+        except SQLAlchemyError as exc:
+            log.warning("the status page was not updated: the queue could not be read (%s)", exc)
 
     def _recover_expired(self) -> None:
         """Jobs of a daemon that died elsewhere (or under another hostname, as containers
