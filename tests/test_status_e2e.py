@@ -86,10 +86,12 @@ def test_the_page_follows_images_from_drop_to_done_or_failed(
     busy = wait_for(
         lambda: page_shows(
             outbox,
-            lambda d: len(d["waiting"]) >= 1
-            and len(d["running"]) == 1
-            and d["running"][0]["phase"] == "generating"
-            and d["running"][0]["progress"] > 0,
+            lambda d: (
+                len(d["waiting"]) >= 1
+                and len(d["running"]) == 1
+                and d["running"][0]["phase"] == "generating"
+                and d["running"][0]["progress"] > 0
+            ),
         ),
         timeout=240,
     )
