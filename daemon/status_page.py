@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 def render_json(snapshot: Snapshot, scope: PageScope) -> bytes:
     document: dict[str, Any] = {"page": scope.kind, "folder": scope.title, **snapshot.to_json()}
-    return (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode()
+    # Not indented: the indenting encoder is pure Python, ten times slower on a long queue.
+    return (json.dumps(document, ensure_ascii=False) + "\n").encode()
 
 
 @dataclass
