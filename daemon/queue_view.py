@@ -134,6 +134,10 @@ class Snapshot:
             inboxes=(inbox,),
         )
 
+    def newest(self, count: int) -> Snapshot:
+        """Only the ``count`` newest finished and failed images."""
+        return replace(self, done=self.done[:count], failed=self.failed[:count])
+
     def to_json(self) -> dict[str, Any]:
         return {
             "updated": iso(self.updated),
@@ -201,6 +205,12 @@ class QueueView:
             failed=tuple(failed),
             inboxes=tuple(self.label(root) for root in self.inboxes),
         )
+
+    @property
+    def _fetched(self) -> int:
+        """Finished and failed jobs read: enough for each inbox's page to list ``items``
+        of its own (``Snapshot.newest`` trims each page)."""
+        return self.items * max(1, len(self.inboxes))
 
     def label(self, root: Path | str) -> str:
         """An inbox's name on pages: its folder's name, or the whole path when two
@@ -358,7 +368,7 @@ class QueueView:
             select(Job)
             .where(Job.state == JobState.DONE)
             .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
-            .limit(self.items)
+            .limit(self._fetched)
         ).all()
         out = []
         for job in jobs:
@@ -390,7 +400,7 @@ class QueueView:
             select(Job)
             .where(Job.state == JobState.FAILED)
             .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
-            .limit(self.items * 3)
+            .limit(self._fetched * 3)
         ).all()
         retaken = _retaken(session, jobs)
         out = []
@@ -417,7 +427,7 @@ class QueueView:
                     retry=retry_words(job),
                 )
             )
-            if len(out) == self.items:
+            if len(out) == self._fetched:
                 break
         return out
 

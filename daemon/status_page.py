@@ -73,8 +73,10 @@ class StatusPages:
         pages = []
         for root in s.inbox:
             label = self.view.label(root)
-            pages.append((root, snapshot.for_inbox(label), self._scope(root, "inbox", label)))
-        pages.append((s.outbox, snapshot, self._scope(s.outbox, "outbox", s.outbox.name)))
+            scoped = snapshot.for_inbox(label).newest(s.status_page_items)
+            pages.append((root, scoped, self._scope(root, "inbox", label)))
+        everything = snapshot.newest(s.status_page_items)
+        pages.append((s.outbox, everything, self._scope(s.outbox, "outbox", s.outbox.name)))
         return pages
 
     def _scope(self, folder: Path, kind: str, title: str) -> PageScope:

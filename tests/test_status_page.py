@@ -243,6 +243,17 @@ def test_intake_never_takes_the_status_files_even_with_a_rule_for_everything(
     assert tracker.poll(time.time()) == []
 
 
+def test_lists_only_the_newest_finished_images(layout: Layout) -> None:
+    share = Share(layout, status_page_items=1)
+    share.drop("older.jpg", seed=1)
+    share.run()
+    share.drop("newer.jpg", seed=2)
+    share.run()
+    share.pages.refresh(time.time(), RUNNING)
+    for folder in (share.settings.inbox[0], share.settings.outbox):
+        assert [d["source"] for d in share.page(folder)[1]["done"]] == ["newer.jpg"]
+
+
 def test_custom_names(layout: Layout) -> None:
     share = Share(layout, status_page_name="queue.html", status_json_name="queue.json")
     share.pages.refresh(time.time(), RUNNING)
