@@ -95,3 +95,33 @@ def write_record(path: Path, text: str) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+class Record:
+    """Keeps the record at ``path`` equal to a rule set's last good versions, writing
+    only when they change."""
+
+    def __init__(self, path: Path, rules_dir: Path, logger: logging.Logger = log) -> None:
+        self.path = path
+        self.rules_dir = rules_dir
+        self._log = logger
+        self._written: str | None = None
+        self._warned = False
+
+    def keep(self, last_good: LastGood) -> None:
+        text = last_good.to_json(self.rules_dir)
+        if text == self._written:
+            return
+        try:
+            write_record(self.path, text)
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                self._log.warning(
+                    "cannot record the rules in force in %s (%s); rules explain will not "
+                    "see the last good version of a broken file",
+                    self.path,
+                    exc.strerror or exc,
+                )
+            return
+        self._written, self._warned = text, False

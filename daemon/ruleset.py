@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from .config import Settings
-from .last_good import LastGood, read_last_good, record_path, write_record
+from .last_good import LastGood, Record, read_last_good, record_path
 from .rules import (
     BUILTIN_PRESETS,
     LoadedRule,
@@ -38,7 +38,6 @@ from .rules import (
     RuleFileError,
     RuleProblem,
     drop_conflicts,
-    is_rule_file_name,
     parse_preset,
     parse_rule,
     preset_files,
@@ -117,8 +116,7 @@ class RuleSet:
         logger: logging.Logger = log,
     ) -> None:
         self.rules_dir = rules_dir
-        self._record = record
-        self._recorded: str | None = None
+        self._record = None if record is None else Record(record, rules_dir, logger)
         self._log = logger
         self._lock = threading.Lock()
         self._snapshot: tuple[LoadedRule, ...] = ()
@@ -158,7 +156,8 @@ class RuleSet:
             problems: list[RuleProblem] = []
             presets, presets_key = self._reload_presets(problems)
             result = self._reload_rules(presets, presets_key, problems)
-            self._keep_record()
+            if self._record is not None:
+                self._record.keep(self.last_good())
             return result
 
     def last_good(self) -> LastGood:
@@ -167,27 +166,6 @@ class RuleSet:
             {p: s.good for p, s in self._rules.items() if s.good is not None},
             {p: s.good for p, s in self._presets.items() if s.good is not None},
         )
-
-    def _keep_record(self) -> None:
-        """Write the last good versions for ``rules explain`` when they changed."""
-        if self._record is None:
-            return
-        text = self.last_good().to_json(self.rules_dir)
-        if text == self._recorded:
-            return
-        try:
-            write_record(self._record, text)
-        except OSError as exc:
-            if self._recorded is None or self._recorded:
-                self._log.warning(
-                    "cannot record the rules in force in %s (%s); rules explain will not "
-                    "see the last good version of a broken file",
-                    self._record,
-                    exc.strerror or exc,
-                )
-            self._recorded = ""  # warned; try again on the next change
-            return
-        self._recorded = text
 
     def _folder_unreadable(self, first: bool, exc: OSError) -> ReloadResult:
         """A share that is briefly gone must not empty the daemon: the rules stay."""
@@ -201,9 +179,6 @@ class RuleSet:
             )
         self._folder_missing = True
         return ReloadResult(folder_missing=True)
-
-    def _listing(self, files: list[Path]) -> list[Path]:
-        return [path for path in files if is_rule_file_name(path.name)]
 
     def _read(self, source: _Source[Any]) -> None:
         """Refresh ``source.digest`` unless a trusted stat says the bytes are the same."""
@@ -226,7 +201,7 @@ class RuleSet:
 
     def _reload_presets(self, problems: list[RuleProblem]) -> tuple[dict[str, Preset], str]:
         """Built-in presets plus each preset file's current or last good version."""
-        paths = self._listing(preset_files(self.rules_dir))
+        paths = preset_files(self.rules_dir)
         self._presets = {p: self._presets.get(p) or _Source[Preset](p) for p in paths}
         effective = dict(BUILTIN_PRESETS)
         user: dict[str, tuple[Path, Preset]] = {}
@@ -270,7 +245,7 @@ class RuleSet:
     def _reload_rules(
         self, presets: Mapping[str, Preset], presets_key: str, problems: list[RuleProblem]
     ) -> ReloadResult:
-        paths = self._listing(rule_files(self.rules_dir))
+        paths = rule_files(self.rules_dir)
         self._rules = {p: self._rules.get(p) or _Source[LoadedRule](p) for p in paths}
         fixed: set[Path] = set()
         for path in paths:
