@@ -71,7 +71,7 @@ class RulesWatcher:
             self.mode,
             recursive=False,
             subject="the rules folder",
-            otherwise=f"rules are re-read every {self.interval}s and on SIGHUP",
+            otherwise=_rereads(self.interval),
             poll_interval=self.poll_interval,
             event_observer=self.event_observer,
         )
@@ -141,11 +141,17 @@ class RulesWatcher:
             self._observer.watch([self.rules_dir, self.rules_dir / "presets"])
         except OSError as exc:  # events mode, and the kernel refuses them
             log.warning(
-                "file events unavailable for the rules folder (%s); rules are re-read "
-                "every %ss and on SIGHUP",
+                "file events unavailable for the rules folder (%s); %s",
                 exc,
-                self.interval,
+                _rereads(self.interval),
             )
             self.observe = False
         except Exception:
             log.exception("cannot watch the rules folder; relying on rescans and SIGHUP")
+
+
+def _rereads(interval: float | None) -> str:
+    """What still notices an edit in a rules folder that is not watched."""
+    if interval is None:
+        return "rules are re-read on SIGHUP"
+    return f"rules are re-read every {interval}s and on SIGHUP"
