@@ -25,9 +25,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from .observer import FolderObserver, ObserverKind
-
 from .config import STATUS_JSON_NAME, STATUS_PAGE_NAME
+from .observer import FolderObserver, ObserverKind
 
 log = logging.getLogger(__name__)
 

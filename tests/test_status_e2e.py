@@ -71,7 +71,7 @@ def test_the_page_follows_images_from_drop_to_done_or_failed(
     layout: Layout, daemon: Callable[..., DaemonProcess], model: Path
 ) -> None:
     layout.rule("motion", slow_rule(model))
-    layout.write_config(status_page_seconds=0.5, device="cpu")
+    layout.write_config(status_page=True, status_page_seconds=0.5, device="cpu")
     proc = daemon()
     proc.wait_started()
     outbox, inbox = layout.outbox, layout.inbox

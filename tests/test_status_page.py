@@ -43,7 +43,8 @@ class Share:
 
     def __init__(self, layout: Layout, **settings: Any) -> None:
         self.layout = layout
-        self.settings: Settings = layout.load(retry_delay_seconds=0, **settings)
+        values = {"retry_delay_seconds": 0, "status_page": True, **settings}
+        self.settings: Settings = layout.load(**values)
         self.store = JobStore(self.settings.database_url)
         rules, problems = load_rules(self.settings.rules_dir)
         assert problems == []
