@@ -8,170 +8,47 @@ how they were made; before a rule has a finished job at a size there is none.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from .estimates import Size, phase_of, remaining_time, size_of
+from .snapshot import (
+    RUNNING,
+    STOPPED,
+    DaemonState,
+    Done,
+    Failed,
+    Running,
+    Snapshot,
+    Waiting,
+)
 from .store import Job, JobState, JobStore
+
+# What readers of the queue need comes from here (the items live in snapshot.py).
+__all__ = [
+    "RUNNING",
+    "STOPPED",
+    "DaemonState",
+    "Done",
+    "Failed",
+    "QueueView",
+    "Running",
+    "Snapshot",
+    "Waiting",
+]
 
 # How many recent finished jobs of one rule and size an estimate is the median of.
 ESTIMATE_JOBS = 10
 # Finished jobs read to find them: enough for several rules without scanning history.
 HISTORY_ROWS = 400
-# Below this progress an extrapolation from progress is mostly noise.
-MIN_PROGRESS = 0.05
 PARAM_KEYS = ("width", "height", "frames", "fps", "steps", "guidance", "seed")
-
-
-@dataclass(frozen=True)
-class DaemonState:
-    """What the daemon is doing: ``running``, ``paused``, ``outside_window`` or
-    ``stopped``, with a sentence for people and, outside the window, when it reopens."""
-
-    state: str
-    message: str
-    reopens_at: float | None = None
-
-
-RUNNING = DaemonState("running", "i2vd is running: images are taken in and made into videos")
-STOPPED = DaemonState(
-    "stopped", "i2vd is stopped: new images wait in the folder until it starts again"
-)
-
-
-@dataclass(frozen=True)
-class Waiting:
-    job: int
-    inbox: str
-    source: str  # inbox-relative
-    rule: str
-    variant: str
-    state: str  # queued | retrying
-    position: int  # 1 = next to start, over the whole queue
-    attempts: int
-    max_attempts: int
-    queued_at: float
-    last_error: str | None  # retrying: why the previous attempt failed
-    eta: float | None  # seconds from the snapshot until it should be done
-    eta_how: str  # how the estimate was made, or why there is none
-
-
-@dataclass(frozen=True)
-class Running:
-    job: int
-    inbox: str
-    source: str
-    rule: str
-    variant: str
-    phase: str  # loading | generating | encoding
-    step: str  # the phase in words, e.g. "generating 40%"
-    progress: float
-    started_at: float
-    elapsed: float
-    remaining: float | None
-    remaining_how: str
-    attempt: int
-    max_attempts: int
-
-
-@dataclass(frozen=True)
-class Done:
-    job: int
-    inbox: str
-    source: str
-    rule: str
-    variant: str
-    finished_at: float
-    duration: float | None  # seconds from start to finish of the last attempt
-    video: str | None  # outbox-relative
-    sidecar: str | None  # outbox-relative
-    prompt: str | None
-    params: dict[str, Any]
-    reused: bool  # the same image and rule were done before: that video was reused
-
-
-@dataclass(frozen=True)
-class Failed:
-    job: int
-    inbox: str
-    source: str
-    rule: str
-    variant: str
-    finished_at: float
-    error: str
-    hint: str
-    detail: str | None
-    attempts: int
-    report: str | None  # the .error.json, relative to the failed folder
-    retry: str  # how to try again, in words
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    updated: float
-    daemon: DaemonState
-    waiting: tuple[Waiting, ...] = ()
-    running: tuple[Running, ...] = ()
-    done: tuple[Done, ...] = ()
-    failed: tuple[Failed, ...] = ()
-    inboxes: tuple[str, ...] = ()
-
-    def for_inbox(self, inbox: str) -> Snapshot:
-        """The same picture limited to one inbox's images (positions stay queue-wide)."""
-        return replace(
-            self,
-            waiting=tuple(w for w in self.waiting if w.inbox == inbox),
-            running=tuple(r for r in self.running if r.inbox == inbox),
-            done=tuple(d for d in self.done if d.inbox == inbox),
-            failed=tuple(f for f in self.failed if f.inbox == inbox),
-            inboxes=(inbox,),
-        )
-
-    def newest(self, count: int) -> Snapshot:
-        """Only the ``count`` newest finished and failed images."""
-        return replace(self, done=self.done[:count], failed=self.failed[:count])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "updated": iso(self.updated),
-            "daemon": {
-                **asdict(self.daemon),
-                "reopens_at": iso(self.daemon.reopens_at) if self.daemon.reopens_at else None,
-            },
-            "inboxes": list(self.inboxes),
-            "waiting": [_item_json(w, "queued_at") for w in self.waiting],
-            "running": [_item_json(r, "started_at") for r in self.running],
-            "done": [_item_json(d, "finished_at") for d in self.done],
-            "failed": [_item_json(f, "finished_at") for f in self.failed],
-        }
-
-
-def iso(timestamp: float) -> str:
-    """A moment as people read it on the page: local time with its UTC offset."""
-    return dt.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
-
-
-def _item_json(item: Any, time_key: str) -> dict[str, Any]:
-    # A shallow copy: items hold plain values only (asdict's deep copies cost ~0.1 ms
-    # an item, which a queue of a thousand images would pay on every page).
-    data: dict[str, Any] = dict(vars(item))
-    data[time_key] = iso(data[time_key])
-    return data
-
-
-@dataclass(frozen=True)
-class _Size:
-    """The part of a rule that decides how long a job takes, with its words."""
-
-    key: tuple[Any, ...]
-    words: str
 
 
 @dataclass
@@ -184,7 +61,7 @@ class QueueView:
     outbox: Path
     failed_dir: Path
     items: int = 20  # finished and failed jobs listed
-    _sizes: dict[str, _Size] = field(default_factory=dict)
+    _sizes: dict[str, Size] = field(default_factory=dict)
     _done: dict[int, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     _reports: dict[int, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     _labels: dict[str, str] = field(default_factory=dict)
@@ -224,7 +101,7 @@ class QueueView:
 
     # --- estimates ---------------------------------------------------------------
 
-    def _size(self, session: Session, rule_hash: str, rule_name: str) -> _Size:
+    def _size(self, session: Session, rule_hash: str, rule_name: str) -> Size:
         cached = self._sizes.get(rule_hash)
         if cached is None:
             text = session.exec(
@@ -443,51 +320,6 @@ class QueueView:
         if not isinstance(report, dict) or report.get("job") != job.id:
             return None, {}
         return relative, report
-
-
-def size_of(rule_name: str, rule: dict[str, Any]) -> _Size:
-    """A rule snapshot's effective size: its preset with its own params laid over."""
-    params = dict(rule.get("preset_values") or {})
-    params.update({k: v for k, v in (rule.get("params") or {}).items() if v is not None})
-    resolution, frames, steps = params.get("resolution"), params.get("frames"), params.get("steps")
-    words = f"{resolution}p, {frames} frames"
-    if rule.get("engine") == "diffusion":
-        words += f", {steps} steps"
-    key = (rule_name, rule.get("engine"), rule.get("model"), resolution, frames, steps)
-    return _Size(key, words)
-
-
-def phase_of(progress: float, engine: str) -> tuple[str, str]:
-    """The step a running job is at, from the progress its engine reports (the worker
-    marks 100% when the frames are done and the encoder starts)."""
-    if progress <= 0.0:
-        words = "loading the model" if engine == "diffusion" else "preparing"
-        return "loading", words
-    if progress < 1.0:
-        return "generating", f"generating {progress:.0%}"
-    return "encoding", "encoding the video"
-
-
-def remaining_time(
-    elapsed: float,
-    progress: float,
-    phase: str,
-    measured: tuple[float, int] | None,
-    size_words: str = "this size",
-) -> tuple[float | None, str]:
-    """Seconds a running job still needs, and how that was estimated."""
-    if measured is not None and elapsed < measured[0]:
-        return (
-            round(measured[0] - elapsed, 1),
-            f"estimate: the median time of the last {measured[1]} image(s) of this rule at "
-            f"{size_words}, less the time so far",
-        )
-    if phase == "generating" and progress >= MIN_PROGRESS:
-        return (
-            round(elapsed * (1 - progress) / progress, 1),
-            "estimate: from its progress so far",
-        )
-    return None, "no estimate yet"
 
 
 def retry_words(job: Job) -> str:

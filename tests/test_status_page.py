@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO, Layout, make_image
 from daemon.config import Settings
+from daemon.estimates import phase_of, remaining_time, size_of
 from daemon.intake import Intake
 from daemon.queue_view import RUNNING, STOPPED, QueueView, Snapshot
 from daemon.rules import load_rules
@@ -338,3 +339,31 @@ def test_failed_image_taken_again_leaves_the_failed_list(layout: Layout) -> None
     share.intake.take(share.settings.inbox[0], share.settings.inbox[0] / "broken.png")
     snapshot = share.snapshot()
     assert snapshot.failed == () and [w.source for w in snapshot.waiting] == ["broken.png"]
+
+
+def test_steps_and_time_left_of_a_running_job() -> None:
+    assert phase_of(0.0, "diffusion") == ("loading", "loading the model")
+    assert phase_of(0.0, "motion") == ("loading", "preparing")
+    assert phase_of(0.4, "motion") == ("generating", "generating 40%")
+    assert phase_of(1.0, "diffusion") == ("encoding", "encoding the video")
+    # Measured jobs first; past their median, the job's own progress; else nothing.
+    assert remaining_time(10, 0.5, "generating", (30.0, 4))[0] == 20
+    assert remaining_time(40, 0.8, "generating", (30.0, 4)) == (
+        10.0,
+        "estimate: from its progress so far",
+    )
+    assert remaining_time(5, 0.01, "generating", None) == (None, "no estimate yet")
+    assert remaining_time(50, 1.0, "encoding", (30.0, 4)) == (None, "no estimate yet")
+
+
+def test_size_is_the_preset_with_the_rules_params_over_it() -> None:
+    rule = {
+        "engine": "diffusion",
+        "model": "m",
+        "preset_values": {"resolution": 512, "frames": 16, "steps": 50},
+        "params": {"resolution": None, "frames": 8, "steps": None},
+    }
+    size = size_of("wave", rule)
+    assert size.words == "512p, 8 frames, 50 steps"
+    assert size.key == ("wave", "diffusion", "m", 512, 8, 50)
+    assert size_of("wave", {**rule, "model": "other"}).key != size.key
