@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from .estimates import Size, phase_of, remaining_time, size_of
 from .snapshot import (
+    PAUSED,
     RUNNING,
     STOPPED,
     DaemonState,
@@ -28,11 +29,13 @@ from .snapshot import (
     Running,
     Snapshot,
     Waiting,
+    daemon_state,
 )
 from .store import Job, JobState, JobStore
 
 # What readers of the queue need comes from here (the items live in snapshot.py).
 __all__ = [
+    "PAUSED",
     "RUNNING",
     "STOPPED",
     "DaemonState",
@@ -42,6 +45,7 @@ __all__ = [
     "Running",
     "Snapshot",
     "Waiting",
+    "daemon_state",
 ]
 
 # How many recent finished jobs of one rule and size an estimate is the median of.

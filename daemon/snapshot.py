@@ -5,6 +5,7 @@ and failed, and what the daemon is doing. Plain values only; built by ``queue_vi
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -23,6 +24,37 @@ RUNNING = DaemonState("running", "i2vd is running: images are taken in and made 
 STOPPED = DaemonState(
     "stopped", "i2vd is stopped: new images wait in the folder until it starts again"
 )
+PAUSED = DaemonState(
+    "paused",
+    "paused by an administrator: images are taken in and wait in the queue until i2vd is resumed",
+)
+
+
+def daemon_state(
+    paused: bool, closed: Mapping[str, float | None], engines: Sequence[str]
+) -> DaemonState:
+    """The state of a running daemon from the queue's pause switch and its schedule:
+    ``closed`` maps each engine whose window is closed to when it reopens (None: not
+    known), ``engines`` are those it serves."""
+    if paused:
+        return PAUSED
+    if not closed:
+        return RUNNING
+    reopening = [t for t in closed.values() if t is not None]
+    reopens_at = min(reopening) if reopening else None
+    if all(engine in closed for engine in engines):
+        return DaemonState(
+            "outside_window",
+            "outside its working hours: images are taken in and wait in the queue until then",
+            reopens_at,
+        )
+    waiting = " and ".join(sorted(closed))
+    return DaemonState(
+        "running",
+        f"i2vd is running, but {waiting} rules are outside their working hours: their "
+        "images wait in the queue until then",
+        reopens_at,
+    )
 
 
 @dataclass(frozen=True)

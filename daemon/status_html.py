@@ -96,7 +96,10 @@ def duration(seconds: float | None) -> str:
 def render(snapshot: Snapshot, scope: PageScope) -> str:
     daemon = snapshot.daemon
     state = STATE_TITLES.get(daemon.state, daemon.state)
-    reopens = f" It starts again at {e(clock(daemon.reopens_at))}." if daemon.reopens_at else ""
+    reopens = ""
+    if daemon.reopens_at:
+        who = "It starts" if daemon.state == "outside_window" else "They start"
+        reopens = f" {who} again at {e(clock(daemon.reopens_at))}."
     counts = (
         f"{len(snapshot.waiting)} waiting · {len(snapshot.running)} in progress · "
         f"last {len(snapshot.done)} done · last {len(snapshot.failed)} failed"

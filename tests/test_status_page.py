@@ -20,7 +20,7 @@ from conftest import REPO, Layout, make_image
 from daemon.config import Settings
 from daemon.estimates import phase_of, remaining_time, size_of
 from daemon.intake import Intake
-from daemon.queue_view import RUNNING, STOPPED, QueueView, Snapshot
+from daemon.queue_view import PAUSED, RUNNING, STOPPED, QueueView, Snapshot, daemon_state
 from daemon.rules import load_rules
 from daemon.status_html import href
 from daemon.status_page import StatusPages
@@ -367,3 +367,22 @@ def test_size_is_the_preset_with_the_rules_params_over_it() -> None:
     assert size.words == "512p, 8 frames, 50 steps"
     assert size.key == ("wave", "diffusion", "m", 512, 8, 50)
     assert size_of("wave", {**rule, "model": "other"}).key != size.key
+
+
+def test_paused_and_outside_working_hours_in_words(layout: Layout) -> None:
+    share = Share(layout)
+    reopens = time.time() + 3600
+    assert daemon_state(True, {"motion": reopens}, ["motion"]).state == "paused"
+    assert daemon_state(False, {}, ["motion"]) == RUNNING
+    closed = daemon_state(False, {"motion": reopens}, ["motion"])
+    assert (closed.state, closed.reopens_at) == ("outside_window", reopens)
+    partly = daemon_state(False, {"diffusion": reopens}, ["motion", "diffusion"])
+    assert partly.state == "running" and "diffusion rules" in partly.message
+
+    share.pages.refresh(time.time(), closed, force=True)
+    html, data = share.page(share.settings.outbox)
+    assert data["daemon"]["state"] == "outside_window" and data["daemon"]["reopens_at"]
+    assert "Outside working hours" in html and "It starts again at" in html
+    share.pages.refresh(time.time() + 10, PAUSED, force=True)
+    html, data = share.page(share.settings.inbox[0])
+    assert data["daemon"]["state"] == "paused" and "Paused" in html
