@@ -24,6 +24,7 @@ from jinja2 import TemplateAssertionError, TemplateSyntaxError, meta
 from .companions import CompanionProblem, Companions, is_companion, read_companions
 from .config import Settings
 from .images import BadImage, check_image, read_facts
+from .problems import Problem
 from .prompts import (
     ImageFacts,
     TemplateProblem,
@@ -181,7 +182,7 @@ def _count(n: int, noun: str) -> str:
 # --- rules explain: where a path is ------------------------------------------------
 
 
-class PathProblem(Exception):
+class PathProblem(Problem):
     """The path cannot be placed in any inbox."""
 
 

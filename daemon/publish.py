@@ -16,14 +16,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .problems import RetryableProblem
+
 TEMP_MARK = ".i2vd-tmp"
 NAME_MAX = 255  # bytes in one file name on Linux filesystems and SMB shares
 
 
-class PublishError(Exception):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+class PublishError(RetryableProblem):
+    """A file could not be read, written or moved (full disk, permissions, a share gone):
+    retryable, since the folder may be fixed or come back meanwhile."""
 
 
 def temp_name(dest: Path) -> Path:

@@ -20,19 +20,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .config import Settings
-from .engines import (
-    Engine,
-    EngineOptions,
-    EngineUnavailable,
-    JobInterrupted,
-    RenderRequest,
-    get_engine,
-)
-from .engines.diffusion import ModelUnavailable, OutOfMemory
-from .images import BadImage, decode_image, read_facts, sha256_of
-from .prompts import TemplateProblem, render, safe_output_name, template_context
+from .engines import Engine, EngineOptions, JobInterrupted, RenderRequest, get_engine
+from .images import decode_image, read_facts, sha256_of
+from .problems import Problem, RetryableProblem
+from .prompts import render, safe_output_name, template_context
 from .publish import (
-    PublishError,
     describe_os_error,
     free_path,
     free_stem,
@@ -93,10 +85,16 @@ class Superseded(Exception):
     own; this job ends without touching the file."""
 
 
-class PermanentFailure(Exception):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+class PermanentFailure(Problem):
+    """The job can never succeed as queued (its image left the inbox, it crashed i2vd
+    on every attempt)."""
+
+
+class Bug(RetryableProblem):
+    """An exception nobody expected: retried, since it may not recur, and logged with
+    its traceback."""
+
+    default_hint = "this is a bug in i2vd; the log has the traceback"
 
 
 @dataclass
@@ -201,26 +199,13 @@ class Worker:
             self._discard_partial(job)
             self.store.cancel(job.id, time.time(), str(exc), owner=self.owner)
             log.info("job %d cancelled: %s", job.id, exc)
-        except OutOfMemory as exc:
-            # What the ladder tried goes into the error report: the user's next step.
-            self._failed(job, str(exc), exc.hint, retryable=False, backoff=exc.backoff)
-        except (PermanentFailure, BadImage, EngineUnavailable, TemplateProblem) as exc:
-            self._failed(job, str(exc), exc.hint, retryable=False)
-        except (PublishError, ModelUnavailable) as exc:
-            self._failed(job, str(exc), exc.hint, retryable=True)
-        except VideoError as exc:
-            self._failed(job, *self._explain_encoder_failure(exc), retryable=True)
+        except Problem as exc:
+            self._failed(job, exc)
         except OSError as exc:
-            problem = describe_os_error(exc, Path(exc.filename or job.source))
-            self._failed(job, str(problem), problem.hint, retryable=True)
+            self._failed(job, describe_os_error(exc, Path(exc.filename or job.source)))
         except Exception as exc:
             log.exception("job %d: unexpected error", job.id)
-            self._failed(
-                job,
-                f"unexpected error: {exc!r}",
-                "this is a bug in i2vd; the log has the traceback",
-                retryable=True,
-            )
+            self._failed(job, Bug(f"unexpected error: {exc!r}"))
         finally:
             work_file.unlink(missing_ok=True)
 
@@ -379,8 +364,9 @@ class Worker:
         companions = [Path(name) for name in job.companions]
         if action == "move":
             if dest is None:
-                dest = free_path(self.settings.outbox / PurePosixPath(job.relative).parent,
-                                 Path(job.source).name)
+                dest = free_path(
+                    self.settings.outbox / PurePosixPath(job.relative).parent, Path(job.source).name
+                )
             place(Path(job.source), dest)
             self._move_companions(job, companions, dest)
         elif action == "keep":
@@ -397,8 +383,13 @@ class Worker:
                 Path(path).unlink(missing_ok=True)
         except OSError as exc:
             self.store.mark_source_left(job.source, job.sha256)
-            log.error("job %d: could not delete %s: %s; it stays in the inbox and is not "
-                      "taken again until it changes", job.id, job.relative, exc)
+            log.error(
+                "job %d: could not delete %s: %s; it stays in the inbox and is not "
+                "taken again until it changes",
+                job.id,
+                job.relative,
+                exc,
+            )
 
     def _settle_drop(self, job: Job, rule: Rule) -> None:
         """The last job of a drop to end takes care of the original: the rule's
@@ -416,8 +407,13 @@ class Worker:
                 self._settle_source(job, rule.source, None)
             except OSError as exc:
                 self.store.mark_source_left(job.source, job.sha256)
-                log.error("job %d: could not %s the original %s: %s; it stays in the inbox",
-                          job.id, rule.source, job.relative, exc)
+                log.error(
+                    "job %d: could not %s the original %s: %s; it stays in the inbox",
+                    job.id,
+                    rule.source,
+                    job.relative,
+                    exc,
+                )
             return
         relative = PurePosixPath(job.relative)
         folder = self.settings.failed_dir / relative.parent
@@ -586,15 +582,10 @@ class Worker:
         except OSError:
             return False
 
-    def _failed(
-        self,
-        job: Job,
-        error: str,
-        hint: str,
-        retryable: bool,
-        backoff: list[dict[str, Any]] | None = None,
-    ) -> None:
+    def _failed(self, job: Job, problem: Problem) -> None:
         assert job.id is not None
+        problem = self._explain_encoder_failure(problem)
+        error, hint, retryable = problem.message, problem.hint, problem.retryable
         self._discard_partial(job)
         now = time.time()
         if retryable and job.attempts < job.max_attempts:
@@ -615,7 +606,7 @@ class Worker:
                 f"{job.attempts} attempts)"
             )
         self.store.fail(job.id, now, error, hint, retry_at=None, owner=self.owner)
-        self._quarantine(job, error, hint, backoff)
+        self._quarantine(job, error, hint, problem.extra.get("backoff"))
 
     def _variant_failed(self, job: Job, report: dict[str, Any]) -> None:
         """One variant of several failed: its report goes to failed/ on its own; the
@@ -626,23 +617,26 @@ class Worker:
             write_json(free_path(folder, f"{relative.name}.{job.variant}.error.json"), report)
         except OSError as exc:
             log.error("job %d: cannot write its error report to %s: %s", job.id, folder, exc)
-        log.warning("job %d (variant %s) failed: %s: %s", job.id, job.variant, relative,
-                    report["error"])
+        log.warning(
+            "job %d (variant %s) failed: %s: %s", job.id, job.variant, relative, report["error"]
+        )
         self._settle_drop(job, Rule.model_validate(job.rule_data))
 
-    def _explain_encoder_failure(self, exc: VideoError) -> tuple[str, str]:
+    def _explain_encoder_failure(self, exc: Problem) -> Problem:
         """A full scratch disk makes ffmpeg write a broken file: say that, not 'encoder'."""
+        if not isinstance(exc, VideoError):
+            return exc
         work_dir = self.settings.work_dir
         try:
             free = shutil.disk_usage(work_dir).free
         except OSError:
             free = None
         if free is not None and free < LOW_DISK_BYTES:
-            return (
+            return VideoError(
                 f"only {free // 2**20} MiB free on the disk holding {work_dir} ({exc})",
                 "free disk space there, or point state_dir at a larger disk",
             )
-        return str(exc), "ffmpeg failed; its message is above and in the log"
+        return exc
 
     def _quarantine(
         self, job: Job, error: str, hint: str, backoff: list[dict[str, Any]] | None = None

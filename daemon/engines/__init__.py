@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..problems import Problem
 from .base import Clip, Engine, EngineOptions, JobInterrupted, RenderRequest
 
 __all__ = [
@@ -17,12 +18,9 @@ __all__ = [
 ]
 
 
-class EngineUnavailable(Exception):
-    """The rule names an engine this installation cannot run. ``hint`` says how to fix it."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+class EngineUnavailable(Problem):
+    """The rule names an engine this installation cannot run. ``hint`` says how to fix it.
+    Permanent until the installation changes."""
 
 
 _DIFFUSION_PACKAGES = ("torch", "diffusers", "transformers", "accelerate")
