@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,17 +22,27 @@ from jinja2 import TemplateAssertionError, TemplateSyntaxError, meta
 
 from .companions import CompanionProblem, Companions, is_companion, read_companions
 from .config import Settings
+from .engines import EngineUnavailable, check_engine
 from .images import BadImage, check_image, read_facts
+from .plan import (
+    SourceAction,
+    context_for,
+    family_rounding,
+    negative_prompt_of,
+    original_fate,
+    output_files,
+    output_stem,
+    pipeline_of_hub_id,
+    plan_frames,
+    prompt_of,
+)
 from .problems import Problem
 from .prompts import (
     ImageFacts,
     TemplateProblem,
-    render,
-    safe_output_name,
     template_context,
     template_environment,
 )
-from .publish import free_path, free_stem
 from .rules import (
     ImageOverrides,
     LoadedRule,
@@ -48,7 +57,6 @@ from .rules import (
     rule_files,
     rule_matches,
 )
-from .sizing import frame_size
 from .watch import is_candidate_name
 
 # GPU memory the reference I2VGen-XL tool needs per resolution (its own table); other
@@ -403,21 +411,19 @@ class Explainer:
     ) -> dict[str, Any]:
         rule = loaded.rule
         folder = self.settings.outbox / place.relative.parent
-        original: dict[str, str | None]
-        if rule.source == "move":
-            original = {
-                "action": "move",
-                "path": str(free_path(folder, place.relative.name)),
-                "text": "moves beside its video",
-            }
-        elif rule.source == "keep":
-            original = {"action": "keep", "path": str(place.path), "text": "stays in the inbox"}
-        else:
-            original = {
-                "action": "delete",
-                "path": None,
-                "text": "is deleted once its video is published",
-            }
+        # The drop's fate, as its last job applies it (variants leave it until then).
+        fate = original_fate(rule, "", folder, place.relative.name, Path.exists)
+        path = {SourceAction.MOVE: fate.dest, SourceAction.KEEP: place.path}.get(fate.action)
+        original = {
+            "action": str(fate.action),
+            "path": str(path) if path is not None else None,
+            "text": _FATE_TEXT[fate.action],
+        }
+        try:
+            check_engine(rule.engine)
+        except EngineUnavailable as exc:
+            # The daemon's own start-up check: every image of this rule would fail.
+            report["errors"].append(f"{exc}: every image of this rule would fail ({exc.hint})")
         outputs = []
         for index, (variant, variant_rule) in enumerate(companions.apply(rule)):
             output = self._output(variant, variant_rule, place, folder, facts, companions)
@@ -450,9 +456,7 @@ class Explainer:
         facts: ImageFacts | None,
         companions: Companions,
     ) -> dict[str, Any]:
-        context = template_context(
-            place.relative, rule.name, self.now, facts, companions.text, variant
-        )
+        context = context_for(rule, place.relative, self.now, facts, companions.text, variant)
         if facts is None:
             # Unknown, not empty: a template that needs them fails here, naming them,
             # instead of showing "None" where the image's size would be.
@@ -460,29 +464,25 @@ class Explainer:
                 context.pop(key, None)
         errors: list[str] = []
 
-        def attempt(template: str, what: str) -> str | None:
+        def attempt(step: Callable[[Rule, dict[str, Any]], str], what: str) -> str | None:
             try:
-                return render(template, context, what)
+                return step(rule, context)
             except TemplateProblem as exc:
                 errors.append(str(exc))
             except Exception as exc:  # e.g. arithmetic on a width that is unknown (None)
+                template = getattr(rule, what) if what != "output.name" else rule.output.name
                 errors.append(f"{what} template {template!r}: {type(exc).__name__}: {exc}")
             return None
 
-        prompt = attempt(rule.prompt, "prompt")
-        negative = attempt(rule.negative_prompt, "negative_prompt")
+        prompt = attempt(prompt_of, "prompt")
+        negative = attempt(negative_prompt_of, "negative_prompt")
         video = sidecar = None
         taken = False
-        name = attempt(rule.output.name, "output.name")
-        if name is not None:
-            try:
-                stem = safe_output_name(name)
-            except TemplateProblem as exc:
-                errors.append(str(exc))
-            else:
-                free = free_stem(folder, stem, [".mp4", ".json"])
-                taken = free != stem
-                video, sidecar = str(folder / f"{free}.mp4"), str(folder / f"{free}.json")
+        stem = attempt(output_stem, "output.name")
+        if stem is not None:
+            video_path, sidecar_path = output_files(folder, stem, Path.exists)
+            taken = video_path.stem != stem
+            video, sidecar = str(video_path), str(sidecar_path)
         return {
             "variant": variant,
             "prompt": prompt,
@@ -499,60 +499,17 @@ class Explainer:
         }
 
     def _frame(self, rule: Rule, facts: ImageFacts | None) -> dict[str, Any]:
-        params = rule.resolved()
+        family = self._family(rule)
+        rounding = family_rounding(family["pipeline"]) if family is not None else None
         width = facts.width if facts else None
         height = facts.height if facts else None
-        frames, fps = params.frames, params.fps
-        notes = []
-        family = self._family(rule) if rule.engine == "diffusion" else None
-        multiple = 2
-        if family is not None and family["size_multiple"]:
-            multiple = int(family["size_multiple"])
-        if rule.aspect == "source" and (width is None or height is None):
-            size: tuple[int, int] | None = None
-            notes.append(
-                f"aspect: source: the size depends on the image (about {params.resolution}x"
-                f"{params.resolution} pixels in its aspect ratio)"
-            )
-        else:
-            size = frame_size(params.resolution, rule.aspect, width or 1, height or 1, multiple)
-        if rule.engine == "motion":
-            notes.append(
-                f"motion: {rule.motion.effect}, zoom {rule.motion.zoom} (steps, "
-                "guidance and seed are for diffusion only)"
-            )
-            target = rule.motion.interpolate_fps
-            if target and target > fps:
-                notes.append(f"re-timed from {fps} to {target} fps by frame interpolation")
-                fps = target
-        elif family is None or family["family"] is None:
-            known = f" ({family['pipeline']})" if family and family["pipeline"] else ""
-            notes.append(
-                f"the model family{known} is not known here: its rounding of size and "
-                "frames is applied at run time"
-            )
-        else:
-            label = family["family"]
-            if family["size_multiple"]:
-                notes.append(f"sides rounded to multiples of {multiple} for {label}")
-            else:
-                notes.append(f"{label} rounds the sides once the model is loaded")
-            if family["frame_step"]:
-                rounded = _round_frames(frames, family["frame_step"])
-                if rounded != frames:
-                    notes.append(
-                        f"frames rounded from {frames} to {rounded} ({label} takes "
-                        f"{family['frame_form']} frames)"
-                    )
-                frames = rounded
-            else:
-                notes.append(f"{label} rounds the frame count once the model is loaded")
+        frame = plan_frames(rule, width, height, rounding)
         return {
-            "width": size[0] if size else None,
-            "height": size[1] if size else None,
-            "frames": frames,
-            "fps": fps,
-            "notes": notes,
+            "width": frame.width,
+            "height": frame.height,
+            "frames": frame.frames,
+            "fps": frame.fps,
+            "notes": list(frame.notes),
         }
 
     def _family(self, rule: Rule) -> dict[str, Any] | None:
@@ -561,11 +518,11 @@ class Explainer:
         return model_family(rule.model, self.settings.base_dir)
 
 
-def _round_frames(frames: int, step: int) -> int:
-    """The family's frame form: ``k * step + 1`` (any count where ``step`` is 1)."""
-    if step <= 1:
-        return frames
-    return max(1, round((frames - 1) / step)) * step + 1
+_FATE_TEXT = {
+    SourceAction.MOVE: "moves beside its video",
+    SourceAction.KEEP: "stays in the inbox",
+    SourceAction.DELETE: "is deleted once its video is published",
+}
 
 
 def _mismatch(rule: Rule, relative: PurePosixPath) -> str:
@@ -623,60 +580,24 @@ def model_family(model: str, base_dir: Path) -> dict[str, Any]:
     if not folder.is_absolute():
         folder = base_dir / folder
     info["local"] = folder.is_dir()
-    families = _families_table()
     candidates = [folder] if info["local"] else _hub_snapshots(model)
     for candidate in candidates:
         pipeline = _pipeline_class(candidate / "model_index.json")
         if pipeline is not None:
             info["pipeline"], info["known_from"] = pipeline, str(candidate / "model_index.json")
             break
-    if families is None:
-        return info
-    try:
-        _apply_family(info, model, families)
-    except Exception:
-        # The table is the engine's, still growing: if its shape changes, explain only
-        # loses this detail (and says rounding happens at run time); it never fails.
-        info.update(family=None, size_multiple=None, frame_step=None, frame_form=None)
-    return info
-
-
-def _apply_family(info: dict[str, Any], model: str, families: Any) -> None:
     if info["pipeline"] is None:
-        for family in families.FAMILIES:
-            if family.example == model:
-                info["pipeline"], info["known_from"] = family.class_name, "hub id"
-    family = families.BY_CLASS.get(info["pipeline"])
-    if family is None:
-        return
-    info["family"] = family.label
-    # The table's rules read the loaded pipeline; given none, a rule that falls back to
-    # the family's usual value answers, and one that needs the model says so by failing.
-    for key, rule in (
-        ("size_multiple", family.spatial_multiple),
-        ("frame_step", family.frame_step),
-    ):
-        try:
-            info[key] = int(rule(_NO_PIPELINE))
-        except Exception:
-            info[key] = None
-    if info["frame_step"] is not None:
-        info["frame_form"] = families.form_of(info["frame_step"])
-
-
-class _Unloaded:
-    """Stands in for a pipeline that is not loaded: it has no attributes at all."""
-
-
-_NO_PIPELINE = _Unloaded()
-
-
-def _families_table() -> Any:
-    """The diffusion engine's families table (torch-free), or None where it is missing."""
-    try:
-        return importlib.import_module(".engines.diffusion.families", __package__)
-    except ImportError:
-        return None
+        reference = pipeline_of_hub_id(model)
+        if reference is not None:
+            info["pipeline"], info["known_from"] = reference, "hub id"
+    rounding = family_rounding(info["pipeline"])
+    info.update(
+        family=rounding.label,
+        size_multiple=rounding.size_multiple,
+        frame_step=rounding.frame_step,
+        frame_form=rounding.frame_form,
+    )
+    return info
 
 
 def _pipeline_class(index: Path) -> str | None:

@@ -176,11 +176,13 @@ def context_for(
     return template_context(relative, rule.name, now, facts, text, variant)
 
 
-def render_prompts(rule: Rule, context: dict[str, Any]) -> tuple[str, str]:
-    """(prompt, negative prompt); TemplateProblem when one cannot be rendered."""
-    return render(rule.prompt, context, "prompt"), render(
-        rule.negative_prompt, context, "negative_prompt"
-    )
+def prompt_of(rule: Rule, context: dict[str, Any]) -> str:
+    """The rendered prompt; TemplateProblem when it cannot be rendered."""
+    return render(rule.prompt, context, "prompt")
+
+
+def negative_prompt_of(rule: Rule, context: dict[str, Any]) -> str:
+    return render(rule.negative_prompt, context, "negative_prompt")
 
 
 def output_stem(rule: Rule, context: dict[str, Any]) -> str:
@@ -238,6 +240,6 @@ def plan_output(
     template cannot be rendered for this image."""
     folder = outbox / relative.parent
     video, sidecar = output_files(folder, output_stem(rule, context), taken)
-    prompt, negative = render_prompts(rule, context)
+    prompt, negative = prompt_of(rule, context), negative_prompt_of(rule, context)
     fate = original_fate(rule, variant, folder, relative.name, taken)
     return OutputPlan(folder, video, sidecar, prompt, negative, fate)
