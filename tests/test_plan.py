@@ -48,7 +48,8 @@ prompt: "square {{ stem }} {{ orientation }}"
 
 
 def explain(capsys: pytest.CaptureFixture[str], layout: Layout, *paths: Path) -> Any:
-    code = main(["rules", "explain", "--json", "--config", str(layout.config_file), *map(str, paths)])
+    config = str(layout.config_file)
+    code = main(["rules", "explain", "--json", "--config", config, *map(str, paths)])
     captured = capsys.readouterr()
     assert code == 0, captured.out + captured.err
     return json.loads(captured.out)

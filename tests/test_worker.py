@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from worker_bench import Bench
 
 from conftest import NEEDS_PERMISSIONS, Layout, make_image
 from daemon.video import probe
+from worker_bench import Bench
 
 CUSTOM_RULE = """\
 name: motion

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from worker_bench import Bench
 
 from conftest import Layout, make_image
 from daemon.engines import Clip, RenderRequest
 from daemon.engines.motion import MotionEngine
+from worker_bench import Bench
 
 
 class MotionThen:
