@@ -1,9 +1,11 @@
 """What the rules would do, without doing it: ``i2vd rules check`` and ``rules explain``.
 
 Both read the same rule files as the daemon, through the same loaders, and pick rules
-with the same ``pick_rule``; nothing here queues, renders or moves a file. Heavy engine
-packages (torch, diffusers) are never imported: a family's size rounding is read from
-the model's ``model_index.json`` and the engine's torch-free table, where it has one.
+with the same ``pick_rule``; nothing here queues, renders or moves a file. What a job
+would produce (names, prompts, frame size and count, the original's fate) comes from
+``plan.py``, the worker's own planning. Heavy engine packages (torch, diffusers) are
+never imported: a model's family is read from its ``model_index.json``
+(``model_info.py``), and whether its engine can run here from the installed packages.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .companions import CompanionProblem, Companions, is_companion, read_compani
 from .config import Settings
 from .engines import EngineUnavailable, check_engine
 from .images import BadImage, check_image, read_facts
+from .model_info import MEMORY_BY_RESOLUTION, memory_class, model_family
 from .plan import (
     SourceAction,
     context_for,
@@ -32,7 +35,6 @@ from .plan import (
     original_fate,
     output_files,
     output_stem,
-    pipeline_of_hub_id,
     plan_frames,
     prompt_of,
 )
@@ -59,15 +61,6 @@ from .rules import (
 )
 from .watch import is_candidate_name
 
-# GPU memory the reference I2VGen-XL tool needs per resolution (its own table); other
-# diffusion families differ, so explain names where the figures come from.
-MEMORY_BY_RESOLUTION = {
-    256: "< 8 GB",
-    512: "12–14 GB",  # noqa: RUF001 - the reference tool's en dash
-    768: "16–18 GB",  # noqa: RUF001
-    1024: "> 20 GB",
-}
-MEMORY_SOURCE = "I2VGen-XL figures from the reference tool"
 NO_RULE = "no rule matches: the image would stay in the inbox"
 # Template variables that only the image itself can tell.
 IMAGE_FACTS = (*(f.name for f in dataclasses.fields(ImageFacts)), "orientation")
@@ -491,7 +484,7 @@ class Explainer:
             "param_sources": {},
             "aspect": rule.aspect,
             "frame": self._frame(rule, facts),
-            "memory": _memory(rule),
+            "memory": memory_class(rule),
             "video": video,
             "sidecar": sidecar,
             "name_taken": taken,
@@ -553,74 +546,6 @@ def _sources(
         if variant.seed is not None:
             sources["seed"] = f"variant {variant_name}"
     return sources
-
-
-def _memory(rule: Rule) -> str:
-    if rule.engine == "motion":
-        return "CPU only, no GPU memory"
-    resolution = rule.resolved().resolution
-    return f"{MEMORY_BY_RESOLUTION[resolution]} of GPU memory at {resolution} ({MEMORY_SOURCE})"
-
-
-def model_family(model: str, base_dir: Path) -> dict[str, Any]:
-    """What is known about a diffusion model without loading it: its pipeline class (from
-    a local folder's or the Hugging Face cache's ``model_index.json``, else from the hub
-    id of a family's reference model) and, where the engine's torch-free families table
-    can say so without the loaded model, the family's size multiple and frame form."""
-    info: dict[str, Any] = {
-        "local": False,
-        "pipeline": None,
-        "family": None,
-        "size_multiple": None,
-        "frame_step": None,
-        "frame_form": None,
-        "known_from": None,
-    }
-    folder = Path(model).expanduser()
-    if not folder.is_absolute():
-        folder = base_dir / folder
-    info["local"] = folder.is_dir()
-    candidates = [folder] if info["local"] else _hub_snapshots(model)
-    for candidate in candidates:
-        pipeline = _pipeline_class(candidate / "model_index.json")
-        if pipeline is not None:
-            info["pipeline"], info["known_from"] = pipeline, str(candidate / "model_index.json")
-            break
-    if info["pipeline"] is None:
-        reference = pipeline_of_hub_id(model)
-        if reference is not None:
-            info["pipeline"], info["known_from"] = reference, "hub id"
-    rounding = family_rounding(info["pipeline"])
-    info.update(
-        family=rounding.label,
-        size_multiple=rounding.size_multiple,
-        frame_step=rounding.frame_step,
-        frame_form=rounding.frame_form,
-    )
-    return info
-
-
-def _pipeline_class(index: Path) -> str | None:
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    name = data.get("_class_name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) else None
-
-
-def _hub_snapshots(model: str) -> list[Path]:
-    """Downloaded snapshots of a hub id in the Hugging Face cache, newest first."""
-    if model.count("/") != 1:
-        return []
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
-    snapshots = cache / f"models--{model.replace('/', '--')}" / "snapshots"
-    try:
-        found = [p for p in snapshots.iterdir() if p.is_dir()]
-    except OSError:
-        return []
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 # --- rendering the report ----------------------------------------------------------
