@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import original, outputs, reports
+from .ownership import is_copy_of_source
 from .problems import Problem
 from .rules import Rule
 from .scope import Scope
@@ -60,7 +61,7 @@ def job_failed(scope: Scope, job: Job, rule: Rule | None, problem: Problem) -> N
             rule = Rule.model_validate(job.rule_data)
         original.finish_drop(scope, job, rule)
         return
-    if not outputs.is_copy_of_source(Path(job.source), job):
+    if not is_copy_of_source(Path(job.source), job):
         # Gone, or replaced by new content that intake queues as a job of its own.
         log.error("job %d failed: %s: %s", job.id, job.relative, error)
         return

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path, PurePosixPath
 
 from . import reports
+from .ownership import is_copy_of_source
 from .plan import Fate, SourceAction
 from .publish import free_path, place
 from .rules import Rule
@@ -44,8 +45,6 @@ def after_done(scope: Scope, job: Job, rule: Rule, action: SourceAction) -> None
 def delete_original(scope: Scope, job: Job) -> None:
     """``source: delete``: the original (only if it is still the content this job
     read) and its companion files."""
-    from .outputs import is_copy_of_source  # outputs publishes through this module
-
     source = Path(job.source)
     try:
         if is_copy_of_source(source, job):
@@ -66,8 +65,6 @@ def delete_original(scope: Scope, job: Job) -> None:
 def finish_drop(scope: Scope, job: Job, rule: Rule) -> None:
     """The last job of a drop to end takes care of the original: the rule's
     ``source`` if any variant succeeded, else failed/ with that job's report."""
-    from .outputs import is_copy_of_source
-
     store = scope.store
     if not job.drop or not job.variant or not store.claim_drop_end(job.drop):
         return

@@ -11,13 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from . import original
-from .images import sha256_of
+from .ownership import Identity, identity, inode, is_copy_of_source, sidecar_field
 from .plan import OutputPlan
 from .publish import describe_os_error, place, write_json
 from .rules import Rule
@@ -26,45 +25,10 @@ from .store import Job
 
 log = logging.getLogger(__name__)
 
-Identity = tuple[int, int, int]  # (inode, size, mtime_ns) of the original when it was read
-
 
 class Superseded(Exception):
     """The file at the job's path now holds other content, which intake queues on its
     own; this job ends without touching the file. Control flow, not a problem."""
-
-
-def identity(path: Path) -> Identity:
-    stat = path.stat()
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
-def inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
-
-
-def sidecar_field(path: Path, key: str) -> Any:
-    """A field of a sidecar on disk, or None when it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def is_copy_of_source(path: Path, job: Job) -> bool:
-    """``path`` holds this job's original: a hard link to it, or a full copy."""
-    source = Path(job.source)
-    try:
-        # A hard link to the original is a copy; the original's own path is not
-        # proof of anything (a new picture may have been dropped under its name).
-        if path != source and source.exists() and os.path.samefile(path, source):
-            return True
-        return path.stat().st_size == job.size_bytes and sha256_of(path.read_bytes()) == job.sha256
-    except OSError:
-        return False
 
 
 def publish(

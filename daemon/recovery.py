@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from . import original, outputs, reports
-from .plan import source_action
+from .ownership import inode, is_copy_of_source, sidecar_field
+from .plan import SourceAction, source_action
 from .rules import Rule
 from .scope import Scope
 from .store import Job
@@ -27,11 +28,9 @@ def finish_interrupted_publish(scope: Scope, job: Job, rule: Rule) -> bool:
     assert job.id is not None
     video, sidecar = Path(job.video_path), Path(job.sidecar_path or "")
     moved, source = Path(job.source_dest or ""), Path(job.source)
-    ours = (
-        outputs.inode(video) == job.video_inode and outputs.sidecar_field(sidecar, "job") == job.id
-    )
+    ours = inode(video) == job.video_inode and sidecar_field(sidecar, "job") == job.id
     if ours and job.source_dest and moved.is_file():
-        if source.exists() and outputs.is_copy_of_source(moved, job):
+        if source.exists() and is_copy_of_source(moved, job):
             source.unlink()  # the crash fell between placing the original and unlinking it
         if not source.exists():
             reports.move_companions_logged(job, moved)
@@ -41,7 +40,7 @@ def finish_interrupted_publish(scope: Scope, job: Job, rule: Rule) -> bool:
         # Keep, delete or a variant: the sidecar's presence says the publish got
         # that far; what follows "done" is redone after marking it.
         action = source_action(rule, job.variant)
-        if action == "keep":
+        if action == SourceAction.KEEP:
             scope.store.keep_in_inbox(job.source, job.sha256)
         _mark_done(scope, job)
         original.after_done(scope, job, rule, action)

@@ -21,6 +21,7 @@ from . import failure, outputs, recovery
 from .config import Settings
 from .engines import Engine, JobInterrupted
 from .images import read_facts, sha256_of
+from .ownership import identity
 from .plan import context_for, plan_output, source_pixels_needed
 from .problems import Problem, RetryableProblem
 from .publish import describe_os_error
@@ -134,7 +135,7 @@ class Worker:
         source = Path(job.source)
         try:
             # Identity first: a replacement after this point shows at publish time.
-            read_as = outputs.identity(source)
+            read_as = identity(source)
             data = source.read_bytes()
         except FileNotFoundError:
             raise PermanentFailure(

@@ -55,7 +55,9 @@ def test_default_hints_and_report_details() -> None:
 
 def test_the_worker_imports_no_engine_exceptions() -> None:
     """Job code catches Problem; only engines/ may name an engine's own classes."""
-    job_modules = ("worker", "failure", "outputs", "original", "recovery", "reports", "render")
+    job_modules = (
+        "worker", "failure", "outputs", "original", "ownership", "recovery", "reports", "render"
+    )
     for name in job_modules:
         tree = ast.parse((REPO / "daemon" / f"{name}.py").read_text(encoding="utf-8"))
         imported = [
