@@ -192,22 +192,38 @@ def sweep_temporaries(roots: Iterable[Path]) -> list[Path]:
 
 
 def describe_os_error(exc: OSError, path: Path) -> PublishError:
-    """Turn a failed file operation into a message and a hint a user can act on."""
+    """Turn a failed file operation into a message and a hint a user can act on; the
+    system's own words go to the detail."""
+    detail = f"{exc.strerror or exc} (errno {exc.errno})"
     if exc.errno == errno.ENOSPC:
-        return PublishError(f"no space left on the device holding {path}", "free disk space there")
+        return PublishError(
+            f"no space left on the device holding {path}",
+            "free disk space there",
+            detail=detail,
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return PublishError(
-            f"permission denied for {path} ({exc.strerror})",
-            "give the i2vd service user read and write access to that folder",
+            f"permission denied for {path}: i2vd may not use that folder",
+            "ask whoever looks after i2vd to give its service user read and write access "
+            "to that folder",
+            detail=detail,
+        )
+    if exc.errno == errno.EEXIST:
+        return PublishError(
+            f"{path} already exists: another file took its name while the video was made",
+            "nothing to do: i2vd tries again under the next free name",
+            detail=detail,
         )
     if exc.errno == errno.EROFS:
         return PublishError(
-            f"{path} is on a read-only filesystem ({exc.strerror})",
-            "mount it writable for the i2vd service user",
+            f"{path} is on a read-only filesystem: nothing can be written there",
+            "ask whoever looks after i2vd to mount it writable for its service user",
+            detail=detail,
         )
     return PublishError(
-        f"could not access {path}: {exc.strerror or exc}",
+        f"could not access {path}",
         "check that the folder exists and its share is mounted",
+        detail=detail,
     )
 
 

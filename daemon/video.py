@@ -22,7 +22,7 @@ class VideoError(RetryableProblem):
     """Encoding failed, or the written file is not what was asked for. Retryable: an
     encoder hiccup or a full scratch disk may be gone next time."""
 
-    default_hint = "ffmpeg failed; its message is above and in the log"
+    default_hint = "ask whoever looks after i2vd to check the log for the video encoder's message"
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,13 @@ def ffmpeg_exe() -> str:
 def encode_mp4(frames: Sequence[Frame], path: Path, fps: int, crf: int = 18) -> None:
     """Write ``frames`` as H.264 yuv420p with the index up front (+faststart) for streaming."""
     if not frames:
-        raise VideoError("no frames to encode")
+        raise VideoError("no frames were made, so there is no video to save")
     height, width = frames[0].shape[:2]
     if width % 2 or height % 2:
-        raise VideoError(f"H.264 4:2:0 needs even sides, got {width}x{height}")
+        raise VideoError(
+            f"the video needs even sides, got {width}x{height}",
+            detail="H.264 in 4:2:0 needs even width and height",
+        )
     writer = imageio_ffmpeg.write_frames(
         str(path),
         (width, height),
@@ -65,7 +68,9 @@ def encode_mp4(frames: Sequence[Frame], path: Path, fps: int, crf: int = 18) -> 
         writer.close()
     except (OSError, RuntimeError) as exc:
         writer.close()
-        raise VideoError(f"ffmpeg could not write {path.name}: {exc}") from exc
+        raise VideoError(
+            f"the video {path.name} could not be written", detail=f"ffmpeg: {exc}"
+        ) from exc
 
 
 def interpolate(frames: Sequence[Frame], fps: int, target_fps: int) -> list[Frame]:
@@ -123,7 +128,10 @@ def interpolate(frames: Sequence[Frame], fps: int, target_fps: int) -> list[Fram
     error = proc.stderr.read().decode(errors="replace")
     feeder.join()
     if proc.wait() != 0:
-        raise VideoError(f"frame interpolation failed: {error.strip()[-500:]}")
+        raise VideoError(
+            "smoothing the motion between frames (frame interpolation) failed",
+            detail=f"ffmpeg minterpolate: {error.strip()[-500:]}",
+        )
     frame_bytes = width * height * 3
     count = len(raw) // frame_bytes
     array = np.frombuffer(raw[: count * frame_bytes], dtype=np.uint8)
@@ -166,7 +174,10 @@ def probe(path: Path) -> VideoInfo:
     stream = _STREAM.search(result.stderr)
     counts = _FRAMES.findall(result.stderr)
     if result.returncode != 0 or not stream or not counts:
-        raise VideoError(f"{path.name} is not a readable video: {result.stderr.strip()[-300:]}")
+        raise VideoError(
+            f"{path.name} is not a readable video: the finished file could not be checked",
+            detail=f"ffprobe: {result.stderr.strip()[-300:]}",
+        )
     return VideoInfo(
         width=int(stream["w"]),
         height=int(stream["h"]),
@@ -185,7 +196,7 @@ def verify(path: Path, width: int, height: int, fps: int, frames: int) -> VideoI
     if found != expected or abs(info.fps - fps) > 1e-3 or info.pix_fmt != "yuv420p":
         raise VideoError(
             f"{path.name} came out as {info.width}x{info.height}, {info.frames} frames at "
-            f"{info.fps:g} fps ({info.pix_fmt}); expected {width}x{height}, {frames} frames "
-            f"at {fps} fps (yuv420p)"
+            f"{info.fps:g} fps; expected {width}x{height}, {frames} frames at {fps} fps",
+            detail=f"pixel format {info.pix_fmt}, expected yuv420p",
         )
     return info
