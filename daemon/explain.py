@@ -420,7 +420,10 @@ class Explainer:
             check_engine(rule.engine)
         except EngineUnavailable as exc:
             # The daemon's own start-up check: every image of this rule would fail.
-            report["errors"].append(f"{exc}: every image of this rule would fail ({exc.hint})")
+            detail = f" [{exc.detail}]" if exc.detail else ""
+            report["errors"].append(
+                f"{exc}: every image of this rule would fail ({exc.hint}){detail}"
+            )
         outputs = []
         for index, (variant, variant_rule) in enumerate(companions.apply(rule)):
             output = self._output(variant, variant_rule, place, folder, facts, companions)
