@@ -77,10 +77,10 @@ def read_companions(image: Path) -> Companions:
                 overrides = load_overrides(path)
             except RuleFileError as exc:
                 # Each problem is file:line:column: field: what is wrong, in the
-                # person's own file: what they need to fix it, so it is the message.
+                # person's own file: what they need to fix it, so it stays in the words.
                 problems = "; ".join(str(p) for p in exc.problems)
                 raise CompanionProblem(
-                    problems,
+                    f"the settings file beside the image has a mistake: {problems}",
                     "fix the image's .yaml (README: Per-image overrides), then drop the "
                     "image and its .yaml again",
                 ) from None

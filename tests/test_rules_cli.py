@@ -443,6 +443,7 @@ def test_explain_failures_of_an_existing_image(
     assert not half["ok"] and half["image"] is None
     assert half["errors"][0].startswith("the image data is damaged or cut short")
     assert not zoe["ok"] and zoe["errors"] == [
+        "the settings file beside the image has a mistake: "
         f"{image.with_suffix('.yaml')}:1:18: params.frames: Input should be less than or "
         "equal to 32 (got 99) (the job would fail; fix the image's .yaml (README: Per-image "
         "overrides), then drop the image and its .yaml again)"

@@ -250,9 +250,9 @@ class DiffusionEngine:
     def _render(self, request: RenderRequest) -> Clip:
         if not request.model:
             raise EngineUnavailable(
-                "engine 'diffusion' needs a model",
-                "set the rule's 'model' to a local pipeline folder or a hub id such as "
-                "ali-vilab/i2vgen-xl",
+                "this rule makes AI videos but needs a model, and it names none",
+                "ask whoever looks after i2vd to set the rule's 'model' to a local pipeline "
+                "folder or a hub id such as ali-vilab/i2vgen-xl",
             )
         settings = request.diffusion
         source = locate(request.model)
