@@ -254,6 +254,12 @@ def _failed_row(item: Failed, several: bool) -> str:
     report = (
         f'<div class="note">report: failed folder, {e(item.report)}</div>' if item.report else ""
     )
+    if item.detail:
+        # Folded away: for whoever looks after i2vd, not for the person who dropped it.
+        report += (
+            f'<details class="note"><summary>technical detail</summary>{e(item.detail)}'
+            "</details>"
+        )
     return (
         f'<tr data-job="{item.job}">{_name(item.source, item.inbox, several)}'
         f"{_rule(item.rule, item.variant)}"

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import time
+from html import escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -139,7 +140,9 @@ def test_every_state_with_positions_estimates_links_and_reasons(layout: Layout) 
     assert failed["source"] == "broken.png"
     report = json.loads((share.settings.failed_dir / failed["report"]).read_text())
     assert (failed["error"], failed["hint"]) == (report["error"], report["hint"])
+    assert failed["detail"] == report["detail"] and failed["detail"]
     assert "move broken.png from the failed folder back" in failed["retry"]
+    assert f"<summary>technical detail</summary>{escape(failed['detail'])}" in html
 
     # Everything hostile is text: no element came from a name or a prompt.
     assert XSS not in html and "<b>moving" not in html
