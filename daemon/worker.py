@@ -28,6 +28,7 @@ from .engines import (
     RenderRequest,
     get_engine,
 )
+from .engines.base import Streaming
 from .engines.diffusion import ModelUnavailable, OutOfMemory
 from .images import BadImage, decode_image, read_facts, sha256_of
 from .prompts import TemplateProblem, render, safe_output_name, template_context
@@ -45,7 +46,7 @@ from .rules import Rule
 from .sidecar import build_sidecar, params_block
 from .sizing import frame_size
 from .store import Job, JobState, JobStore
-from .video import VideoError, encode_mp4, verify
+from .video import FrameStream, VideoError, encode_mp4, verify
 
 log = logging.getLogger(__name__)
 
@@ -265,19 +266,25 @@ class Worker:
             checkpoint=lambda done: self._checkpoint(job, done),
         )
         t_generate = time.time()
-        clip = engine.render(request)
+        # A streaming engine makes each frame as the encoder takes it (render and encode
+        # overlap); its FrameStream counts the time spent making frames.
+        if isinstance(engine, Streaming):
+            clip = engine.stream(request)
+        else:
+            clip = engine.render(request)
+            self._checkpoint(job, 1.0)
         t_encode = time.time()
-        self._checkpoint(job, 1.0)
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
-        encode_mp4(clip.frames, work_file, clip.fps)
+        encode_mp4(clip.frames, work_file, clip.fps, settings=clip.encoder)
         verify(work_file, clip.width, clip.height, clip.fps, len(clip.frames))
         t_publish = time.time()
+        made = clip.frames.seconds if isinstance(clip.frames, FrameStream) else 0.0
 
         timings = {
             "queued": started - job.created_at,
             "load": clip.load_seconds,
-            "generate": t_encode - t_generate - clip.load_seconds,
-            "encode": t_publish - t_encode,
+            "generate": t_encode - t_generate - clip.load_seconds + made,
+            "encode": t_publish - t_encode - made,
         }
         document = build_sidecar(
             job, rule, plan.prompt, plan.negative_prompt, requested, clip, timings, _outputs(plan)

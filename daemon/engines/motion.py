@@ -1,23 +1,25 @@
-"""The CPU engine: Ken Burns zoom and pan with easing and fades, optional minterpolate.
+"""The CPU engine: Ken Burns zoom and pan with easing and fades, rendered at any frame rate.
 
-Every frame is a float-precise window of the source resampled with Pillow's
-antialiasing resize, so motion is smooth at sub-pixel speeds and the window never
-leaves the picture (no black borders). No torch here: this engine must start fast.
+Every frame is a float-precise window of the source (no rounding to whole pixels, so
+motion is smooth at sub-pixel speeds), and the window never leaves the picture (no
+black borders). Frames are made one at a time as the encoder takes them
+(``stream``), as BT.709 I420 pictures (``motion_warp``). No torch here: this engine
+must start fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import numpy as np
-from PIL import Image
 
+from ..colour import i420_to_rgb
 from ..rules import MotionSettings
 from ..sizing import crop_box, frame_size
-from ..video import Frame, interpolate
+from ..video import EncoderSettings, Frame, FrameStream
 from .base import Clip, RenderRequest
-
-Box = tuple[float, float, float, float]
+from .motion_warp import Box, level_scales, make_levels, pick_level, warp_frame
 
 EASINGS: dict[str, Callable[[float], float]] = {
     "linear": lambda t: t,
@@ -33,32 +35,46 @@ class MotionEngine:
     def release_idle(self, now: float) -> None:
         """Nothing to release: the motion engine holds no model."""
 
-    def render(self, request: RenderRequest) -> Clip:
+    def stream(self, request: RenderRequest) -> Clip:
+        """The clip, its frames made one by one as they are iterated (by the encoder).
+        The crop is resampled here, once; each frame costs three plane warps."""
         params, motion = request.params, request.motion
         width, height = frame_size(
             params.resolution, request.aspect, request.image.width, request.image.height
         )
-        # Resample the crop once to `zoom`x the output size: every window is then at
-        # least output-sized, so frames are never upscaled from a tiny region.
-        work_w, work_h = round(width * motion.zoom), round(height * motion.zoom)
-        base = crop_box(request.image.width, request.image.height, width, height)
-        working = request.image.resize((work_w, work_h), Image.Resampling.LANCZOS, box=base)
+        count, fps = motion.timing(params.frames, params.fps)
+        crop = crop_box(request.image.width, request.image.height, width, height)
+        zooms = motion.effect.startswith("zoom")
+        levels = make_levels(
+            request.image, crop, width, height, level_scales(motion.zoom, zooms)
+        )
+        gains = fade_gains(count, fps, motion)
+        top = levels[-1]
 
-        frames: list[Frame] = []
-        for index in range(params.frames):
-            request.checkpoint(index / params.frames)
-            t = index / (params.frames - 1) if params.frames > 1 else 0.0
-            box = window(motion, EASINGS[motion.easing](t), work_w, work_h)
-            frame = working.resize((width, height), Image.Resampling.BICUBIC, box=box)
-            frames.append(np.asarray(frame))
-        frames = apply_fades(frames, params.fps, motion)
+        def frames() -> Iterator[Frame]:
+            for index in range(count):
+                request.checkpoint(index / count)
+                t = index / (count - 1)
+                box = window(motion, EASINGS[motion.easing](t), top.width, top.height)
+                level, local = pick_level(levels, box, width)
+                yield warp_frame(level, local, width, height, float(gains[index]))
 
-        fps = params.fps
-        if motion.interpolate_fps and motion.interpolate_fps > fps:
-            request.checkpoint(1.0)
-            frames = interpolate(frames, fps, motion.interpolate_fps)
-            fps = motion.interpolate_fps
-        return Clip(frames=frames, fps=fps, width=width, height=height)
+        return Clip(
+            frames=FrameStream(count, frames()),
+            fps=fps,
+            width=width,
+            height=height,
+            encoder=EncoderSettings(crf=motion.crf),
+        )
+
+    def render(self, request: RenderRequest) -> Clip:
+        """Every frame at once, as RGB pictures (as a player decodes them): for callers
+        that want pictures, not a video. The same renderer as ``stream``; the fades are
+        the same gains, applied to the RGB values."""
+        unfaded = request.motion.model_copy(update={"fade_in": 0.0, "fade_out": 0.0})
+        clip = self.stream(replace(request, motion=unfaded))
+        frames = [i420_to_rgb(frame) for frame in clip.frames]
+        return replace(clip, frames=apply_fades(frames, clip.fps, request.motion))
 
 
 def window(motion: MotionSettings, progress: float, work_w: int, work_h: int) -> Box:
@@ -85,9 +101,9 @@ def window(motion: MotionSettings, progress: float, work_w: int, work_h: int) ->
     return left, top, left + win_w, top + win_h
 
 
-def apply_fades(frames: list[Frame], fps: int, motion: MotionSettings) -> list[Frame]:
-    """Fade from and to black over the first/last ``fade_in``/``fade_out`` seconds."""
-    count = len(frames)
+def fade_gains(count: int, fps: int, motion: MotionSettings) -> np.ndarray:
+    """Each frame's brightness (0..1): ramps from and to black over the first and last
+    ``fade_in``/``fade_out`` seconds."""
     gains = np.ones(count)
     fade_in = min(count, round(motion.fade_in * fps))
     fade_out = min(count, round(motion.fade_out * fps))
@@ -96,6 +112,12 @@ def apply_fades(frames: list[Frame], fps: int, motion: MotionSettings) -> list[F
     if fade_out:
         ramp = np.arange(fade_out)[::-1] / fade_out
         gains[count - fade_out :] = np.minimum(gains[count - fade_out :], ramp)
+    return gains
+
+
+def apply_fades(frames: list[Frame], fps: int, motion: MotionSettings) -> list[Frame]:
+    """Fade RGB frames from and to black over the first/last ``fade_in``/``fade_out`` seconds."""
+    gains = fade_gains(len(frames), fps, motion)
     return [
         frame if gain == 1 else (frame.astype(np.float32) * gain).round().astype(np.uint8)
         for frame, gain in zip(frames, gains, strict=True)
