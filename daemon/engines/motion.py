@@ -19,7 +19,7 @@ from ..rules import MotionSettings
 from ..sizing import crop_box, frame_size
 from ..video import EncoderSettings, Frame, FrameStream
 from .base import Clip, RenderRequest
-from .motion_warp import Box, level_scales, make_levels, pick_level, warp_frame
+from .motion_warp import FAST_SHRINK, Box, fade, make_level, resample_frame, warp_frame
 
 EASINGS: dict[str, Callable[[float], float]] = {
     "linear": lambda t: t,
@@ -44,20 +44,18 @@ class MotionEngine:
         )
         count, fps = motion.timing(params.frames, params.fps)
         crop = crop_box(request.image.width, request.image.height, width, height)
-        zooms = motion.effect.startswith("zoom")
-        levels = make_levels(
-            request.image, crop, width, height, level_scales(motion.zoom, zooms)
-        )
+        level = make_level(request.image, crop, width, height, motion.zoom)
+        # A pan's window keeps the output's size; a zoom's shrinks by up to `zoom`.
+        shrinks = motion.zoom if motion.effect.startswith("zoom") else 1.0
+        resample = warp_frame if shrinks <= FAST_SHRINK + 1e-9 else resample_frame
         gains = fade_gains(count, fps, motion)
-        top = levels[-1]
 
         def frames() -> Iterator[Frame]:
             for index in range(count):
                 request.checkpoint(index / count)
                 t = index / (count - 1)
-                box = window(motion, EASINGS[motion.easing](t), top.width, top.height)
-                level, local = pick_level(levels, box, width)
-                yield warp_frame(level, local, width, height, float(gains[index]))
+                box = window(motion, EASINGS[motion.easing](t), level.width, level.height)
+                yield fade(resample(level, box, width, height), height, float(gains[index]))
 
         return Clip(
             frames=FrameStream(count, frames()),

@@ -1,13 +1,15 @@
 """The motion engine's renderer: a moving window of the still, straight into I420 frames.
 
-The crop is resampled once (Pillow's Lanczos) into a short ladder of *levels*, each
-converted once to BT.709 planes. A frame is then one affine warp of each plane of the
-level nearest above the window's size: Y with cubic interpolation, the half-size U/V
-bilinearly (the eye resolves chroma far less), borders replicated (never black). The
-ladder's steps are at most ``LEVEL_STEP``, so a warp never shrinks by more than that:
-cubic interpolation does not filter, and larger shrinks would alias (a shimmer on fine
-detail). A pan needs one level (its window keeps the output's size); the first frame
-of a zoom-in is the level at the output's own size, i.e. the picture itself.
+The crop is resampled once (Pillow's Lanczos) to ``zoom`` x the output size and converted
+once to BT.709 planes. A frame is then one resampling of each plane to the window:
+Y with cubic interpolation, the half-size U/V bilinearly (the eye resolves chroma far
+less), borders replicated (never black).
+
+Two resamplers, chosen per clip: OpenCV's affine warp, fast, for clips whose window
+never shrinks by more than ``FAST_SHRINK`` (every pan, and zooms up to that much; the
+default rule's 1.25 is one); Pillow's antialiasing resize of each plane for larger zooms,
+where an unfiltered warp would alias fine detail into a crawling moiré (measured on a
+zone plate in tests/test_motion_quality.py).
 """
 
 from __future__ import annotations
@@ -19,19 +21,23 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..colour import half, planes, rgb_to_yuv444
+from ..colour import RGB_TO_YUV, half, planes, rgb_to_yuv444
 
 Box = tuple[float, float, float, float]
 
-LEVEL_STEP = 1.25
+FAST_SHRINK = 1.25
 BLACK_Y, GREY_UV = 16.0, 128.0  # limited range: a fade goes towards Y 16, chroma 128
+
+
+LUMA_SCALE = 256.0  # the level's Y is kept as Y x 256 in 16 bits: no rounding before the warp
 
 
 @dataclass(frozen=True)
 class Level:
-    """The crop at ``scale`` x the output size, as planes."""
+    """The crop at ``zoom`` x the output size, as planes: Y at 16 bits (Y x 256), so the
+    frame's luma is rounded once, after the warp, as a resize of the RGB picture would
+    be (an 8-bit Y here costs 0.2-0.3 dB of PSNR); U and V at 8 bits, half size."""
 
-    scale: float
     y: np.ndarray
     u: np.ndarray
     v: np.ndarray
@@ -45,56 +51,34 @@ class Level:
         return int(self.y.shape[0])
 
 
-def level_scales(zoom: float, zooms: bool) -> list[float]:
-    """Scales of the ladder: the output's size up to ``zoom`` x, in even geometric steps of
-    at most LEVEL_STEP; a pan only needs ``zoom`` itself."""
-    if not zooms or zoom <= 1.0:
-        return [zoom]
-    steps = math.ceil(math.log(zoom) / math.log(LEVEL_STEP) - 1e-9)
-    return [zoom ** (k / steps) for k in range(steps + 1)]
+def make_level(image: Image.Image, crop: Box, width: int, height: int, zoom: float) -> Level:
+    size = (round(width * zoom), round(height * zoom))
+    resized = image.resize(size, Image.Resampling.LANCZOS, box=crop)
+    rgb = np.asarray(resized)
+    luma = cv2.transform(rgb.astype(np.float32), RGB_TO_YUV[:1] * LUMA_SCALE)
+    chroma = half(rgb_to_yuv444(rgb)[..., 1:])
+    return Level(
+        np.ascontiguousarray(np.clip(luma, 0, 65535).round().astype(np.uint16)),
+        np.ascontiguousarray(chroma[..., 0]),
+        np.ascontiguousarray(chroma[..., 1]),
+    )
 
 
-def make_levels(
-    image: Image.Image, crop: Box, width: int, height: int, scales: list[float]
-) -> list[Level]:
-    levels = []
-    for scale in scales:
-        size = (round(width * scale), round(height * scale))
-        resized = image.resize(size, Image.Resampling.LANCZOS, box=crop)
-        yuv = rgb_to_yuv444(np.asarray(resized))
-        chroma = half(yuv[..., 1:])
-        levels.append(
-            Level(
-                scale,
-                np.ascontiguousarray(yuv[..., 0]),
-                np.ascontiguousarray(chroma[..., 0]),
-                np.ascontiguousarray(chroma[..., 1]),
-            )
-        )
-    return levels
-
-
-def pick_level(levels: list[Level], box: Box, width: int) -> tuple[Level, Box]:
-    """The smallest level in which the window (``box``, in the top level's pixels) is at
-    least the output's size, and the window in that level's pixels."""
-    top = levels[-1]
-    fraction = (box[2] - box[0]) / top.width  # of the crop's width
-    chosen = next((lv for lv in levels if lv.width * fraction >= width - 1e-6), top)
-    rx, ry = chosen.width / top.width, chosen.height / top.height
-    return chosen, (box[0] * rx, box[1] * ry, box[2] * rx, box[3] * ry)
-
-
-def warp_frame(level: Level, box: Box, width: int, height: int, gain: float) -> np.ndarray:
-    """One I420 frame showing ``box`` (in ``level``'s pixels), faded by ``gain``."""
+def warp_frame(level: Level, box: Box, width: int, height: int) -> np.ndarray:
+    """One I420 frame showing ``box`` (in ``level``'s pixels): OpenCV affine warps."""
     left, top = box[0], box[1]
     sx, sy = (box[2] - left) / width, (box[3] - top) / height
     out = np.empty((height * 3 // 2, width), np.uint8)
     y, u, v = planes(out, width, height)
-    # Inverse maps, pixel centres at +0.5: output x shows level x' = left + (x+0.5)*sx - 0.5.
-    luma = np.array([[sx, 0, left + 0.5 * sx - 0.5], [0, sy, top + 0.5 * sy - 0.5]])
     flags = cv2.WARP_INVERSE_MAP
     border = cv2.BORDER_REPLICATE
-    cv2.warpAffine(level.y, luma, (width, height), y, flags | cv2.INTER_CUBIC, border)
+    if abs(sx - 1) < 1e-9 and abs(sy - 1) < 1e-9:
+        shift_luma(level.y, left, top, y)
+    else:
+        # Inverse map, pixel centres at +0.5: output x shows level x' = left + (x+0.5)*sx - 0.5.
+        luma = np.array([[sx, 0, left + 0.5 * sx - 0.5], [0, sy, top + 0.5 * sy - 0.5]])
+        wide = cv2.warpAffine(level.y, luma, (width, height), None, flags | cv2.INTER_CUBIC, border)
+        cv2.convertScaleAbs(wide, y, 1 / LUMA_SCALE)
     # A chroma sample sits at the centre of a 2x2 luma block, in the output and in the level.
     fx, fy = level.u.shape[1] / level.width, level.u.shape[0] / level.height
     chroma = np.array(
@@ -103,10 +87,68 @@ def warp_frame(level: Level, box: Box, width: int, height: int, gain: float) -> 
     size = (width // 2, height // 2)
     cv2.warpAffine(level.u, chroma, size, u, flags | cv2.INTER_LINEAR, border)
     cv2.warpAffine(level.v, chroma, size, v, flags | cv2.INTER_LINEAR, border)
-    if gain < 1.0:
-        # A fade is an affine map of each plane towards limited-range black.
-        cv2.convertScaleAbs(y, y, gain, BLACK_Y * (1 - gain))
-        chroma_planes = out[height:]
-        cv2.convertScaleAbs(chroma_planes, chroma_planes, gain, GREY_UV * (1 - gain))
     return out
 
+
+def cubic_taps(fraction: float) -> np.ndarray:
+    """Weights of the 4 pixels around a point ``fraction`` past a pixel: Keys' cubic with
+    a = -0.5 (Pillow's bicubic), which reproduces straight ramps exactly, so a dot moves
+    by exactly the fraction asked (a 6-tap Lanczos misplaces it by up to 0.02 px)."""
+    a = -0.5
+    x = np.abs(np.arange(-1, 3) - fraction)
+    near = (a + 2) * x**3 - (a + 3) * x**2 + 1
+    far = a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+    taps: np.ndarray = np.where(x < 1, near, far).astype(np.float32)
+    return taps
+
+
+def shift_luma(plane: np.ndarray, left: float, top: float, out: np.ndarray) -> None:
+    """A same-size window at a sub-pixel position (every pan): one separable 4-tap cubic
+    filter with exact weights. warpAffine rounds positions to 1/32 pixel and uses a
+    sharper cubic (a = -0.75) that does not keep ramps straight: together a judder of a
+    few hundredths of a pixel in a slow pan."""
+    height, width = out.shape
+    col, row = math.floor(left), math.floor(top)
+    before, after = 1, 2  # the taps reach one pixel before and two after; replicated
+    rows = np.s_[max(0, row - before) : row + height + after]
+    cols = np.s_[max(0, col - before) : col + width + after]
+    padded = cv2.copyMakeBorder(
+        plane[rows, cols],
+        max(0, before - row), max(0, row + height + after - plane.shape[0]),
+        max(0, before - col), max(0, col + width + after - plane.shape[1]),
+        cv2.BORDER_REPLICATE,
+    )  # fmt: skip
+    taps_x, taps_y = cubic_taps(left - col), cubic_taps(top - row)
+    # In floating point: OpenCV's 8-bit filter rounds the weights to 1/256.
+    filtered = cv2.sepFilter2D(padded, cv2.CV_32F, taps_x, taps_y, anchor=(before, before))
+    cv2.convertScaleAbs(
+        filtered[before : before + height, before : before + width], out, 1 / LUMA_SCALE
+    )
+
+
+def resample_frame(level: Level, box: Box, width: int, height: int) -> np.ndarray:
+    """The same frame through Pillow's resize, which widens its filter as the window
+    shrinks (antialiasing): slower, for zooms beyond FAST_SHRINK."""
+    out = np.empty((height * 3 // 2, width), np.uint8)
+    y, u, v = planes(out, width, height)
+    fx, fy = level.u.shape[1] / level.width, level.u.shape[0] / level.height
+    chroma_box = (box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy)
+    luma = Image.fromarray(level.y.astype(np.float32) * (1 / LUMA_SCALE), mode="F")
+    resized = np.asarray(luma.resize((width, height), Image.Resampling.BICUBIC, box=box))
+    cv2.convertScaleAbs(resized, y)
+    for plane, source in ((u, level.u), (v, level.v)):
+        half_size = (width // 2, height // 2)
+        chroma = Image.fromarray(source).resize(
+            half_size, Image.Resampling.BILINEAR, box=chroma_box
+        )
+        plane[:] = np.asarray(chroma)
+    return out
+
+
+def fade(frame: np.ndarray, height: int, gain: float) -> np.ndarray:
+    """Fade an I420 frame in place: an affine map of each plane towards limited-range black."""
+    if gain < 1.0:
+        luma, chroma = frame[:height], frame[height:]
+        cv2.convertScaleAbs(luma, luma, gain, BLACK_Y * (1 - gain))
+        cv2.convertScaleAbs(chroma, chroma, gain, GREY_UV * (1 - gain))
+    return frame
