@@ -520,10 +520,10 @@ class Explainer:
                 f"motion: {rule.motion.effect}, zoom {rule.motion.zoom} (steps, "
                 "guidance and seed are for diffusion only)"
             )
-            target = rule.motion.interpolate_fps
-            if target and target > fps:
-                notes.append(f"re-timed from {fps} to {target} fps by frame interpolation")
-                fps = target
+            timed = rule.motion.timing(frames, fps)
+            if timed != (frames, fps):
+                notes.append(f"{timed[0]} frames at {timed[1]} fps, each one rendered")
+                frames, fps = timed
         elif family is None or family["family"] is None:
             known = f" ({family['pipeline']})" if family and family["pipeline"] else ""
             notes.append(
