@@ -273,3 +273,37 @@ def test_the_shipped_rule_makes_4_seconds_at_24_fps_starting_on_the_picture(
     )
     assert first.mean() > 60  # a picture, not black
     assert np.abs(first - np.asarray(crop)).mean() < 6  # the photo itself (after H.264)
+
+
+def test_frames_rendered_on_several_threads_are_the_same_frames_in_order() -> None:
+    params = ResolvedParams(resolution=256, frames=16, fps=8, steps=30, guidance=9.0)
+    seen: list[float] = []
+    req = RenderRequest(
+        image=Image.fromarray(picture(320, 240)), params=params, aspect="square", prompt="",
+        negative_prompt="", model=None, motion=MotionSettings(fps=24, fade_out=0.5),
+        checkpoint=seen.append,
+    )  # fmt: skip
+    alone = list(MotionEngine(threads=1).stream(req).frames)
+    seen.clear()
+    pooled = list(MotionEngine(threads=3).stream(req).frames)
+    assert len(alone) == len(pooled) == 48
+    assert all(np.array_equal(a, b) for a, b in zip(alone, pooled, strict=True))
+    assert seen == [i / 48 for i in range(48)]
+
+
+def test_stopping_a_pooled_render_stops_starting_frames() -> None:
+    params = ResolvedParams(resolution=256, frames=16, fps=8, steps=30, guidance=9.0)
+    seen: list[float] = []
+
+    def checkpoint(done: float) -> None:
+        seen.append(done)
+        if len(seen) == 10:
+            raise JobInterrupted()
+
+    req = RenderRequest(
+        image=Image.fromarray(picture(320, 240)), params=params, aspect="square", prompt="",
+        negative_prompt="", model=None, motion=MotionSettings(), checkpoint=checkpoint,
+    )  # fmt: skip
+    with pytest.raises(JobInterrupted):
+        list(MotionEngine(threads=3).stream(req).frames)
+    assert len(seen) == 10

@@ -9,7 +9,10 @@ must start fast.
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -29,8 +32,42 @@ EASINGS: dict[str, Callable[[float], float]] = {
 }
 
 
+def render_threads() -> int:
+    """Threads that render frames of one clip: one per four cores this process may use,
+    at most four (x264 takes the rest: it runs about 1.5 threads a core). One, i.e. no
+    pool, below eight cores, where the encoder already keeps every core busy."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 1) // 4))
+
+
+def in_order(
+    make: Callable[[int], Frame], count: int, threads: int, before: Callable[[int], None]
+) -> Iterator[Frame]:
+    """``make(0) .. make(count - 1)`` in order, ``threads`` at a time (OpenCV and Pillow
+    release the GIL), at most two frames a thread ahead of the consumer. ``before(i)``
+    runs before frame i is started: an exception there (the job being stopped) stops
+    the clip after the frames already started."""
+    if threads <= 1:
+        for index in range(count):
+            before(index)
+            yield make(index)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="motion-render") as pool:
+        pending: deque[Future[Frame]] = deque()
+        for index in range(count):
+            before(index)
+            pending.append(pool.submit(make, index))
+            if len(pending) > 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 class MotionEngine:
     name = "motion"
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = render_threads() if threads is None else threads
 
     def release_idle(self, now: float) -> None:
         """Nothing to release: the motion engine holds no model."""
@@ -50,15 +87,17 @@ class MotionEngine:
         resample = warp_frame if shrinks <= FAST_SHRINK + 1e-9 else resample_frame
         gains = fade_gains(count, fps, motion)
 
-        def frames() -> Iterator[Frame]:
-            for index in range(count):
-                request.checkpoint(index / count)
-                t = index / (count - 1)
-                box = window(motion, EASINGS[motion.easing](t), level.width, level.height)
-                yield fade(resample(level, box, width, height), height, float(gains[index]))
+        def frame(index: int) -> Frame:
+            t = EASINGS[motion.easing](index / (count - 1))
+            box = window(motion, t, level.width, level.height)
+            return fade(resample(level, box, width, height), height, float(gains[index]))
 
+        def checkpoint(index: int) -> None:
+            request.checkpoint(index / count)
+
+        frames = in_order(frame, count, self.threads, checkpoint)
         return Clip(
-            frames=FrameStream(count, frames()),
+            frames=FrameStream(count, frames),
             fps=fps,
             width=width,
             height=height,
