@@ -41,6 +41,7 @@ class Level:
     y: np.ndarray
     u: np.ndarray
     v: np.ndarray
+    y_padded: np.ndarray  # y with PAD replicated pixels on every side, for resize_luma
 
     @property
     def width(self) -> int:
@@ -57,10 +58,12 @@ def make_level(image: Image.Image, crop: Box, width: int, height: int, zoom: flo
     rgb = np.asarray(resized)
     luma = cv2.transform(rgb.astype(np.float32), RGB_TO_YUV[:1] * LUMA_SCALE)
     chroma = half(rgb_to_yuv444(rgb)[..., 1:])
+    y = np.ascontiguousarray(np.clip(luma, 0, 65535).round().astype(np.uint16))
     return Level(
-        np.ascontiguousarray(np.clip(luma, 0, 65535).round().astype(np.uint16)),
+        y,
         np.ascontiguousarray(chroma[..., 0]),
         np.ascontiguousarray(chroma[..., 1]),
+        cv2.copyMakeBorder(y, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE),
     )
 
 
@@ -75,9 +78,13 @@ def warp_frame(level: Level, box: Box, width: int, height: int) -> np.ndarray:
     if abs(sx - 1) < 1e-9 and abs(sy - 1) < 1e-9:
         shift_luma(level.y, left, top, y)
     else:
-        # Inverse map, pixel centres at +0.5: output x shows level x' = left + (x+0.5)*sx - 0.5.
-        luma = np.array([[sx, 0, left + 0.5 * sx - 0.5], [0, sy, top + 0.5 * sy - 0.5]])
-        wide = cv2.warpAffine(level.y, luma, (width, height), None, flags | cv2.INTER_CUBIC, border)
+        wide = resize_luma(level, left, top, sx, sy, width, height)
+        if wide is None:
+            # Inverse map, pixel centres at +0.5: output x shows x' = left + (x+0.5)*sx - 0.5.
+            luma = np.array([[sx, 0, left + 0.5 * sx - 0.5], [0, sy, top + 0.5 * sy - 0.5]])
+            wide = cv2.warpAffine(
+                level.y, luma, (width, height), None, flags | cv2.INTER_CUBIC, border
+            )
         cv2.convertScaleAbs(wide, y, 1 / LUMA_SCALE)
     # A chroma sample sits at the centre of a 2x2 luma block, in the output and in the level.
     fx, fy = level.u.shape[1] / level.width, level.u.shape[0] / level.height
@@ -88,6 +95,42 @@ def warp_frame(level: Level, box: Box, width: int, height: int) -> np.ndarray:
     cv2.warpAffine(level.u, chroma, size, u, flags | cv2.INTER_LINEAR, border)
     cv2.warpAffine(level.v, chroma, size, v, flags | cv2.INTER_LINEAR, border)
     return out
+
+
+MAX_LEAD = 96  # output pixels resize_luma may make and throw away before the window
+ALIGN_TOLERANCE = 0.01  # pixels: how far its window may start from the asked position
+PAD = MAX_LEAD * 2 + 8  # covers MAX_LEAD pixels at the largest shrink the fast path takes
+
+
+def resize_luma(
+    level: Level, left: float, top: float, sx: float, sy: float, width: int, height: int
+) -> np.ndarray | None:
+    """The window's luma by cv2.resize, a separable resampler about three times as fast as
+    warpAffine's cubic; None when its grid cannot be lined up (then warpAffine does it).
+
+    cv2.resize samples pixel x at ``start + (x + 0.5) * s - 0.5`` from a whole-pixel
+    ``start``. Making ``lead`` extra output pixels before the window and dropping them
+    moves the first kept sample to ``start + lead * s``: the lead is chosen so that this
+    lands within ALIGN_TOLERANCE of the window's sub-pixel origin, on each axis."""
+    found_x, found_y = _lead(left, sx), _lead(top, sy)
+    if found_x is None or found_y is None:
+        return None
+    (lead_x, col), (lead_y, row) = found_x, found_y
+    cols = math.ceil((lead_x + width + 3) * sx) + 2
+    rows = math.ceil((lead_y + height + 3) * sy) + 2
+    roi = level.y_padded[PAD + row : PAD + row + rows, PAD + col : PAD + col + cols]
+    big = cv2.resize(roi, None, fx=1 / sx, fy=1 / sy, interpolation=cv2.INTER_CUBIC)
+    return big[lead_y : lead_y + height, lead_x : lead_x + width]
+
+
+def _lead(origin: float, scale: float) -> tuple[int, int] | None:
+    """(lead, whole-pixel start) with ``start + lead * scale`` within ALIGN_TOLERANCE of
+    ``origin``; at least two pixels of lead, so the filter's taps stay inside."""
+    for lead in range(2, MAX_LEAD):
+        start = origin - lead * scale
+        if abs(start - round(start)) <= ALIGN_TOLERANCE:
+            return lead, round(start)
+    return None
 
 
 def cubic_taps(fraction: float) -> np.ndarray:
