@@ -41,7 +41,9 @@ class Level:
     y: np.ndarray
     u: np.ndarray
     v: np.ndarray
-    y_padded: np.ndarray  # y with PAD replicated pixels on every side, for resize_luma
+    # Y, and U and V as two channels, with PAD replicated pixels on every side (resize_window)
+    y_padded: np.ndarray
+    uv_padded: np.ndarray
 
     @property
     def width(self) -> int:
@@ -64,6 +66,7 @@ def make_level(image: Image.Image, crop: Box, width: int, height: int, zoom: flo
         np.ascontiguousarray(chroma[..., 0]),
         np.ascontiguousarray(chroma[..., 1]),
         cv2.copyMakeBorder(y, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE),
+        cv2.copyMakeBorder(chroma, PAD, PAD, PAD, PAD, cv2.BORDER_REPLICATE),
     )
 
 
@@ -78,7 +81,7 @@ def warp_frame(level: Level, box: Box, width: int, height: int) -> np.ndarray:
     if abs(sx - 1) < 1e-9 and abs(sy - 1) < 1e-9:
         shift_luma(level.y, left, top, y)
     else:
-        wide = resize_luma(level, left, top, sx, sy, width, height)
+        wide = resize_window(level.y_padded, left, top, sx, sy, width, height, cv2.INTER_CUBIC)
         if wide is None:
             # Inverse map, pixel centres at +0.5: output x shows x' = left + (x+0.5)*sx - 0.5.
             luma = np.array([[sx, 0, left + 0.5 * sx - 0.5], [0, sy, top + 0.5 * sy - 0.5]])
@@ -88,25 +91,36 @@ def warp_frame(level: Level, box: Box, width: int, height: int) -> np.ndarray:
         cv2.convertScaleAbs(wide, y, 1 / LUMA_SCALE)
     # A chroma sample sits at the centre of a 2x2 luma block, in the output and in the level.
     fx, fy = level.u.shape[1] / level.width, level.u.shape[0] / level.height
-    chroma = np.array(
-        [[2 * sx * fx, 0, (left + sx) * fx - 0.5], [0, 2 * sy * fy, (top + sy) * fy - 0.5]]
-    )
+    csx, csy = 2 * sx * fx, 2 * sy * fy
     size = (width // 2, height // 2)
+    both = resize_window(level.uv_padded, left * fx, top * fy, csx, csy, *size, cv2.INTER_LINEAR)
+    if both is not None:
+        u[:], v[:] = both[..., 0], both[..., 1]
+        return out
+    chroma = np.array([[csx, 0, (left + sx) * fx - 0.5], [0, csy, (top + sy) * fy - 0.5]])
     cv2.warpAffine(level.u, chroma, size, u, flags | cv2.INTER_LINEAR, border)
     cv2.warpAffine(level.v, chroma, size, v, flags | cv2.INTER_LINEAR, border)
     return out
 
 
-MAX_LEAD = 96  # output pixels resize_luma may make and throw away before the window
+MAX_LEAD = 160  # output pixels resize_window may make and throw away before the window
 ALIGN_TOLERANCE = 0.01  # pixels: how far its window may start from the asked position
 PAD = MAX_LEAD * 2 + 8  # covers MAX_LEAD pixels at the largest shrink the fast path takes
 
 
-def resize_luma(
-    level: Level, left: float, top: float, sx: float, sy: float, width: int, height: int
+def resize_window(
+    padded: np.ndarray,
+    left: float,
+    top: float,
+    sx: float,
+    sy: float,
+    width: int,
+    height: int,
+    interpolation: int,
 ) -> np.ndarray | None:
-    """The window's luma by cv2.resize, a separable resampler about three times as fast as
-    warpAffine's cubic; None when its grid cannot be lined up (then warpAffine does it).
+    """The window at (left, top), ``sx`` x ``sy`` source pixels an output pixel, by
+    cv2.resize: separable, several times as fast as warpAffine. None when its grid
+    cannot be lined up with the window (warpAffine does that frame).
 
     cv2.resize samples pixel x at ``start + (x + 0.5) * s - 0.5`` from a whole-pixel
     ``start``. Making ``lead`` extra output pixels before the window and dropping them
@@ -118,8 +132,8 @@ def resize_luma(
     (lead_x, col), (lead_y, row) = found_x, found_y
     cols = math.ceil((lead_x + width + 3) * sx) + 2
     rows = math.ceil((lead_y + height + 3) * sy) + 2
-    roi = level.y_padded[PAD + row : PAD + row + rows, PAD + col : PAD + col + cols]
-    big = cv2.resize(roi, None, fx=1 / sx, fy=1 / sy, interpolation=cv2.INTER_CUBIC)
+    roi = padded[PAD + row : PAD + row + rows, PAD + col : PAD + col + cols]
+    big = cv2.resize(roi, None, fx=1 / sx, fy=1 / sy, interpolation=interpolation)
     return big[lead_y : lead_y + height, lead_x : lead_x + width]
 
 
