@@ -56,7 +56,7 @@ class EncoderFailed(VideoError):
 class EncoderSettings:
     """x264 settings, chosen by measurement (BENCHMARKS.md, benchmarks/x264_presets.py):
     ``ultrafast`` with B-frames, mb-tree, a short lookahead and light deblocking keeps
-    the PSNR of ``veryfast`` at the same CRF and encodes about 1.5-2x as fast; CABAC
+    the PSNR of ``veryfast`` at the same CRF and encodes about twice as fast; CABAC
     makes files a fifth smaller for a little CPU; without adaptive quantisation the
     PSNR is higher at the same size."""
 
