@@ -43,13 +43,17 @@ COLOUR_TAGS = {
 
 
 class VideoError(RetryableProblem):
-    """Encoding failed, or the written file is not what was asked for."""
+    """Encoding failed, or the written file is not what was asked for. Retryable: an
+    encoder hiccup or a full scratch disk may be gone next time."""
 
-    default_hint = "i2vd tries again by itself; if it keeps failing, the log has ffmpeg's message"
+    default_hint = "ffmpeg failed; its message is above and in the log"
 
 
 class EncoderFailed(VideoError):
-    """ffmpeg stopped before it had taken every frame, or exited with an error."""
+    """ffmpeg stopped before it had taken every frame, or exited with an error; what it
+    said is in ``detail``."""
+
+    default_hint = "i2vd tries again by itself; if it keeps failing, the log has ffmpeg's message"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from daemon.problems import RetryableProblem
 from daemon.rules import MotionSettings, ResolvedParams, RuleFileError, load_rule_file
 from daemon.video import EncoderFailed, Mp4Writer, encode_mp4, ffmpeg_exe, probe, verify
 from daemon.worker import Worker
-from test_worker import Bench
+from worker_bench import Bench
 
 
 def decode_rgb(path: Path) -> list[np.ndarray]:
