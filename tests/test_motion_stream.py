@@ -3,6 +3,7 @@ encoder failures, from the writer up to the worker and the shipped rule in a dae
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import subprocess
@@ -16,10 +17,12 @@ from PIL import Image
 from conftest import REPO, Layout, make_image, picture, wait_for
 from daemon import video
 from daemon.colour import i420_to_rgb, planes, rgb_to_i420
+from daemon.config import Settings
 from daemon.engines.base import JobInterrupted, RenderRequest
 from daemon.engines.motion import MotionEngine
 from daemon.problems import RetryableProblem
 from daemon.rules import MotionSettings, ResolvedParams, RuleFileError, load_rule_file
+from daemon.store import JobStore
 from daemon.video import EncoderFailed, Mp4Writer, encode_mp4, ffmpeg_exe, probe, verify
 from daemon.worker import Worker
 from worker_bench import Bench
@@ -307,3 +310,51 @@ def test_stopping_a_pooled_render_stops_starting_frames() -> None:
     with pytest.raises(JobInterrupted):
         list(MotionEngine(threads=3).stream(req).frames)
     assert len(seen) == 10
+
+
+# --- several motion jobs at once ------------------------------------------------------------
+
+SLOW_MOTION = """\
+name: motion
+engine: motion
+preset: quick
+params: {resolution: 256}
+motion: {duration: 30, fps: 60}
+"""
+
+
+def running_jobs(layout: Layout) -> int:
+    store = JobStore(layout.load().database_url)
+    try:
+        return store.count_by_state().get("running", 0)
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_motion_jobs_run_side_by_side_up_to_the_setting(layout: Layout, daemon) -> None:
+    layout.rule("motion", SLOW_MOTION)  # 1,800 frames each: seconds of work
+    layout.write_config(motion_jobs=2)
+    for index in range(3):
+        make_image(layout.inbox / f"p{index}.jpg", seed=index)
+    proc = daemon()
+    proc.wait_started()
+    wait_for(lambda: running_jobs(layout) == 2, timeout=60, interval=0.02)
+    most = 0
+
+    def all_done() -> bool:
+        nonlocal most
+        most = max(most, running_jobs(layout))
+        return all((layout.outbox / f"p{i}.motion.json").exists() for i in range(3))
+
+    wait_for(all_done, timeout=180, interval=0.05)
+    assert proc.stop() == 0
+    assert most <= 2  # never more than the setting
+    for index in range(3):
+        assert probe(layout.outbox / f"p{index}.motion.mp4").frames == 1800
+
+
+def test_motion_job_slots_default_to_one_per_eight_cores() -> None:
+    assert Settings(motion_jobs=3).motion_job_slots() == 3
+    cores = len(os.sched_getaffinity(0))
+    assert Settings().motion_job_slots() == max(1, cores // 8)
