@@ -49,7 +49,10 @@ def frames_i420(side: int, count: int, fps: int) -> list[np.ndarray]:
     request = RenderRequest(
         image=Image.fromarray(picture(1024, 768, seed=7)),
         params=ResolvedParams(resolution=side, frames=16, fps=8, steps=30, guidance=9.0),
-        aspect="square", prompt="", negative_prompt="", model=None,
+        aspect="square",
+        prompt="",
+        negative_prompt="",
+        model=None,
         motion=MotionSettings(fps=fps, duration=count / fps, fade_out=0.5),
     )
     return list(MotionEngine().stream(request).frames)
