@@ -6,6 +6,9 @@ process (the same bundled binary that probes and re-times), so x264 runs on its 
 cores outside Python's GIL, and an encoder crash fails one job, never the daemon. The
 feeder thread lets rendering go on while a frame is being written: a pipe holds 64 KiB,
 far less than one frame, so a direct write would make the renderer wait for x264.
+An in-process encoder (PyAV) would save the pipe's copy, but bring a second FFmpeg
+and x264 build into the daemon's process (where a crash in either ends every job),
+and a second binary to keep in step with the one that probes and verifies.
 
 Every stream is BT.709, limited range, and says so in its tags (``daemon.colour``).
 """
