@@ -52,6 +52,8 @@ LISTED = {
         "CompanionProblem",
         "{path.name} is too long for a prompt: larger than {MAX_TEXT_BYTES // 1024} KiB",
     ),
+    ("EncoderFailed", "the video encoder failed"),
+    ("EncoderFailed", "the video encoder stopped before it had every frame"),
     (
         "EngineUnavailable",
         "the AI model {source.model} has no {variant} weights variant, which the rule asks for",
@@ -120,6 +122,7 @@ LISTED = {
     ),
     ("TemplateProblem", "{what} template of this image's rule could not be filled in"),
     ("TemplateProblem", "{what} template of this image's rule could not be filled in: {sentence}"),
+    ("VideoError", "frame {self.frames} of the video came out the wrong size"),
     ("VideoError", "no frames were made, so there is no video to save"),
     ("VideoError", "smoothing the motion between frames (frame interpolation) failed"),
     (
@@ -127,7 +130,6 @@ LISTED = {
         "the disk holding i2vd's working folder is full (only {free // 2 ** 20} MiB free)",
     ),
     ("VideoError", "the video needs even sides, got {width}x{height}"),
-    ("VideoError", "the video {path.name} could not be written"),
     (
         "VideoError",
         "{path.name} came out as {info.width}x{info.height}, {info.frames} frames at "
