@@ -1,9 +1,11 @@
-"""Estimates of how long jobs take: medians of measured jobs of the same rule and size,
-or a running job's own progress. Pure functions; ``queue_view`` feeds them.
+"""Estimates of how long jobs take (medians of measured jobs of the same rule and size,
+or a running job's own progress) and of the order the queue will take them in. Pure
+functions; ``queue_view`` feeds them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,3 +64,23 @@ def remaining_time(
             "estimate: from its progress so far",
         )
     return None, "no estimate yet"
+
+
+def claim_order(
+    waiting: Iterable[tuple[str, int, float, int]], served: Mapping[str, int]
+) -> list[int]:
+    """Waiting job ids in the order the claim takes them (store's claim statement):
+    the inbox served longest ago first, round-robin, so each inbox in turn; within an
+    inbox the highest priority, then the earliest due, then the oldest. ``waiting``
+    holds (inbox, priority, not_before, id); ``served`` each inbox's last claim number
+    (an inbox never served goes first)."""
+    queues: dict[str, list[tuple[int, float, int]]] = {}
+    for inbox, priority, not_before, job_id in waiting:
+        queues.setdefault(inbox, []).append((-priority, not_before, job_id))
+    for queue in queues.values():
+        queue.sort()
+    turn = sorted(queues, key=lambda inbox: (served.get(inbox, -1), inbox))
+    order: list[int] = []
+    for depth in range(max((len(q) for q in queues.values()), default=0)):
+        order.extend(queues[inbox][depth][2] for inbox in turn if depth < len(queues[inbox]))
+    return order

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import REPO, Layout, make_image
 from daemon.config import Settings
-from daemon.estimates import phase_of, remaining_time, size_of
+from daemon.estimates import claim_order, phase_of, remaining_time, size_of
 from daemon.intake import Intake
 from daemon.queue_view import PAUSED, RUNNING, STOPPED, QueueView, Snapshot, daemon_state
 from daemon.rules import load_rules
@@ -389,3 +389,13 @@ def test_paused_and_outside_working_hours_in_words(layout: Layout) -> None:
     share.pages.refresh(time.time() + 10, PAUSED, force=True)
     html, data = share.page(share.settings.inbox[0])
     assert data["daemon"]["state"] == "paused" and "Paused" in html
+
+
+def test_places_in_line_follow_the_claims_round_robin() -> None:
+    waiting = [
+        ("a", 0, 0.0, 1), ("a", 0, 0.0, 2), ("a", 5, 0.0, 3),  # priority 5 first in a
+        ("b", 0, 0.0, 4), ("c", 0, 9.0, 6), ("c", 0, 1.0, 5),  # c: earliest due first
+    ]  # fmt: skip
+    # b was never served, then c (claim 3) before a (claim 7); each inbox in turn.
+    assert claim_order(waiting, {"a": 7, "c": 3}) == [4, 5, 3, 6, 1, 2]
+    assert claim_order([], {}) == []
