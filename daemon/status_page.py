@@ -10,6 +10,7 @@ jobs go on.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
-from .publish import replace_file
+from .publish import TEMP_MARK, replace_file
 from .queue_view import DaemonState, QueueView, Snapshot
 from .status_html import HEARTBEAT_SECONDS, PageScope, render
 from .store import JobStore
@@ -60,6 +61,8 @@ class StatusPages:
             return []
         if not force and now - self._last_look < self.settings.status_page_seconds:
             return []
+        if self._last_look == float("-inf"):
+            self._sweep()
         self._last_look = now
         snapshot = self.view.snapshot(now, daemon)
         written = []
@@ -67,6 +70,15 @@ class StatusPages:
             if self._write(folder, scoped, scope, now, force):
                 written.append(folder)
         return written
+
+    def _sweep(self) -> None:
+        """Temporaries of the page that a crash left (hidden, so never taken as drops;
+        the start-up sweep covers the outbox but not the inboxes)."""
+        names = (self.settings.status_page_name, self.settings.status_json_name)
+        for folder in (*self.settings.inbox, self.settings.outbox):
+            for name in names:
+                for path in folder.glob(f".{glob.escape(name)}.*{TEMP_MARK}"):
+                    path.unlink(missing_ok=True)
 
     def _pages(self, snapshot: Snapshot) -> list[tuple[Path, Snapshot, PageScope]]:
         s = self.settings

@@ -399,3 +399,14 @@ def test_places_in_line_follow_the_claims_round_robin() -> None:
     # b was never served, then c (claim 3) before a (claim 7); each inbox in turn.
     assert claim_order(waiting, {"a": 7, "c": 3}) == [4, 5, 3, 6, 1, 2]
     assert claim_order([], {}) == []
+
+
+def test_a_crash_mid_write_leaves_nothing_after_the_next_start(layout: Layout) -> None:
+    share = Share(layout)
+    inbox = share.settings.inbox[0]
+    left = inbox / ".i2vd-status.html.0badc0de.i2vd-tmp"
+    left.write_text("half a page")
+    mine = inbox / ".notes.i2vd-tmp"  # not the page's: left alone
+    mine.write_text("x")
+    share.pages.refresh(time.time(), RUNNING)
+    assert not left.exists() and mine.exists()
