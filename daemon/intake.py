@@ -128,8 +128,11 @@ class Intake:
             # only once its rule or its .txt/.yaml changed.
             self._handled[path] = (fingerprint, known.id)
             return IntakeResult("known", known)
-        jobs = tuple(self.store.enqueue(j) for j in planned)
+        outcome = self.store.enqueue_drop(planned)
+        jobs = tuple(outcome.jobs)
         self._handled[path] = (fingerprint, jobs[0].id)
+        if not outcome.new:  # another daemon watching this inbox queued it first
+            return IntakeResult("known", jobs[0])
         for queued in jobs:
             variant = f" variant {queued.variant}" if queued.variant else ""
             log.info(
@@ -185,6 +188,7 @@ class Intake:
         return Job(
             source=str(path),
             inbox_root=str(root),
+            inbox=str(root),
             relative=relative.as_posix(),
             sha256=sha256,
             size_bytes=size,
@@ -193,6 +197,7 @@ class Intake:
             rule_file=str(loaded.file),
             rule_json=json.dumps(rule.model_dump(mode="json")),
             engine=rule.engine,
+            priority=rule.priority,
             max_attempts=self.max_attempts,
         )
 

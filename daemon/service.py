@@ -124,7 +124,9 @@ class Service:
     def _start(self) -> None:
         s = self.settings
         self._open()
-        for job in self.store.recover(self.host, time.time(), alive=_other_process_alive):
+        # The queue's clock, not this host's: jobs' times are on the database's clock.
+        self._started_at = self.store.now()
+        for job in self.store.recover(self.host, None, alive=_other_process_alive):
             log.warning(
                 "job %d was running when i2vd stopped; queued again (%s)", job.id, job.relative
             )
@@ -165,7 +167,7 @@ class Service:
             self._recover_expired, "interval", seconds=max(5.0, s.lease_seconds / 2)
         )
         self.scheduler.add_job(
-            lambda: self.worker.heartbeat(time.time()),
+            lambda: self.worker.heartbeat(self.store.now()),
             "interval",
             seconds=max(1.0, s.lease_seconds / 4),
         )
@@ -306,7 +308,7 @@ class Service:
     def _recover_expired(self) -> None:
         """Jobs of a daemon that died elsewhere (or under another hostname, as containers
         get on every start) come back once their lease has run out."""
-        for job in self.store.recover(None, time.time()):
+        for job in self.store.recover(None):
             log.warning("job %d: its daemon stopped renewing its lease; queued again", job.id)
         self._wake.set()
 
@@ -322,7 +324,7 @@ class Service:
     def _work_loop(self) -> None:
         while not self.stop_event.is_set():
             try:
-                job = self.worker.run_once(time.time())
+                job = self.worker.run_once(self.store.now())
                 if job is None:
                     self._wake.wait(self._idle_wait())
                     self._wake.clear()
@@ -336,7 +338,7 @@ class Service:
         due = self.store.next_due()
         if due is None:
             return 5.0
-        return min(5.0, max(0.05, due - time.time()))
+        return min(5.0, max(0.05, due - self.store.now()))
 
     def _drained(self) -> bool:
         if not self._scanned.is_set():

@@ -1,146 +1,138 @@
-"""The durable job queue: SQLModel tables and the queue API (enqueue, claim, finish, …).
+"""The durable job queue: the queue API (enqueue, claim, heartbeat, finish, …).
 
-Knows nothing about engines. Claiming is one atomic UPDATE, so two workers never get
-the same job; a claimed job carries a lease that a crashed worker lets expire.
+Knows nothing about engines. Claiming is one atomic statement, so two workers never
+get the same job; a claimed job carries a lease that a crashed worker lets expire.
+
+Time: every method that takes ``now`` uses the database's clock when it is None, which
+is how the daemon calls them (a host whose clock is off changes nothing). A number is
+for tests that drive time step by step.
+
+Fencing: a worker calls :meth:`JobStore.still_owns` right before it renames anything
+into the outbox, and publishes only when it returns True (the call also renews the
+lease, so the rename happens well inside it); every write of a running job passes
+``owner`` so a worker whose lease was taken over changes nothing.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, case, event, text, update
-from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
+from sqlalchemy import case, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select, text
+
+from .claim import Capabilities, claim_statement
+from .database import clock
+from .problems import Problem
+from .queue_reads import QueueReads
+from .registry import Controls, Daemons
+from .tables import DROP_KEY, PENDING, PENDING_SQL, Job, JobState
+
+__all__ = ["PENDING", "AlreadyQueued", "Capabilities", "Job", "JobState", "JobStore", "Queued"]
 
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+class AlreadyQueued(Problem):
+    """A retried job's drop is already waiting or running as another job."""
 
 
-PENDING = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"  # it was waiting: it ends now
+    REQUESTED = "requested"  # it is running: its worker stops at its next step
+    ENDED = "ended"  # it had already ended; nothing to do
+    NOT_FOUND = "not found"
 
 
-class Job(SQLModel, table=True):
-    __table_args__ = (
-        Index("ix_job_claim", "state", "not_before"),
-        Index("ix_job_source", "source", "sha256"),
-        Index("ix_job_identity", "sha256", "rule_name", "rule_hash"),
-    )
+@dataclass(frozen=True)
+class Queued:
+    """The jobs of one drop, and whether this call queued them (False: another daemon
+    had already queued the same drop, and these are its jobs)."""
 
-    id: int | None = Field(default=None, primary_key=True)
-    source: str  # absolute path where the image was found
-    inbox_root: str
-    relative: str  # inbox-relative, POSIX separators
-    sha256: str
-    size_bytes: int = 0
-    rule_name: str
-    rule_hash: str
-    rule_file: str
-    rule_json: str  # the rule as it was when queued: later edits do not change this job
-    # One image may make several jobs (a rule's variants): they share `drop`, and each
-    # has its own `variant` name. The last of them to end takes care of the original.
-    drop: str = Field(default="", index=True)
-    variant: str = ""
-    # Set on every job of a drop by the one job that takes care of the original.
-    drop_settled: bool = False
-    # The text of the image's <stem>.txt when it was queued (a template variable).
-    text: str = ""
-    # The <stem>.txt/.yaml files beside the image, which travel with it (JSON list).
-    companions_json: str = "[]"
-    engine: str
-    state: str = JobState.QUEUED
-    attempts: int = 0
-    max_attempts: int = 3
-    not_before: float = 0.0
-    lease_owner: str | None = None
-    lease_expires: float | None = None
-    created_at: float = Field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    hint: str | None = None
-    duplicate_of: int | None = None
-    # Output paths are recorded before they are written, so a retry after a crash
-    # knows exactly which half-published files are its own to remove.
-    video_path: str | None = None
-    sidecar_path: str | None = None
-    source_dest: str | None = None
-    # The published video's inode, recorded around placing it: only a file with this
-    # inode is this job's to remove after a failure, or to reuse for a duplicate.
-    video_inode: int | None = None
-    # True when the job ended but its original stays in the inbox (it could not be
-    # moved, or the rule says `source: keep`): intake must not take that file again.
-    # Any other file at the path afterwards is a new drop.
-    source_stuck: bool = False
-    progress: float = 0.0
-    timings_json: str | None = None
-
-    @property
-    def rule_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.rule_json)
-        return data
-
-    @property
-    def companions(self) -> list[str]:
-        names: list[str] = json.loads(self.companions_json)
-        return names
+    jobs: list[Job]
+    new: bool
 
 
-class JobStore:
-    """All queue operations. One instance per process; safe to share between threads."""
+class JobStore(QueueReads):
+    """All queue operations. One instance per process; safe to share between threads.
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = _make_engine(url)
-        SQLModel.metadata.create_all(self.engine)
+    Opening it brings the schema up to date (Alembic, under a lock): see migrate.py.
+    """
+
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        super().__init__(url)
+        if migrate:
+            from .migrate import upgrade  # Alembic is only needed when opening
+
+            upgrade(self.engine)
+        self.daemons = Daemons(self.engine)
+        self.control = Controls(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            yield session
-
     # --- writing -------------------------------------------------------------
 
     def enqueue(self, job: Job) -> Job:
-        with self._session() as session:
-            session.add(job)
-            session.commit()
-            session.refresh(job)
-            return job
+        """Queue one job, or return the pending job of the same drop already queued."""
+        return self.enqueue_drop([job]).jobs[0]
 
-    def claim(self, owner: str, now: float, lease_seconds: float) -> Job | None:
-        """Atomically take the oldest runnable job and lease it to ``owner``."""
-        lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
-        statement = text(
-            "UPDATE job SET state = :running, attempts = attempts + 1, lease_owner = :owner, "
-            "lease_expires = :expires, started_at = :now, progress = 0 "
-            "WHERE id = (SELECT id FROM job WHERE state IN (:queued, :retrying) "
-            f"AND not_before <= :now ORDER BY not_before, id LIMIT 1{lock}) RETURNING id"
-        )
+    def enqueue_drop(self, jobs: list[Job]) -> Queued:
+        """Queue the jobs of one drop (a rule's variants) together, or none of them.
+
+        The unique key on pending drops decides, not a look-up first: two daemons that
+        see the same file at once queue it once, and the second gets the first's jobs.
+        """
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        with self._session() as session:
+            ids = []
+            for job in jobs:
+                values = job.model_dump(exclude={"id"})
+                statement = (
+                    insert(Job)
+                    .values(**values)
+                    .on_conflict_do_nothing(index_elements=DROP_KEY, index_where=text(PENDING_SQL))
+                    .returning(col(Job.id))
+                )
+                row = session.execute(statement).first()
+                if row is None:
+                    session.rollback()
+                    return Queued(self._pending_drop(jobs[0]), new=False)
+                ids.append(row[0])
+            if self.dialect == "postgresql":
+                session.execute(text("SELECT pg_notify('i2vd_queue', '')"))
+            session.commit()
+        for job, job_id in zip(jobs, ids, strict=True):
+            job.id = job_id
+        return Queued([self.get(i) or job for i, job in zip(ids, jobs, strict=True)], new=True)
+
+    def _pending_drop(self, job: Job) -> list[Job]:
+        with self._session() as session:
+            query = select(Job).where(
+                Job.inbox == job.inbox,
+                Job.relative == job.relative,
+                Job.sha256 == job.sha256,
+                col(Job.state).in_(PENDING),
+            )
+            return list(session.exec(query.order_by(col(Job.id))).all())
+
+    def claim(
+        self,
+        owner: str,
+        now: float | None = None,
+        lease_seconds: float = 120.0,
+        can_run: Capabilities | None = None,
+    ) -> Job | None:
+        """Atomically take the next runnable job (see claim.py) and lease it to ``owner``.
+        ``can_run`` None: any engine."""
+        statement, params = claim_statement(self.dialect, can_run, now)
         with self._session() as session:
             row = session.execute(
-                statement,
-                {
-                    "running": JobState.RUNNING.value,
-                    "queued": JobState.QUEUED.value,
-                    "retrying": JobState.RETRYING.value,
-                    "owner": owner,
-                    "expires": now + lease_seconds,
-                    "now": now,
-                },
+                statement, {**params, "owner": owner, "lease": lease_seconds}
             ).first()
             session.commit()
         return self.get(row[0]) if row else None
@@ -149,14 +141,27 @@ class JobStore:
         self,
         job_id: int,
         owner: str,
-        now: float,
-        lease_seconds: float,
+        now: float | None = None,
+        lease_seconds: float = 120.0,
         progress: float | None = None,
-    ) -> None:
-        values: dict[str, Any] = {"lease_expires": now + lease_seconds}
+    ) -> bool:
+        """Renew ``owner``'s lease; False when it no longer holds the job."""
+        values: dict[str, Any] = {"lease_expires": self._clock(now) + lease_seconds}
         if progress is not None:
             values["progress"] = progress
-        self._update(job_id, owner=owner, **values)
+        statement = update(Job).where(
+            col(Job.id) == job_id,
+            col(Job.lease_owner) == owner,
+            col(Job.state) == JobState.RUNNING,
+        )
+        return bool(self._execute(statement.values(**values)))
+
+    def still_owns(
+        self, job_id: int, owner: str, lease_seconds: float = 120.0, now: float | None = None
+    ) -> bool:
+        """The fence before publishing: True, with the lease renewed, only while
+        ``owner`` holds the running job. False: it was taken over; publish nothing."""
+        return self.heartbeat(job_id, owner, now, lease_seconds)
 
     def plan_outputs(
         self,
@@ -181,7 +186,7 @@ class JobStore:
     def finish(
         self,
         job_id: int,
-        now: float,
+        now: float | None,
         timings: dict[str, float],
         duplicate_of: int | None = None,
         owner: str | None = None,
@@ -190,7 +195,7 @@ class JobStore:
             job_id,
             owner,
             state=JobState.DONE,
-            finished_at=now,
+            finished_at=self._clock(now),
             progress=1.0,
             timings_json=json.dumps(timings),
             duplicate_of=duplicate_of,
@@ -201,28 +206,35 @@ class JobStore:
     def fail(
         self,
         job_id: int,
-        now: float,
+        now: float | None,
         error: str,
         hint: str,
         retry_at: float | None,
         owner: str | None = None,
+        retry_in: float | None = None,
     ) -> JobState:
-        """Record a failed attempt: back to the queue at ``retry_at``, or given up."""
-        state = JobState.RETRYING if retry_at is not None else JobState.FAILED
+        """Record a failed attempt: back to the queue at ``retry_at`` (or ``retry_in``
+        seconds from now on the database's clock), or given up."""
+        retrying = retry_at is not None or retry_in is not None
+        state = JobState.RETRYING if retrying else JobState.FAILED
+        due: Any = retry_at if retry_at is not None else 0.0
+        if retry_in is not None:
+            due = self._clock(now) + retry_in
         self._end_lease(
             job_id,
             owner,
             state=state,
             error=error,
             hint=hint,
-            not_before=retry_at or 0.0,
-            finished_at=None if retry_at else now,
+            not_before=due,
+            finished_at=None if retrying else self._clock(now),
         )
         return state
 
-    def cancel(self, job_id: int, now: float, reason: str, owner: str | None = None) -> bool:
+    def cancel(self, job_id: int, now: float | None, reason: str, owner: str | None = None) -> bool:
+        """End a job as cancelled (its worker's call; for `i2vd cancel` see request_cancel)."""
         return self._end_lease(
-            job_id, owner, state=JobState.CANCELLED, finished_at=now, error=reason
+            job_id, owner, state=JobState.CANCELLED, finished_at=self._clock(now), error=reason
         )
 
     def mark_source_stuck(self, job_id: int) -> None:
@@ -245,11 +257,15 @@ class JobStore:
             job_id,
             owner,
             state=JobState.QUEUED,
+            cancel_requested=False,
             attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
         )
 
     def recover(
-        self, host: str | None, now: float, alive: Callable[[int], bool] = lambda pid: False
+        self,
+        host: str | None,
+        now: float | None = None,
+        alive: Callable[[int], bool] = lambda pid: False,
     ) -> list[Job]:
         """Re-queue running jobs whose daemon is gone: their lease ran out, or (with
         ``host``, at start-up) they were leased on ``host`` by a process that ``alive``
@@ -258,6 +274,7 @@ class JobStore:
         Attempts are not refunded: a file that kills the daemon every time must still
         reach its ``max_attempts`` instead of looping forever.
         """
+        now = self.now() if now is None else now
         gone = (col(Job.lease_expires) < now) | col(Job.lease_expires).is_(None)
         if host is not None:
             gone = gone | col(Job.lease_owner).startswith(f"{host}:", autoescape=True)
@@ -286,106 +303,87 @@ class JobStore:
                 stale.append(job)
         return stale
 
+    # --- administration ---------------------------------------------------------
+
+    def retry(self, job_id: int) -> Job | None:
+        """Queue a failed or cancelled job again with fresh attempts; None when it is
+        not one. Raises AlreadyQueued when its drop is pending as another job."""
+        statement = (
+            update(Job)
+            .where(
+                col(Job.id) == job_id,
+                col(Job.state).in_((JobState.FAILED, JobState.CANCELLED)),
+            )
+            .values(
+                state=JobState.QUEUED,
+                attempts=0,
+                not_before=0.0,
+                error=None,
+                hint=None,
+                finished_at=None,
+                cancel_requested=False,
+                progress=0.0,
+            )
+        )
+        try:
+            changed = self._execute(statement)
+        except IntegrityError:
+            job = self.get(job_id)
+            twin = self._pending_drop(job)[0] if job is not None else None
+            raise AlreadyQueued(
+                f"job {job_id} is already waiting or running as job {twin.id if twin else '?'}",
+                "nothing to do: that job makes the same video",
+            ) from None
+        return self.get(job_id) if changed else None
+
+    def request_cancel(
+        self, job_id: int, reason: str = "cancelled by an administrator"
+    ) -> CancelOutcome:
+        """A waiting job ends now; a running one is flagged and its worker stops at its
+        next step (see cancel_requested)."""
+        waiting = (
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.state).in_((JobState.QUEUED, JobState.RETRYING)))
+            .values(state=JobState.CANCELLED, finished_at=self._clock(None), error=reason)
+        )
+        if self._execute(waiting):
+            return CancelOutcome.CANCELLED
+        running = (
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.state) == JobState.RUNNING)
+            .values(cancel_requested=True, error=reason)
+        )
+        if self._execute(running):
+            return CancelOutcome.REQUESTED
+        return CancelOutcome.ENDED if self.get(job_id) is not None else CancelOutcome.NOT_FOUND
+
+    def cancel_requested(self, job_id: int) -> bool:
+        """Whether `i2vd cancel` asked the running job to stop (its worker polls this)."""
+        job = self.get(job_id)
+        return bool(job and job.cancel_requested)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _clock(self, now: float | None) -> Any:
+        return clock(self.dialect, now)
+
+    def _execute(self, statement: Any) -> int:
+        with self._session() as session:
+            result = session.execute(statement)
+            session.commit()
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
     def _update(self, job_id: int, owner: str | None = None, **values: Any) -> bool:
         """One atomic UPDATE of a job row. With ``owner``, only while that daemon still
         holds the lease: a worker whose lease was taken over cannot overwrite the row."""
         statement = update(Job).where(col(Job.id) == job_id)
         if owner is not None:
             statement = statement.where(col(Job.lease_owner) == owner)
-        with self._session() as session:
-            result = session.execute(statement.values(**values))
-            session.commit()
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(self._execute(statement.values(**values)))
 
     def _end_lease(self, job_id: int, owner: str | None, **values: Any) -> bool:
         """Leave 'running': the new state and values, with the lease released."""
         return self._update(job_id, owner=owner, lease_owner=None, lease_expires=None, **values)
-
-    # --- reading -------------------------------------------------------------
-
-    def get(self, job_id: int) -> Job | None:
-        with self._session() as session:
-            return session.get(Job, job_id)
-
-    def seen(self, source: str, sha256: str) -> Job | None:
-        """The job for this exact file content at this path, whatever its state: a
-        pending one first (an image with variants has several), else the newest."""
-        pending_first = case((col(Job.state).in_(PENDING), 0), else_=1)
-        with self._session() as session:
-            return session.exec(
-                select(Job)
-                .where(Job.source == source, Job.sha256 == sha256)
-                .order_by(pending_first, col(Job.id).desc())
-            ).first()
-
-    def settle_drop(self, drop: str) -> bool:
-        """True for exactly one caller: the first to ask once no job of ``drop`` is
-        pending. Each job commits its own end first, so the last to end always wins,
-        also with several daemons on one queue."""
-        pending = select(Job.id).where(Job.drop == drop, col(Job.state).in_(PENDING)).exists()
-        statement = (
-            update(Job)
-            .where(col(Job.drop) == drop, col(Job.drop_settled).is_(False), ~pending)
-            .values(drop_settled=True)
-        )
-        with self._session() as session:
-            changed = session.execute(statement).rowcount  # type: ignore[attr-defined]
-            session.commit()
-        return bool(changed)
-
-    def siblings(self, job: Job) -> list[Job]:
-        """The other jobs of the same drop (the other variants of this image)."""
-        if not job.drop:
-            return []
-        with self._session() as session:
-            return list(
-                session.exec(select(Job).where(Job.drop == job.drop, Job.id != job.id)).all()
-            )
-
-    def find_done(
-        self, sha256: str, rule_name: str, rule_hash: str, exclude: int | None = None
-    ) -> list[Job]:
-        """Finished jobs with the same identity, oldest first: candidates for reuse."""
-        with self._session() as session:
-            query = select(Job).where(
-                Job.sha256 == sha256,
-                Job.rule_name == rule_name,
-                Job.rule_hash == rule_hash,
-                Job.state == JobState.DONE,
-            )
-            if exclude is not None:
-                query = query.where(Job.id != exclude)
-            # Oldest first: a duplicate then points at the video that was generated,
-            # not at an earlier duplicate of it.
-            return list(session.exec(query.order_by(col(Job.id))).all())
-
-    def count_by_state(self) -> dict[str, int]:
-        with self._session() as session:
-            rows = session.exec(select(Job.state, func.count()).group_by(Job.state)).all()
-            return {state: count for state, count in rows}
-
-    def pending(self) -> int:
-        with self._session() as session:
-            return session.exec(
-                select(func.count()).select_from(Job).where(col(Job.state).in_(PENDING))
-            ).one()
-
-    def next_due(self) -> float | None:
-        """When the earliest waiting job becomes runnable (None if nothing waits)."""
-        with self._session() as session:
-            return session.exec(
-                select(func.min(Job.not_before)).where(
-                    col(Job.state).in_((JobState.QUEUED, JobState.RETRYING))
-                )
-            ).one()
-
-    def failed_since(self, since: float) -> list[Job]:
-        with self._session() as session:
-            return list(
-                session.exec(
-                    select(Job).where(Job.state == JobState.FAILED, col(Job.finished_at) >= since)
-                ).all()
-            )
 
 
 def _owner_alive(job: Job, host: str, now: float, alive: Callable[[int], bool]) -> bool:
@@ -395,21 +393,3 @@ def _owner_alive(job: Job, host: str, now: float, alive: Callable[[int], bool]) 
         return False
     owner_host, _, pid = job.lease_owner.rpartition(":")
     return owner_host == host and pid.isdigit() and alive(int(pid))
-
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            # WAL lets readers (the CLI, status) work while the worker writes; FULL
-            # syncs each commit so a power cut never loses a queued job.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)

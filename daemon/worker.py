@@ -506,7 +506,7 @@ class Worker:
         if now - self._last_progress_write >= 1.0:
             self._last_progress_write = now
             self.store.heartbeat(
-                job.id, self.owner, time.time(), self.settings.lease_seconds, round(done, 3)
+                job.id, self.owner, None, self.settings.lease_seconds, round(done, 3)
             )
         if now - self._last_progress_log >= PROGRESS_LOG_SECONDS:
             self._last_progress_log = now
@@ -596,7 +596,7 @@ class Worker:
     ) -> None:
         assert job.id is not None
         self._discard_partial(job)
-        now = time.time()
+        now = self.store.now()
         if retryable and job.attempts < job.max_attempts:
             delay = self.settings.retry_delay_seconds * 2 ** (job.attempts - 1)
             self.store.fail(job.id, now, error, hint, retry_at=now + delay, owner=self.owner)
