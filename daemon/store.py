@@ -34,7 +34,16 @@ from .queue_reads import QueueReads
 from .registry import Controls, Daemons
 from .tables import DROP_KEY, PENDING, PENDING_SQL, Job, JobState
 
-__all__ = ["PENDING", "AlreadyQueued", "Capabilities", "Job", "JobState", "JobStore", "Queued"]
+__all__ = [
+    "PENDING",
+    "AlreadyQueued",
+    "CancelOutcome",
+    "Capabilities",
+    "Job",
+    "JobState",
+    "JobStore",
+    "Queued",
+]
 
 
 class AlreadyQueued(Problem):
