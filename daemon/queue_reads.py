@@ -1,17 +1,19 @@
-"""Reading the queue: single jobs, a drop's jobs, listings and counts. No writes but
-one (settling a drop, which must be decided by the row that reads it)."""
+"""Reading the queue (single jobs, a drop's jobs, listings, counts) and the plumbing
+every part of the store shares: sessions, the clock, one-statement writes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from sqlalchemy import case, update
+from sqlalchemy import case, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
-from .database import make_engine, read_clock
+from .database import clock, make_engine, read_clock
 from .tables import PENDING, Job, JobState
+from .wakeup import NOTIFY_SQL
 
 
 class QueueReads:
@@ -26,6 +28,23 @@ class QueueReads:
     def _session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
+
+    def _notify(self, session: Session) -> None:
+        """Wake the other daemons (delivered at commit; see wakeup.py)."""
+        if self.dialect == "postgresql":
+            session.execute(text(NOTIFY_SQL))
+
+    def _clock(self, now: float | None) -> Any:
+        return clock(self.dialect, now)
+
+    def _execute(self, statement: Any, notify: bool = False) -> int:
+        """Run one write; with ``notify``, wake the other daemons if it changed a row."""
+        with self._session() as session:
+            result = session.execute(statement)
+            if notify and result.rowcount:  # type: ignore[attr-defined]
+                self._notify(session)
+            session.commit()
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     def now(self) -> float:
         """The database's clock, in seconds since the epoch: the queue's time."""

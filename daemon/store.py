@@ -18,19 +18,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import case, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, text
 
 from .claim import Capabilities, claim_statement
-from .database import clock
-from .problems import Problem
-from .queue_reads import QueueReads
+from .queue_admin import AlreadyQueued, CancelOutcome, QueueAdmin
 from .registry import Controls, Daemons
 from .tables import DROP_KEY, PENDING, PENDING_SQL, Job, JobState
 
@@ -46,17 +42,6 @@ __all__ = [
 ]
 
 
-class AlreadyQueued(Problem):
-    """A retried job's drop is already waiting or running as another job."""
-
-
-class CancelOutcome(StrEnum):
-    CANCELLED = "cancelled"  # it was waiting: it ends now
-    REQUESTED = "requested"  # it is running: its worker stops at its next step
-    ENDED = "ended"  # it had already ended; nothing to do
-    NOT_FOUND = "not found"
-
-
 @dataclass(frozen=True)
 class Queued:
     """The jobs of one drop, and whether this call queued them (False: another daemon
@@ -66,7 +51,7 @@ class Queued:
     new: bool
 
 
-class JobStore(QueueReads):
+class JobStore(QueueAdmin):
     """All queue operations. One instance per process; safe to share between threads.
 
     Opening it brings the schema up to date (Alembic, under a lock): see migrate.py.
@@ -112,22 +97,11 @@ class JobStore(QueueReads):
                     session.rollback()
                     return Queued(self._pending_drop(jobs[0]), new=False)
                 ids.append(row[0])
-            if self.dialect == "postgresql":
-                session.execute(text("SELECT pg_notify('i2vd_queue', '')"))
+            self._notify(session)
             session.commit()
         for job, job_id in zip(jobs, ids, strict=True):
             job.id = job_id
         return Queued([self.get(i) or job for i, job in zip(ids, jobs, strict=True)], new=True)
-
-    def _pending_drop(self, job: Job) -> list[Job]:
-        with self._session() as session:
-            query = select(Job).where(
-                Job.inbox == job.inbox,
-                Job.relative == job.relative,
-                Job.sha256 == job.sha256,
-                col(Job.state).in_(PENDING),
-            )
-            return list(session.exec(query.order_by(col(Job.id))).all())
 
     def claim(
         self,
@@ -307,80 +281,14 @@ class JobStore(QueueReads):
             )
             with self._session() as session:
                 changed = session.execute(statement).rowcount  # type: ignore[attr-defined]
+                if changed:
+                    self._notify(session)
                 session.commit()
             if changed:
                 stale.append(job)
         return stale
 
-    # --- administration ---------------------------------------------------------
-
-    def retry(self, job_id: int) -> Job | None:
-        """Queue a failed or cancelled job again with fresh attempts; None when it is
-        not one. Raises AlreadyQueued when its drop is pending as another job."""
-        statement = (
-            update(Job)
-            .where(
-                col(Job.id) == job_id,
-                col(Job.state).in_((JobState.FAILED, JobState.CANCELLED)),
-            )
-            .values(
-                state=JobState.QUEUED,
-                attempts=0,
-                not_before=0.0,
-                error=None,
-                hint=None,
-                finished_at=None,
-                cancel_requested=False,
-                progress=0.0,
-            )
-        )
-        try:
-            changed = self._execute(statement)
-        except IntegrityError:
-            job = self.get(job_id)
-            twin = self._pending_drop(job)[0] if job is not None else None
-            raise AlreadyQueued(
-                f"job {job_id} is already waiting or running as job {twin.id if twin else '?'}",
-                "nothing to do: that job makes the same video",
-            ) from None
-        return self.get(job_id) if changed else None
-
-    def request_cancel(
-        self, job_id: int, reason: str = "cancelled by an administrator"
-    ) -> CancelOutcome:
-        """A waiting job ends now; a running one is flagged and its worker stops at its
-        next step (see cancel_requested)."""
-        waiting = (
-            update(Job)
-            .where(col(Job.id) == job_id, col(Job.state).in_((JobState.QUEUED, JobState.RETRYING)))
-            .values(state=JobState.CANCELLED, finished_at=self._clock(None), error=reason)
-        )
-        if self._execute(waiting):
-            return CancelOutcome.CANCELLED
-        running = (
-            update(Job)
-            .where(col(Job.id) == job_id, col(Job.state) == JobState.RUNNING)
-            .values(cancel_requested=True, error=reason)
-        )
-        if self._execute(running):
-            return CancelOutcome.REQUESTED
-        return CancelOutcome.ENDED if self.get(job_id) is not None else CancelOutcome.NOT_FOUND
-
-    def cancel_requested(self, job_id: int) -> bool:
-        """Whether `i2vd cancel` asked the running job to stop (its worker polls this)."""
-        job = self.get(job_id)
-        return bool(job and job.cancel_requested)
-
     # --- helpers ---------------------------------------------------------------------
-
-    def _clock(self, now: float | None) -> Any:
-        return clock(self.dialect, now)
-
-    def _execute(self, statement: Any) -> int:
-        with self._session() as session:
-            result = session.execute(statement)
-            session.commit()
-        return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _update(self, job_id: int, owner: str | None = None, **values: Any) -> bool:
         """One atomic UPDATE of a job row. With ``owner``, only while that daemon still
@@ -388,7 +296,9 @@ class JobStore(QueueReads):
         statement = update(Job).where(col(Job.id) == job_id)
         if owner is not None:
             statement = statement.where(col(Job.lease_owner) == owner)
-        return bool(self._execute(statement.values(**values)))
+        # Back to the queue (an interrupted job, a retry): a job for someone to claim.
+        notify = values.get("state") in (JobState.QUEUED, JobState.RETRYING)
+        return bool(self._execute(statement.values(**values), notify))
 
     def _end_lease(self, job_id: int, owner: str | None, **values: Any) -> bool:
         """Leave 'running': the new state and values, with the lease released."""

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from conftest import wait_for
 from daemon.store import AlreadyQueued, CancelOutcome, Capabilities, JobState, JobStore
 from daemon.tables import DaemonState
+from daemon.wakeup import QueueListener
 from store_procs import claim_all, enqueue_all, job_for, open_store, run_in_processes
 
 
@@ -336,9 +338,85 @@ def test_daemon_registry_judges_liveness_by_the_database_clock(
     assert store.daemons.listing(60) == []
 
 
+def test_jobs_no_live_daemon_can_run_are_reported(store: JobStore) -> None:
+    store.enqueue(job_for(1))
+    store.enqueue(job_for(2, engine="diffusion", model="wan", memory_gb=40.0))
+    store.enqueue(job_for(3, engine="diffusion", model="wan", memory_gb=40.0))
+    store.enqueue(job_for(4, engine="diffusion", model="svd", memory_gb=10.0))
+    assert store.stranded(alive_within=60) == {
+        ("motion", "", 0.0): 1,
+        ("diffusion", "wan", 40.0): 2,
+        ("diffusion", "svd", 10.0): 1,
+    }
+    store.daemons.register("cpu:1", "cpu", 1, Capabilities(engines=("motion",)))
+    store.daemons.register("gpu:2", "gpu", 2, Capabilities(("diffusion",), memory_gb=24.0))
+    assert store.stranded(alive_within=60) == {("diffusion", "wan", 40.0): 2}
+    store.daemons.unregister("gpu:2")
+    assert ("diffusion", "svd", 10.0) in store.stranded(alive_within=60)
+
+
 # --- the schema -----------------------------------------------------------------------
 
 
 def test_daemons_opening_a_new_queue_at_once_all_succeed(queue_url: str) -> None:
     results = run_in_processes(open_store, [(queue_url,)] * 5)
     assert results == ["{}"] * 5
+
+
+# --- wake-ups (PostgreSQL) ------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    from pg import create_database, drop_database
+
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+def test_notify_wakes_a_listening_daemon_at_once(pg_url: str) -> None:
+    store = JobStore(pg_url)
+    woken = threading.Event()
+    listener = QueueListener(pg_url, woken.set)
+    listener.start()
+    try:
+        assert listener.listening.wait(10)
+        woken.clear()  # the wake-up every (re)connect gives
+        started = time.monotonic()
+        store.enqueue(job_for(1))
+        assert woken.wait(5)
+        assert time.monotonic() - started < 2
+        # A job coming back to the queue wakes it too.
+        woken.clear()
+        job = store.claim("a:1")
+        assert job is not None and job.id is not None and not woken.wait(1.5)
+        store.requeue_interrupted(job.id, owner="a:1")
+        assert woken.wait(5)
+    finally:
+        listener.stop()
+        store.close()
+
+
+def test_a_listener_survives_its_connection_being_killed(pg_url: str) -> None:
+    store = JobStore(pg_url)
+    woken = threading.Event()
+    listener = QueueListener(pg_url, woken.set, retry_seconds=0.2)
+    listener.start()
+    try:
+        assert listener.listening.wait(10)
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%%' AND datname = current_database()"
+            )
+            conn.commit()
+        wait_for(lambda: listener.listening.is_set() and woken.is_set(), timeout=10)
+        woken.clear()
+        store.enqueue(job_for(2))
+        assert woken.wait(5)
+    finally:
+        listener.stop()
+        store.close()
