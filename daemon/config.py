@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     rules_dir: Path = Path("rules")
     state_dir: Path = Path("state")
     database_url: str = ""
+    # The engines this daemon claims jobs of on a shared queue (None: every engine; a
+    # job whose engine is not installed here then fails with the install hint).
+    engines: list[Literal["motion", "diffusion"]] | None = None
     device: str = "auto"
     # A warm diffusion model unused for this long is unloaded, freeing GPU memory.
     model_idle_seconds: float = Field(600.0, ge=0, le=7 * 86400)

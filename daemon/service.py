@@ -22,13 +22,15 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import __version__
 from .config import Settings
 from .engines import Engine, EngineUnavailable, get_engine
 from .intake import Intake
 from .publish import sweep_temporaries
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
-from .store import JobState, JobStore
+from .store import Capabilities, JobState, JobStore
+from .wakeup import QueueListener
 from .watch import InboxWatcher, SettleTracker, scan
 from .worker import Worker, engine_options
 
@@ -143,7 +145,14 @@ class Service:
             s.max_attempts,
             on_queued=lambda job: self._wake.set(),
         )
-        self.worker = Worker(s, self.store, self.owner, stop=self.stop_event)
+        can_run = Capabilities(tuple(s.engines)) if s.engines is not None else None
+        self.worker = Worker(s, self.store, self.owner, stop=self.stop_event, can_run=can_run)
+        self._register(can_run)
+        # On PostgreSQL other daemons' new jobs wake this one at once (polling stays).
+        self._listener: QueueListener | None = None
+        if self.store.dialect == "postgresql":
+            self._listener = QueueListener(self.store.url, self._wake.set)
+            self._listener.start()
         self.watcher = InboxWatcher(self.tracker, s.watch_mode)
         if not self.once:
             try:
@@ -167,7 +176,7 @@ class Service:
             self._recover_expired, "interval", seconds=max(5.0, s.lease_seconds / 2)
         )
         self.scheduler.add_job(
-            lambda: self.worker.heartbeat(self.store.now()),
+            self._heartbeat,
             "interval",
             seconds=max(1.0, s.lease_seconds / 4),
         )
@@ -202,10 +211,13 @@ class Service:
         log.info("stopping: the running job, if any, goes back to the queue")
         self.stop_event.set()
         self._wake.set()
+        if self._listener is not None:
+            self._listener.stop()
         self.rules_watcher.stop()
         self.scheduler.shutdown(wait=True)
         self.watcher.stop()
         self._worker_thread.join()
+        self.store.daemons.unregister(self.owner)
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:
@@ -225,6 +237,25 @@ class Service:
             signal.signal(signal.SIGHUP, request_reload)
 
     # --- the moving parts --------------------------------------------------------------
+
+    def _register(self, can_run: Capabilities | None) -> None:
+        """Join the queue's daemon registry (what `i2vd status` lists)."""
+        everything = Capabilities(("motion", "diffusion"))
+        self.store.daemons.register(
+            self.owner,
+            self.host,
+            os.getpid(),
+            can_run or everything,
+            version=__version__,
+            device=self.settings.device,
+        )
+
+    def _heartbeat(self) -> None:
+        """The running job's lease, and this daemon's row in the registry."""
+        self.worker.heartbeat(self.store.now())
+        current = self.worker.current
+        if not self.store.daemons.heartbeat(self.owner, job_id=current.id if current else None):
+            self._register(self.worker.can_run)  # its row was forgotten while it was silent
 
     def _sweep_work_dir(self) -> None:
         """Delete scratch encodes of jobs that no live daemon is running any more."""

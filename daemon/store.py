@@ -38,8 +38,18 @@ __all__ = [
     "Job",
     "JobState",
     "JobStore",
+    "LeaseLost",
     "Queued",
 ]
+
+
+class LeaseLost(Exception):
+    """This daemon's lease on the job ran out and another daemon may hold it: publish
+    nothing, write nothing to the job's row."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id}: the lease was lost")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)

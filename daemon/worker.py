@@ -44,7 +44,7 @@ from .publish import (
 from .rules import Rule
 from .sidecar import build_sidecar, params_block
 from .sizing import frame_size
-from .store import Job, JobState, JobStore
+from .store import Capabilities, Job, JobState, JobStore, LeaseLost
 from .video import VideoError, encode_mp4, verify
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,14 @@ class Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     engines: dict[str, Engine] = field(default_factory=dict)
     current: Job | None = None
+    # What this daemon claims on a shared queue (None: every job).
+    can_run: Capabilities | None = None
     _last_progress_write: float = 0.0
     _last_progress_log: float = 0.0
 
     def run_once(self, now: float) -> Job | None:
         """Claim and run one job; None when nothing is runnable."""
-        job = self.store.claim(self.owner, now, self.settings.lease_seconds)
+        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self.can_run)
         if job is None:
             return None
         self.current = job
@@ -197,6 +199,9 @@ class Worker:
             self._discard_partial(job)
             self.store.requeue_interrupted(job.id, owner=self.owner)
             log.info("job %d interrupted by shutdown; back in the queue", job.id)
+        except LeaseLost:
+            # Another daemon runs the job now: its row and its outputs are not ours.
+            log.warning("job %d: its lease ran out and another daemon took it over", job.id)
         except Superseded as exc:
             self._discard_partial(job)
             self.store.cancel(job.id, time.time(), str(exc), owner=self.owner)
@@ -327,6 +332,9 @@ class Worker:
         try:
             # A duplicate hard-links the original's video: same bytes, no second copy.
             linked = duplicate_of is not None
+            # The fence: a daemon whose lease was taken over publishes nothing.
+            if not self.store.still_owns(job.id, self.owner, self.settings.lease_seconds):
+                raise LeaseLost(job.id)
             # The inode is recorded before and after placing (a cross-filesystem copy
             # makes a new one): only that file is this job's to remove after a failure.
             self.store.record_video(job.id, video_file.stat().st_ino, owner=self.owner)
