@@ -48,11 +48,12 @@ class Job(SQLModel, table=True):
             sqlite_where=text(PENDING_SQL),
             postgresql_where=text(PENDING_SQL),
         ),
-        # The claim walks the runnable jobs inbox by inbox, best first.
+        # The claim walks the runnable jobs inbox by inbox, best first (in the claim's
+        # order, so taking an inbox's next job reads one index entry, not the inbox).
         Index(
             "ix_job_runnable",
             "inbox",
-            "priority",
+            text("priority DESC"),
             "not_before",
             "id",
             sqlite_where=text(RUNNABLE_SQL),

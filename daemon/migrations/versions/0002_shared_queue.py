@@ -60,7 +60,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_job_runnable",
         "job",
-        ["inbox", "priority", "not_before", "id"],
+        ["inbox", sa.text("priority DESC"), "not_before", "id"],
         sqlite_where=sa.text(RUNNABLE_SQL),
         postgresql_where=sa.text(RUNNABLE_SQL),
     )
