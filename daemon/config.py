@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -74,6 +82,41 @@ class Settings(BaseSettings):
     # Directory that relative paths are resolved against: the config file's folder
     # when there is one, else the working directory.
     base_dir: Path = Field(default_factory=Path.cwd)
+
+    # Each inbox's name, in the order of `inbox`: the keys of the mapping form, else
+    # the folder's own path (one host). Jobs record the name, never this host's path.
+    _inbox_names: list[str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _named_inboxes(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """``inbox: {photos: /mnt/share/in, …}``: the names apart, the folders as a list."""
+        names: list[str] | None = None
+        if isinstance(data, dict):
+            value = data.get("inbox")
+            if isinstance(value, str) and value.lstrip().startswith("{"):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"inbox: not a valid JSON object: {exc}") from None
+            if isinstance(value, dict):
+                names = [str(name) for name in value]
+                if not all(name.strip() for name in names):
+                    raise ValueError("inbox: every inbox name must be a non-empty word")
+                data = {**data, "inbox": list(value.values())}
+        settings = handler(data)
+        settings._inbox_names = names
+        return settings
+
+    @property
+    def inbox_names(self) -> dict[str, Path]:
+        """Each inbox's name and its folder on this host."""
+        names = self._inbox_names or [str(folder) for folder in self.inbox]
+        return dict(zip(names, self.inbox, strict=True))
+
+    def inbox_name(self, folder: Path) -> str:
+        """The name of the inbox ``folder`` (one of ``inbox``)."""
+        return list(self.inbox_names)[self.inbox.index(folder)]
 
     @field_validator("device")
     @classmethod
