@@ -12,25 +12,15 @@ inside one ``UPDATE`` is already atomic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import TextClause, text
 
+from .capabilities import Capabilities
 from .database import now_sql
 from .tables import RUNNABLE_SQL, JobState
 
 RUNNABLE_WHERE = RUNNABLE_SQL + " AND not_before <= {now}"
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a daemon can run. ``models`` None: any model of its engines; ``memory_gb``
-    None: no limit known (a job's ``memory_gb`` 0 fits anywhere)."""
-
-    engines: tuple[str, ...]
-    models: tuple[str, ...] | None = None
-    memory_gb: float | None = None
 
 
 def claim_statement(
@@ -94,6 +84,8 @@ def _routing(can_run: Capabilities | None, params: dict[str, Any]) -> str:
     if can_run.memory_gb is not None:
         params["memory_gb"] = can_run.memory_gb
         terms.append("memory_gb <= :memory_gb")
+    if can_run.inboxes is not None:
+        terms.append(_in_list("inbox", "inbox", can_run.inboxes, params))
     return "".join(f" AND {term}" for term in terms)
 
 

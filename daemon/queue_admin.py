@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import StrEnum
+from typing import NamedTuple
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from .claim import Capabilities
+from .capabilities import Capabilities
 from .problems import Problem
 from .queue_reads import QueueReads
 from .registry import Daemons
@@ -25,6 +26,15 @@ class CancelOutcome(StrEnum):
     REQUESTED = "requested"  # it is running: its worker stops at its next step
     ENDED = "ended"  # it had already ended; nothing to do
     NOT_FOUND = "not found"
+
+
+class JobKind(NamedTuple):
+    """What routing looks at in a job."""
+
+    inbox: str
+    engine: str
+    model: str
+    memory_gb: float
 
 
 class QueueAdmin(QueueReads):
@@ -89,24 +99,22 @@ class QueueAdmin(QueueReads):
         job = self.get(job_id)
         return bool(job and job.cancel_requested)
 
-    def stranded(self, alive_within: float) -> dict[tuple[str, str, float], int]:
-        """Waiting jobs that no live daemon can run, counted by (engine, model, GiB of
-        device memory needed): `i2vd status` shows them instead of a silent wait."""
-        live = [
-            Capabilities(
-                tuple(d.engines), None if d.models is None else tuple(d.models), d.memory_gb
-            )
-            for d in self.daemons.alive(alive_within)
-        ]
+    def stranded(self, alive_within: float) -> dict[JobKind, int]:
+        """Waiting jobs that no live daemon can run, counted by kind (inbox, engine,
+        model, GiB of device memory needed): `i2vd status` shows them instead of a
+        silent wait."""
+        live = [d.capabilities for d in self.daemons.alive(alive_within)]
         with self._session() as session:
             rows = session.exec(
-                select(Job.engine, Job.model, Job.memory_gb).where(col(Job.state).in_(RUNNABLE))
+                select(Job.inbox, Job.engine, Job.model, Job.memory_gb).where(
+                    col(Job.state).in_(RUNNABLE)
+                )
             ).all()
-        waiting = Counter((engine, model, memory) for engine, model, memory in rows)
+        waiting = Counter(JobKind(*row) for row in rows)
         return {
             kind: count
             for kind, count in waiting.items()
-            if not any(_can_run(can, *kind) for can in live)
+            if not any(_can_run(can, kind) for can in live)
         }
 
     def _pending_drop(self, job: Job) -> list[Job]:
@@ -120,10 +128,12 @@ class QueueAdmin(QueueReads):
             return list(session.exec(query.order_by(col(Job.id))).all())
 
 
-def _can_run(can: Capabilities, engine: str, model: str, memory_gb: float) -> bool:
+def _can_run(can: Capabilities, kind: JobKind) -> bool:
     """The claim's routing (claim.py), for one kind of job."""
-    if engine not in can.engines:
+    if kind.engine not in can.engines:
         return False
-    if can.models is not None and model and model not in can.models:
+    if can.inboxes is not None and kind.inbox not in can.inboxes:
         return False
-    return can.memory_gb is None or memory_gb <= can.memory_gb
+    if can.models is not None and kind.model and kind.model not in can.models:
+        return False
+    return can.memory_gb is None or kind.memory_gb <= can.memory_gb

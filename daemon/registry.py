@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, delete, literal_column, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from .claim import Capabilities
+from .capabilities import Capabilities
 from .database import now_sql, read_clock
 from .tables import Control, Daemon, DaemonState
 
@@ -68,6 +68,7 @@ class Daemons(_Table):
                     engines_json=json.dumps(list(can_run.engines)),
                     models_json=None if can_run.models is None else json.dumps(can_run.models),
                     memory_gb=can_run.memory_gb,
+                    inboxes_json=None if can_run.inboxes is None else json.dumps(can_run.inboxes),
                 )
             )
             session.flush()

@@ -25,7 +25,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select, text
 
-from .claim import Capabilities, claim_statement
+from .capabilities import Capabilities
+from .claim import claim_statement
 from .queue_admin import AlreadyQueued, CancelOutcome, QueueAdmin
 from .registry import Controls, Daemons
 from .tables import DROP_KEY, PENDING, PENDING_SQL, Job, JobState

@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Index, text
 from sqlmodel import Field, SQLModel
 
+from .capabilities import Capabilities
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -158,6 +160,8 @@ class Daemon(SQLModel, table=True):
     # None: any model of its engines; a list: only these.
     models_json: str | None = None
     memory_gb: float | None = None
+    # None: every inbox; a list: only jobs from these inboxes (by name).
+    inboxes_json: str | None = None
     state: str = DaemonState.RUNNING
     reason: str = ""
     job_id: int | None = None
@@ -173,6 +177,21 @@ class Daemon(SQLModel, table=True):
     @property
     def models(self) -> list[str] | None:
         return None if self.models_json is None else list(json.loads(self.models_json))
+
+    @property
+    def inboxes(self) -> list[str] | None:
+        return None if self.inboxes_json is None else list(json.loads(self.inboxes_json))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What it said it can run, as the claim's routing takes it."""
+        models, inboxes = self.models, self.inboxes
+        return Capabilities(
+            tuple(self.engines),
+            None if models is None else tuple(models),
+            self.memory_gb,
+            None if inboxes is None else tuple(inboxes),
+        )
 
 
 class Control(SQLModel, table=True):

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import wait_for
+from daemon.queue_admin import JobKind
 from daemon.store import AlreadyQueued, CancelOutcome, Capabilities, JobState, JobStore
 from daemon.tables import DaemonState
 from daemon.wakeup import QueueListener
@@ -160,6 +161,17 @@ def test_routing_by_engine_model_and_memory(store: JobStore) -> None:
     assert store.claim("cpu:1", can_run=cpu) is None
     got = store.claim("big:1", can_run=only_wan)
     assert got is not None and got.id == wan
+
+
+def test_routing_by_inbox(store: JobStore) -> None:
+    photos = store.enqueue(job_for(1, inbox="photos")).id
+    scans = store.enqueue(job_for(2, inbox="scans")).id
+    only_scans = Capabilities(engines=("motion",), inboxes=("scans",))
+    got = store.claim("scanner-host:1", can_run=only_scans)
+    assert got is not None and got.id == scans
+    assert store.claim("scanner-host:1", can_run=only_scans) is None
+    got = store.claim("other:2", can_run=Capabilities(engines=("motion",)))
+    assert got is not None and got.id == photos
 
 
 # --- leases run on the database's clock ----------------------------------------------
@@ -329,6 +341,7 @@ def test_daemon_registry_judges_liveness_by_the_database_clock(
         ["wan"],
     )
     assert (gpu_row.memory_gb, gpu_row.device, gpu_row.version) == (24.0, "cuda:0", "0.2.0")
+    assert gpu_row.capabilities == gpu and listing[0].daemon.inboxes is None
     assert 3 <= listing[1].silent_for < 60
     assert listing[0].daemon.job_id == 7 and listing[0].daemon.models is None
 
@@ -343,16 +356,22 @@ def test_jobs_no_live_daemon_can_run_are_reported(store: JobStore) -> None:
     store.enqueue(job_for(2, engine="diffusion", model="wan", memory_gb=40.0))
     store.enqueue(job_for(3, engine="diffusion", model="wan", memory_gb=40.0))
     store.enqueue(job_for(4, engine="diffusion", model="svd", memory_gb=10.0))
+    store.enqueue(job_for(5, inbox="scans"))
     assert store.stranded(alive_within=60) == {
-        ("motion", "", 0.0): 1,
-        ("diffusion", "wan", 40.0): 2,
-        ("diffusion", "svd", 10.0): 1,
+        JobKind("photos", "motion", "", 0.0): 1,
+        JobKind("photos", "diffusion", "wan", 40.0): 2,
+        JobKind("photos", "diffusion", "svd", 10.0): 1,
+        JobKind("scans", "motion", "", 0.0): 1,
     }
-    store.daemons.register("cpu:1", "cpu", 1, Capabilities(engines=("motion",)))
+    cpu = Capabilities(engines=("motion",), inboxes=("photos",))
+    store.daemons.register("cpu:1", "cpu", 1, cpu)
     store.daemons.register("gpu:2", "gpu", 2, Capabilities(("diffusion",), memory_gb=24.0))
-    assert store.stranded(alive_within=60) == {("diffusion", "wan", 40.0): 2}
+    assert store.stranded(alive_within=60) == {
+        JobKind("photos", "diffusion", "wan", 40.0): 2,
+        JobKind("scans", "motion", "", 0.0): 1,
+    }
     store.daemons.unregister("gpu:2")
-    assert ("diffusion", "svd", 10.0) in store.stranded(alive_within=60)
+    assert JobKind("photos", "diffusion", "svd", 10.0) in store.stranded(alive_within=60)
 
 
 # --- the schema -----------------------------------------------------------------------

@@ -78,6 +78,7 @@ def upgrade() -> None:
         sa.Column("engines_json", sa.String(), nullable=False),
         sa.Column("models_json", sa.String()),
         sa.Column("memory_gb", sa.Float()),
+        sa.Column("inboxes_json", sa.String()),
         sa.Column("state", sa.String(), nullable=False),
         sa.Column("reason", sa.String(), nullable=False),
         sa.Column("job_id", sa.Integer()),
