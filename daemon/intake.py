@@ -53,12 +53,15 @@ class Intake:
         failed_dir: Path,
         max_attempts: int,
         on_queued: Callable[[Job], None] = lambda job: None,
+        inbox_name: Callable[[Path], str] = str,
     ) -> None:
         self.store = store
         self.rules = rules
         self.failed_dir = failed_dir
         self.max_attempts = max_attempts
         self.on_queued = on_queued
+        # Jobs record the inbox by name (hosts mount it at different paths).
+        self.inbox_name = inbox_name
         # path -> ((size, mtime_ns), job id or None) already dealt with, so a rescan
         # costs a stat (and a primary-key lookup), not a read and a hash.
         self._handled: dict[Path, tuple[tuple[int, int], int | None]] = {}
@@ -188,7 +191,7 @@ class Intake:
         return Job(
             source=str(path),
             inbox_root=str(root),
-            inbox=str(root),
+            inbox=self.inbox_name(root),
             relative=relative.as_posix(),
             sha256=sha256,
             size_bytes=size,

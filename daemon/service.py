@@ -37,6 +37,7 @@ from .worker import Worker, engine_options
 log = logging.getLogger(__name__)
 
 RELEASE_IDLE_SECONDS = 30.0
+ALL_ENGINES = ("motion", "diffusion")
 
 
 class StartupError(Exception):
@@ -144,8 +145,9 @@ class Service:
             s.failed_dir,
             s.max_attempts,
             on_queued=lambda job: self._wake.set(),
+            inbox_name=s.inbox_name,
         )
-        can_run = Capabilities(tuple(s.engines)) if s.engines is not None else None
+        can_run = capabilities(s)
         self.worker = Worker(s, self.store, self.owner, stop=self.stop_event, can_run=can_run)
         self._register(can_run)
         # On PostgreSQL other daemons' new jobs wake this one at once (polling stays).
@@ -238,14 +240,13 @@ class Service:
 
     # --- the moving parts --------------------------------------------------------------
 
-    def _register(self, can_run: Capabilities | None) -> None:
+    def _register(self, can_run: Capabilities) -> None:
         """Join the queue's daemon registry (what `i2vd status` lists)."""
-        everything = Capabilities(("motion", "diffusion"))
         self.store.daemons.register(
             self.owner,
             self.host,
             os.getpid(),
-            can_run or everything,
+            can_run,
             version=__version__,
             device=self.settings.device,
         )
@@ -255,7 +256,7 @@ class Service:
         self.worker.heartbeat(self.store.now())
         current = self.worker.current
         if not self.store.daemons.heartbeat(self.owner, job_id=current.id if current else None):
-            self._register(self.worker.can_run)  # its row was forgotten while it was silent
+            self._register(capabilities(self.settings))  # forgotten while it was silent
 
     def _sweep_work_dir(self) -> None:
         """Delete scratch encodes of jobs that no live daemon is running any more."""
@@ -376,6 +377,15 @@ class Service:
             return False
         with self._intake_lock:
             return self.tracker.pending() == 0 and self.store.pending() == 0
+
+
+def capabilities(settings: Settings) -> Capabilities:
+    """What this daemon claims: jobs of its engines (every engine unless `engines` says),
+    from the inboxes this host has, by name or, for jobs queued before inboxes had
+    names, by folder."""
+    engines = tuple(settings.engines) if settings.engines is not None else ALL_ENGINES
+    names = (*settings.inbox_names, *(str(folder) for folder in settings.inbox))
+    return Capabilities(engines, inboxes=tuple(dict.fromkeys(names)))
 
 
 def _other_process_alive(pid: int) -> bool:

@@ -146,7 +146,7 @@ class Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     engines: dict[str, Engine] = field(default_factory=dict)
     current: Job | None = None
-    # What this daemon claims on a shared queue (None: every job).
+    # What this daemon claims on a shared queue (None: every job in the queue).
     can_run: Capabilities | None = None
     _last_progress_write: float = 0.0
     _last_progress_log: float = 0.0
