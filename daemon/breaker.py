@@ -20,6 +20,16 @@ from dataclasses import dataclass, field
 
 # The engines that run on the GPU: the ones a faulted daemon stops taking.
 GPU_ENGINES = frozenset({"diffusion"})
+# `i2vd run` exits with this after `gpu_fault_limit` device faults in a row.
+EXIT_DEVICE_FAULT = 7
+
+
+class DeviceFault(Exception):
+    """The GPU failed while rendering a job: the job is not to blame."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 # CUDA runtime/driver errors (and the libraries' equivalents) that mean the device or
 # its context is broken, whatever the input was.

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+# Every engine i2vd has: what a daemon claims unless its `engines` setting says less.
+ALL_ENGINES = ("motion", "diffusion")
 
 
 @dataclass(frozen=True)
@@ -15,3 +18,7 @@ class Capabilities:
     models: tuple[str, ...] | None = None
     memory_gb: float | None = None
     inboxes: tuple[str, ...] | None = None
+
+    def without(self, engines: frozenset[str]) -> Capabilities:
+        """The same, less ``engines`` (a daemon whose GPU failed stops taking GPU jobs)."""
+        return replace(self, engines=tuple(e for e in self.engines if e not in engines))

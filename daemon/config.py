@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # The engines this daemon claims jobs of on a shared queue (None: every engine; a
     # job whose engine is not installed here then fails with the install hint).
     engines: list[Literal["motion", "diffusion"]] | None = None
+    # The GPU circuit breaker: after a device fault this daemon takes no GPU job for
+    # the cool-down; after this many faults in a row it exits (7) to be restarted.
+    gpu_fault_limit: int = Field(3, ge=1, le=100)
+    gpu_fault_cooldown_seconds: float = Field(60.0, ge=0, le=86400)
     device: str = "auto"
     # A warm diffusion model unused for this long is unloaded, freeing GPU memory.
     model_idle_seconds: float = Field(600.0, ge=0, le=7 * 86400)

@@ -23,6 +23,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__
+from .breaker import EXIT_DEVICE_FAULT, DeviceBreaker
+from .capabilities import ALL_ENGINES
 from .config import Settings
 from .engines import Engine, EngineUnavailable, get_engine
 from .intake import Intake
@@ -37,7 +39,6 @@ from .worker import Worker, engine_options
 log = logging.getLogger(__name__)
 
 RELEASE_IDLE_SECONDS = 30.0
-ALL_ENGINES = ("motion", "diffusion")
 
 
 class StartupError(Exception):
@@ -85,6 +86,8 @@ class Service:
         finally:
             self._shutdown()
         try:
+            if self.worker.breaker.exhausted:
+                return EXIT_DEVICE_FAULT
             return self._exit_code(drained) if self.once else 0
         finally:
             self.store.close()
@@ -148,7 +151,10 @@ class Service:
             inbox_name=s.inbox_name,
         )
         can_run = capabilities(s)
-        self.worker = Worker(s, self.store, self.owner, stop=self.stop_event, can_run=can_run)
+        breaker = DeviceBreaker(s.gpu_fault_limit, s.gpu_fault_cooldown_seconds)
+        self.worker = Worker(
+            s, self.store, self.owner, stop=self.stop_event, can_run=can_run, breaker=breaker
+        )
         self._register(can_run)
         # On PostgreSQL other daemons' new jobs wake this one at once (polling stays).
         self._listener: QueueListener | None = None
@@ -357,6 +363,16 @@ class Service:
         while not self.stop_event.is_set():
             try:
                 job = self.worker.run_once(self.store.now())
+                if self.worker.breaker.exhausted:
+                    log.error(
+                        "the GPU failed %d times in a row (%s): stopping so that the service "
+                        "manager restarts i2vd with a fresh GPU context (exit code %d)",
+                        self.worker.breaker.in_a_row,
+                        self.worker.breaker.reason,
+                        EXIT_DEVICE_FAULT,
+                    )
+                    self.stop_event.set()
+                    break
                 if job is None:
                     self._wake.wait(self._idle_wait())
                     self._wake.clear()

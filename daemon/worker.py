@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .breaker import GPU_ENGINES, DeviceBreaker, DeviceFault, device_fault
+from .capabilities import ALL_ENGINES
 from .config import Settings
 from .engines import (
     Engine,
@@ -45,6 +47,7 @@ from .rules import Rule
 from .sidecar import build_sidecar, params_block
 from .sizing import frame_size
 from .store import Capabilities, Job, JobState, JobStore, LeaseLost
+from .tables import DaemonState
 from .video import VideoError, encode_mp4, verify
 
 log = logging.getLogger(__name__)
@@ -148,12 +151,13 @@ class Worker:
     current: Job | None = None
     # What this daemon claims on a shared queue (None: every job in the queue).
     can_run: Capabilities | None = None
+    breaker: DeviceBreaker = field(default_factory=DeviceBreaker)
     _last_progress_write: float = 0.0
     _last_progress_log: float = 0.0
 
     def run_once(self, now: float) -> Job | None:
         """Claim and run one job; None when nothing is runnable."""
-        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self.can_run)
+        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self._claimable())
         if job is None:
             return None
         self.current = job
@@ -163,6 +167,12 @@ class Worker:
         finally:
             self.current = None
         return self.store.get(job.id)  # type: ignore[arg-type]
+
+    def _claimable(self) -> Capabilities | None:
+        """What to claim now: no GPU job while the circuit breaker is open."""
+        if self.breaker.allows_gpu(time.monotonic()):
+            return self.can_run
+        return (self.can_run or Capabilities(ALL_ENGINES)).without(GPU_ENGINES)
 
     def heartbeat(self, now: float) -> None:
         job = self.current
@@ -195,6 +205,12 @@ class Worker:
                     "those attempts, then move the image back into the inbox to try again",
                 )
             self._process(job, work_file)
+            if self.breaker.faulted and job.engine in GPU_ENGINES:
+                self.breaker.success()
+                self.store.daemons.heartbeat(self.owner, DaemonState.RUNNING, "")
+                log.info("job %d: the GPU works again", job.id)
+        except DeviceFault as exc:
+            self._device_fault(job, exc.reason)
         except JobInterrupted:
             self._discard_partial(job)
             self.store.requeue_interrupted(job.id, owner=self.owner)
@@ -270,7 +286,13 @@ class Worker:
             checkpoint=lambda done: self._checkpoint(job, done),
         )
         t_generate = time.time()
-        clip = engine.render(request)
+        try:
+            clip = engine.render(request)
+        except Exception as exc:
+            reason = device_fault(exc) if rule.engine in GPU_ENGINES else None
+            if reason is None:
+                raise
+            raise DeviceFault(reason) from exc
         t_encode = time.time()
         self._checkpoint(job, 1.0)
         self.settings.work_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +310,24 @@ class Worker:
             job, rule, plan.prompt, plan.negative_prompt, requested, clip, timings, _outputs(plan)
         )
         self._publish(job, plan, work_file, source, document, started)
+
+    def _device_fault(self, job: Job, reason: str) -> None:
+        """The GPU failed, not the image: the job goes back without using an attempt,
+        and this daemon takes no GPU job for a while (see breaker.py)."""
+        assert job.id is not None
+        self._discard_partial(job)
+        self.store.requeue_interrupted(job.id, owner=self.owner)
+        self.breaker.fault(reason, time.monotonic())
+        self.store.daemons.heartbeat(self.owner, DaemonState.FAULTED, reason)
+        log.error(
+            "job %d: the GPU failed (%s); the job is back in the queue. This daemon takes "
+            "no GPU job for %.0fs (fault %d in a row; it restarts at %d)",
+            job.id,
+            reason,
+            self.breaker.cooldown,
+            self.breaker.in_a_row,
+            self.breaker.limit,
+        )
 
     def _plan(
         self,

@@ -1,14 +1,21 @@
-"""The GPU circuit breaker: which errors are the device's fault, and the breaker's states.
+"""The GPU circuit breaker: which errors are the device's fault, the breaker's states,
+and a worker whose (fake) GPU breaks.
 
 The exceptions are torch's own types with the messages CUDA really produces (raised
-here by hand: there is no GPU to break)."""
+here by hand, or by the fake engines in fake_gpu.py: there is no GPU to break)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from conftest import Layout, make_image
 from daemon.breaker import DeviceBreaker, device_fault
+from daemon.intake import Intake
+from daemon.rules import load_rules
+from daemon.store import Capabilities, JobStore
+from daemon.worker import Worker
+from fake_gpu import FakeFaultyGPU, FakeHealthyGPU
 
 ASYNC_NOTE = (
     "\nCUDA kernel errors might be asynchronously reported at some other API call, so the "
@@ -91,3 +98,83 @@ def test_breaker_is_exhausted_after_limit_faults_in_a_row() -> None:
     assert not breaker.exhausted
     breaker.fault("GPU is lost", now=2)
     assert breaker.exhausted and breaker.reason == "GPU is lost"
+
+
+# --- the worker with a fake GPU ---------------------------------------------------------
+
+GPU_RULE = """\
+name: gpu
+engine: diffusion
+model: fake/gpu-model
+preset: quick
+params: {resolution: 256}
+"""
+
+
+def _queue_images(layout: Layout, store: JobStore, count: int) -> None:
+    settings = layout.load()
+    rules, problems = load_rules(settings.rules_dir)
+    assert problems == []
+    intake = Intake(store, lambda: rules, settings.failed_dir, 3)
+    for n in range(count):
+        assert intake.take(layout.inbox, make_image(layout.inbox / f"p{n}.jpg", seed=n)).job
+
+
+def test_a_broken_gpu_fails_no_image_and_another_daemon_renders_them(layout: Layout) -> None:
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    settings = layout.load()
+    store = JobStore(settings.database_url)
+    try:
+        _queue_images(layout, store, 10)
+        can_run = Capabilities(("motion", "diffusion"))
+        store.daemons.register("broken:1", "broken", 1, can_run)
+        broken = Worker(settings, store, "broken:1", breaker=DeviceBreaker(3, cooldown=3600))
+        faulty = FakeFaultyGPU()
+        broken.engines["diffusion"] = faulty  # type: ignore[assignment]
+        healthy = Worker(settings, store, "healthy:2")
+        healthy.engines["diffusion"] = FakeHealthyGPU()  # type: ignore[assignment]
+
+        first = broken.run_once(0)
+        assert first is not None and (first.state, first.attempts) == ("queued", 0)
+        assert broken.breaker.faulted and "illegal memory access" in broken.breaker.reason
+        [row] = [s.daemon for s in store.daemons.listing(60)]
+        assert (row.state, row.reason) == (
+            "faulted",
+            "CUDA error: an illegal memory access was encountered",
+        )
+        assert broken.run_once(0) is None  # it takes no GPU job now
+        while healthy.run_once(0) is not None:
+            pass
+        assert faulty.calls == 1
+        assert store.count_by_state() == {"done": 10}
+        assert layout.files(layout.failed) == []
+        assert len(list(layout.outbox.glob("*.mp4"))) == 10
+    finally:
+        store.close()
+
+
+def test_the_breaker_closes_after_a_good_gpu_job_and_trips_after_the_limit(
+    layout: Layout,
+) -> None:
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    settings = layout.load()
+    store = JobStore(settings.database_url)
+    try:
+        _queue_images(layout, store, 4)
+        worker = Worker(settings, store, "w:1", breaker=DeviceBreaker(2, cooldown=0))
+        worker.engines["diffusion"] = FakeFaultyGPU()  # type: ignore[assignment]
+        worker.run_once(0)
+        assert worker.breaker.in_a_row == 1
+        worker.engines["diffusion"] = FakeHealthyGPU()  # type: ignore[assignment]
+        worker.run_once(0)
+        assert not worker.breaker.faulted  # the GPU works again
+        worker.engines["diffusion"] = FakeFaultyGPU()  # type: ignore[assignment]
+        worker.run_once(0)
+        worker.run_once(0)
+        assert worker.breaker.exhausted
+        assert store.count_by_state() == {"done": 1, "queued": 3}
+        assert all(job.attempts == 0 for job in store.list_jobs(["queued"]))
+    finally:
+        store.close()
