@@ -66,7 +66,7 @@ class QueueReads:
         with self._session() as session:
             return list(session.exec(query.order_by(order).limit(limit)).all())
 
-    def seen(self, source: str, sha256: str) -> Job | None:
+    def job_for_file(self, source: str, sha256: str) -> Job | None:
         """The job for this exact file content at this path, whatever its state: a
         pending one first (an image with variants has several), else the newest."""
         pending_first = case((col(Job.state).in_(PENDING), 0), else_=1)
@@ -77,7 +77,7 @@ class QueueReads:
                 .order_by(pending_first, col(Job.id).desc())
             ).first()
 
-    def settle_drop(self, drop: str) -> bool:
+    def claim_drop_end(self, drop: str) -> bool:
         """True for exactly one caller: the first to ask once no job of ``drop`` is
         pending. Each job commits its own end first, so the last to end always wins,
         also with several daemons on one queue."""

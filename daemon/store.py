@@ -231,11 +231,10 @@ class JobStore(QueueAdmin):
             job_id, owner, state=JobState.CANCELLED, finished_at=self._clock(now), error=reason
         )
 
-    def mark_source_stuck(self, job_id: int) -> None:
-        self._update(job_id, source_stuck=True)
-
-    def mark_source_left(self, source: str, sha256: str) -> None:
-        """The original stays in the inbox for good: every job of it says so."""
+    def keep_in_inbox(self, source: str, sha256: str) -> None:
+        """The original stays in the inbox for good (kept, or it could not be moved or
+        deleted): every job of it says so, and intake takes it again only once it
+        changes."""
         statement = (
             update(Job)
             .where(col(Job.source) == source, col(Job.sha256) == sha256)
