@@ -125,7 +125,7 @@ class QueueAdmin(QueueReads):
                 Job.sha256 == job.sha256,
                 col(Job.state).in_(PENDING),
             )
-            return list(session.exec(query.order_by(col(Job.id))).all())
+            return self._local(session.exec(query.order_by(col(Job.id))).all())
 
 
 def _can_run(can: Capabilities, kind: JobKind) -> bool:

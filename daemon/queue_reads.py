@@ -3,15 +3,16 @@ every part of the store shares: sessions, the clock, one-statement writes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import case, text, update
+from sqlalchemy import ColumnElement, case, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, func, select
 
 from .database import clock, make_engine, read_clock
+from .host_paths import HostPaths
 from .tables import PENDING, Job, JobState
 from .wakeup import NOTIFY_SQL
 
@@ -23,6 +24,8 @@ class QueueReads:
         self.url = url
         self.engine: Engine = make_engine(url)
         self.dialect: str = self.engine.dialect.name
+        # How this host sees the queue's paths; the daemon sets its own (host_paths.py).
+        self.host_paths = HostPaths()
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
@@ -51,9 +54,22 @@ class QueueReads:
         with self.engine.connect() as conn:
             return read_clock(conn)
 
+    def _local(self, jobs: Sequence[Job]) -> list[Job]:
+        return [self.host_paths.localize(job) for job in jobs]
+
+    def _file_is(self, source: str) -> ColumnElement[bool]:
+        """The rows of the file at ``source`` on this host: by inbox name and relative
+        path, whichever host queued it (or by the path, for rows made before names)."""
+        condition = col(Job.source) == source
+        where = self.host_paths.inbox_file(source)
+        if where is not None:
+            condition = condition | ((col(Job.inbox) == where[0]) & (col(Job.relative) == where[1]))
+        return condition
+
     def get(self, job_id: int) -> Job | None:
         with self._session() as session:
-            return session.get(Job, job_id)
+            job = session.get(Job, job_id)
+        return self.host_paths.localize(job) if job is not None else None
 
     def list_jobs(
         self, states: Iterable[str] | None = None, limit: int = 50, newest_first: bool = True
@@ -64,18 +80,19 @@ class QueueReads:
             query = query.where(col(Job.state).in_(list(states)))
         order = col(Job.id).desc() if newest_first else col(Job.id)
         with self._session() as session:
-            return list(session.exec(query.order_by(order).limit(limit)).all())
+            return self._local(session.exec(query.order_by(order).limit(limit)).all())
 
     def job_for_file(self, source: str, sha256: str) -> Job | None:
         """The job for this exact file content at this path, whatever its state: a
         pending one first (an image with variants has several), else the newest."""
         pending_first = case((col(Job.state).in_(PENDING), 0), else_=1)
         with self._session() as session:
-            return session.exec(
+            job = session.exec(
                 select(Job)
-                .where(Job.source == source, Job.sha256 == sha256)
+                .where(self._file_is(source), Job.sha256 == sha256)
                 .order_by(pending_first, col(Job.id).desc())
             ).first()
+        return self.host_paths.localize(job) if job is not None else None
 
     def claim_drop_end(self, drop: str) -> bool:
         """True for exactly one caller: the first to ask once no job of ``drop`` is
@@ -97,7 +114,7 @@ class QueueReads:
         if not job.drop:
             return []
         with self._session() as session:
-            return list(
+            return self._local(
                 session.exec(select(Job).where(Job.drop == job.drop, Job.id != job.id)).all()
             )
 
@@ -116,7 +133,7 @@ class QueueReads:
                 query = query.where(Job.id != exclude)
             # Oldest first: a duplicate then points at the video that was generated,
             # not at an earlier duplicate of it.
-            return list(session.exec(query.order_by(col(Job.id))).all())
+            return self._local(session.exec(query.order_by(col(Job.id))).all())
 
     def count_by_state(self) -> dict[str, int]:
         with self._session() as session:
@@ -140,7 +157,7 @@ class QueueReads:
 
     def failed_since(self, since: float) -> list[Job]:
         with self._session() as session:
-            return list(
+            return self._local(
                 session.exec(
                     select(Job).where(Job.state == JobState.FAILED, col(Job.finished_at) >= since)
                 ).all()

@@ -27,6 +27,7 @@ from .breaker import EXIT_DEVICE_FAULT, DeviceBreaker
 from .capabilities import ALL_ENGINES
 from .config import Settings
 from .engines import Engine, EngineUnavailable, get_engine
+from .host_paths import HostPaths
 from .intake import Intake
 from .last_good import record_path
 from .publish import sweep_temporaries
@@ -131,6 +132,8 @@ class Service:
     def _start(self) -> None:
         s = self.settings
         self._open()
+        # Jobs name their inbox; this host's folders (and outbox) give their paths here.
+        self.store.host_paths = HostPaths(s.inbox_names, s.outbox)
         # The queue's clock, not this host's: jobs' times are on the database's clock.
         self._started_at = self.store.now()
         for job in self.store.recover(self.host, None, alive=_other_process_alive):

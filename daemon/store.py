@@ -165,12 +165,13 @@ class JobStore(QueueAdmin):
         source_dest: str | None,
         owner: str | None = None,
     ) -> None:
+        neutral = self.host_paths.neutral
         self._update(
             job_id,
             owner=owner,
-            video_path=video,
-            sidecar_path=sidecar,
-            source_dest=source_dest,
+            video_path=neutral(video),
+            sidecar_path=neutral(sidecar),
+            source_dest=neutral(source_dest),
             video_inode=None,
         )
 
@@ -237,7 +238,7 @@ class JobStore(QueueAdmin):
         changes."""
         statement = (
             update(Job)
-            .where(col(Job.source) == source, col(Job.sha256) == sha256)
+            .where(self._file_is(source), col(Job.sha256) == sha256)
             .values(source_stuck=True)
         )
         with self._session() as session:

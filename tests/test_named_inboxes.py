@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from daemon.config import SettingsError, load_settings
+from daemon.host_paths import HostPaths
+from daemon.store import JobStore
+from store_procs import job_for
 
 
 def config(folder: Path, text: str) -> Path:
@@ -64,3 +67,60 @@ def test_a_bad_json_object_in_the_environment_is_refused(
     monkeypatch.setenv("I2VD_INBOX", '{"photos": ')
     with pytest.raises(SettingsError, match="not a valid JSON object"):
         load_settings(config(tmp_path, "outbox: out\n"))
+
+
+# --- the queue's paths, seen from each host -------------------------------------------
+
+
+def test_each_host_sees_a_job_at_its_own_paths(queue_url: str) -> None:
+    alpha, beta = JobStore(queue_url), JobStore(queue_url)
+    try:
+        alpha.host_paths = HostPaths({"photos": Path("/mnt/nas/in")}, Path("/mnt/nas/out"))
+        beta.host_paths = HostPaths({"photos": Path("/Volumes/in")}, Path("/Volumes/out"))
+        job = alpha.enqueue(
+            job_for(1, inbox="photos", relative="trip/a.jpg", source="/mnt/nas/in/trip/a.jpg")
+        )
+        assert job.id is not None
+
+        claimed = beta.claim("beta:1")
+        assert claimed is not None
+        assert (claimed.source, claimed.inbox_root) == ("/Volumes/in/trip/a.jpg", "/Volumes/in")
+        beta.plan_outputs(
+            job.id, "/Volumes/out/trip/a.mp4", "/Volumes/out/trip/a.json", "/Volumes/out/trip/a.jpg"
+        )
+        # Stored neutral; each host reads its own outbox.
+        with beta.engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT video_path, source_dest FROM job").one()
+        assert tuple(stored) == ("@outbox/trip/a.mp4", "@outbox/trip/a.jpg")
+        seen_by_alpha = alpha.get(job.id)
+        assert seen_by_alpha is not None
+        assert (seen_by_alpha.video_path, seen_by_alpha.sidecar_path) == (
+            "/mnt/nas/out/trip/a.mp4",
+            "/mnt/nas/out/trip/a.json",
+        )
+        # A path outside the outbox (another folder entirely) is kept as given.
+        beta.plan_outputs(job.id, "/elsewhere/a.mp4", None, None)
+        assert alpha.get(job.id).video_path == "/elsewhere/a.mp4"  # type: ignore[union-attr]
+
+        # Intake on either host finds the file's job by inbox name and relative path.
+        found = beta.job_for_file("/Volumes/in/trip/a.jpg", job.sha256)
+        assert found is not None and found.id == job.id
+        assert beta.job_for_file("/Volumes/in/trip/b.jpg", job.sha256) is None
+        beta.keep_in_inbox("/Volumes/in/trip/a.jpg", job.sha256)
+        assert alpha.get(job.id).source_stuck  # type: ignore[union-attr]
+    finally:
+        alpha.close()
+        beta.close()
+
+
+def test_rows_from_before_inbox_names_keep_their_paths(queue_url: str) -> None:
+    store = JobStore(queue_url)
+    try:
+        store.host_paths = HostPaths({"photos": Path("/srv/in")}, Path("/srv/out"))
+        old = store.enqueue(
+            job_for(1, inbox="/srv/old-in", source="/srv/old-in/img1.jpg", inbox_root="/srv/old-in")
+        )
+        assert old.source == "/srv/old-in/img1.jpg"
+        assert store.job_for_file("/srv/old-in/img1.jpg", old.sha256) is not None
+    finally:
+        store.close()
