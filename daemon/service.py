@@ -34,6 +34,7 @@ from .publish import sweep_temporaries
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
 from .store import Capabilities, JobState, JobStore
+from .tables import DaemonState
 from .wakeup import QueueListener
 from .watch import InboxWatcher, SettleTracker, scan
 from .worker import Worker, engine_options
@@ -229,7 +230,12 @@ class Service:
         self.scheduler.shutdown(wait=True)
         self.watcher.stop()
         self._worker_thread.join()
-        self.store.daemons.unregister(self.owner)
+        breaker = self.worker.breaker
+        if breaker.exhausted:
+            # Left in the registry, faulted, so `i2vd status` says why it stopped.
+            self.store.daemons.heartbeat(self.owner, DaemonState.FAULTED, breaker.reason)
+        else:
+            self.store.daemons.unregister(self.owner)
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:

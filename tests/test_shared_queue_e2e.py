@@ -250,3 +250,55 @@ def test_three_hosts_on_postgresql_each_seeing_the_share_elsewhere(
             assert list((tmp_path / name / "state" / "work").glob("*")) == []
     finally:
         drop_database(url)
+
+
+GPU_RULE = """\
+name: gpu
+engine: diffusion
+model: fake/gpu-model
+preset: quick
+params: {resolution: 256}
+"""
+FAKE_GPU_SITE = Path(__file__).resolve().parent / "fake_gpu_site"
+
+
+def fake_gpu(kind: str) -> dict[str, str]:
+    """Environment for a daemon whose `diffusion` engine is a fake GPU (fake_gpu.py)."""
+    path = os.pathsep.join(p for p in (str(FAKE_GPU_SITE), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "I2VD_FAKE_GPU": kind}
+
+
+def test_a_broken_gpu_fails_no_image_and_its_daemon_exits_to_be_restarted(
+    layout: Layout, daemon
+) -> None:
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    layout.write_config(lease_seconds=6, gpu_fault_limit=2, gpu_fault_cooldown_seconds=1)
+    url = load_settings(layout.config_file).database_url
+    broken = daemon(env=fake_gpu("faulty"))
+    broken.wait_started()
+    names = drop_images(layout.inbox, 10)
+    wait_for(lambda: "the GPU failed" in broken.log, timeout=60)
+    healthy = daemon(env=fake_gpu("healthy"))
+    healthy.wait_started()
+
+    assert broken.wait(120) == 7, broken.log
+    assert "CUDA error: an illegal memory access was encountered" in broken.log
+    assert "stopping so that the service manager restarts i2vd" in broken.log
+    wait_for(lambda: done_count(url) == 10, timeout=180, interval=0.5)
+    assert healthy.stop() == 0
+
+    jobs = queue_rows(url)
+    outbox = sorted(p.name for p in layout.outbox.iterdir())
+    assert outbox == sorted(
+        f"{Path(n).stem}{suffix}" for n in names for suffix in (".jpg", ".gpu.mp4", ".gpu.json")
+    )
+    assert layout.files(layout.failed) == []
+    assert all(job.attempts == 1 for job in jobs)  # the faults used no attempt
+    store = JobStore(url)
+    try:
+        [row] = [s.daemon for s in store.daemons.listing(60)]
+        assert (row.id, row.state) == (f"{socket.gethostname()}:{broken.proc.pid}", "faulted")
+        assert "illegal memory access" in row.reason
+    finally:
+        store.close()
