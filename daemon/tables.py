@@ -65,6 +65,8 @@ class Job(SQLModel, table=True):
         Index("ix_job_served", "inbox", "claim_seq"),
         Index("ix_job_claim_seq", "claim_seq"),
         Index("ix_job_lease", "state", "lease_expires"),
+        # Intake's question on every new file: which jobs had this file (any host's).
+        Index("ix_job_file", "inbox", "relative", "sha256"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -67,6 +67,7 @@ def upgrade() -> None:
     op.create_index("ix_job_served", "job", ["inbox", "claim_seq"])
     op.create_index("ix_job_claim_seq", "job", ["claim_seq"])
     op.create_index("ix_job_lease", "job", ["state", "lease_expires"])
+    op.create_index("ix_job_file", "job", ["inbox", "relative", "sha256"])
 
     op.create_table(
         "daemon",
@@ -104,6 +105,7 @@ def downgrade() -> None:
     op.drop_table("control")
     op.drop_table("daemon")
     for name in (
+        "ix_job_file",
         "ix_job_lease",
         "ix_job_claim_seq",
         "ix_job_served",
