@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
-from .estimates import Size, phase_of, remaining_time, size_of
+from .estimates import Size, claim_order, phase_of, remaining_time, size_of
 from .snapshot import (
     PAUSED,
     RUNNING,
     STOPPED,
-    DaemonState,
+    Activity,
     Done,
     Failed,
     Running,
@@ -38,7 +38,7 @@ __all__ = [
     "PAUSED",
     "RUNNING",
     "STOPPED",
-    "DaemonState",
+    "Activity",
     "Done",
     "Failed",
     "QueueView",
@@ -61,7 +61,7 @@ class QueueView:
     size, a finished job's sidecar and report), so a snapshot costs a few queries."""
 
     store: JobStore
-    inboxes: Sequence[Path]
+    inboxes: Mapping[str, Path]  # each inbox's name (as jobs record it) and its folder here
     outbox: Path
     failed_dir: Path
     items: int = 20  # finished and failed jobs listed
@@ -70,7 +70,7 @@ class QueueView:
     _reports: dict[int, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
     _labels: dict[str, str] = field(default_factory=dict)
 
-    def snapshot(self, now: float, daemon: DaemonState, workers: int = 1) -> Snapshot:
+    def snapshot(self, now: float, daemon: Activity, workers: int = 1) -> Snapshot:
         with Session(self.store.engine) as session:
             estimates = self._estimates(session)
             running = self._running(session, now, estimates)
@@ -84,7 +84,7 @@ class QueueView:
             running=tuple(running),
             done=tuple(done),
             failed=tuple(failed),
-            inboxes=tuple(self.label(root) for root in self.inboxes),
+            inboxes=tuple(self.label(name) for name in self.inboxes),
         )
 
     @property
@@ -93,15 +93,23 @@ class QueueView:
         of its own (``Snapshot.newest`` trims each page)."""
         return self.items * max(1, len(self.inboxes))
 
-    def label(self, root: Path | str) -> str:
-        """An inbox's name on pages: its folder's name, or the whole path when two
-        inboxes share a folder name."""
-        key = str(root)
-        if key not in self._labels:
-            path = Path(root)
-            unique = sum(1 for other in self.inboxes if other.name == path.name) == 1
-            self._labels[key] = path.name if unique else key
-        return self._labels[key]
+    def label(self, name: str) -> str:
+        """An inbox as pages name it: its name when it was given one, else (the name is
+        the folder's own path) the folder's name, or the whole path when two inboxes
+        share a folder name."""
+        if name not in self._labels:
+            folder = self.inboxes.get(name)
+            unique = sum(1 for other in self.inboxes.values() if other.name == Path(name).name)
+            if folder is None or name != str(folder) or unique != 1:
+                self._labels[name] = name
+            else:
+                self._labels[name] = folder.name
+        return self._labels[name]
+
+    def _here(self, jobs: Sequence[Job]) -> list[Job]:
+        """Jobs with their paths as this host sees them (the queue stores them
+        host-neutral: an inbox by name, outputs relative to the outbox)."""
+        return [self.store.host_paths.localize(job) for job in jobs]
 
     # --- estimates ---------------------------------------------------------------
 
@@ -142,9 +150,11 @@ class QueueView:
     def _running(
         self, session: Session, now: float, estimates: dict[tuple[Any, ...], tuple[float, int]]
     ) -> list[Running]:
-        jobs = session.exec(
-            select(Job).where(Job.state == JobState.RUNNING).order_by(col(Job.started_at))
-        ).all()
+        jobs = self._here(
+            session.exec(
+                select(Job).where(Job.state == JobState.RUNNING).order_by(col(Job.started_at))
+            ).all()
+        )
         out = []
         for job in jobs:
             assert job.id is not None
@@ -156,7 +166,7 @@ class QueueView:
             out.append(
                 Running(
                     job=job.id,
-                    inbox=self.label(job.inbox_root),
+                    inbox=self.label(job.inbox),
                     source=job.relative,
                     rule=job.rule_name,
                     variant=job.variant,
@@ -181,11 +191,10 @@ class QueueView:
         running: list[Running],
         workers: int,
     ) -> list[Waiting]:
-        # The claim's own order (store.claim): earliest due first, then oldest.
         rows = session.execute(
             sa_select(
                 col(Job.id),
-                col(Job.inbox_root),
+                col(Job.inbox),
                 col(Job.relative),
                 col(Job.rule_name),
                 col(Job.rule_hash),
@@ -196,18 +205,27 @@ class QueueView:
                 col(Job.created_at),
                 col(Job.not_before),
                 col(Job.error),
+                col(Job.priority),
             )
             .where(col(Job.state).in_((JobState.QUEUED, JobState.RETRYING)))
-            .order_by(col(Job.not_before), col(Job.id))
         ).all()
+        served: dict[str, int] = {
+            inbox: seq
+            for inbox, seq in session.execute(
+                sa_select(col(Job.inbox), func.max(Job.claim_seq)).group_by(Job.inbox)
+            ).all()
+        }
+        # The claim's own order (claim.py): each inbox in turn, best first within it.
+        by_id = {row[0]: row for row in rows}
+        order = claim_order(((r[1], r[12], r[10], r[0]) for r in rows), served)
         # Work ahead, in seconds of one worker; None once something ahead has no estimate.
         ahead: float | None = 0.0
         for item in running:
             ahead = None if ahead is None or item.remaining is None else ahead + item.remaining
         out = []
-        for position, row in enumerate(rows, start=1):
-            job_id, root, relative, rule, rule_hash, variant, state = row[:7]
-            attempts, max_attempts, created, not_before, error = row[7:]
+        for position, row in enumerate((by_id[job_id] for job_id in order), start=1):
+            job_id, inbox, relative, rule, rule_hash, variant, state = row[:7]
+            attempts, max_attempts, created, not_before, error = row[7:12]
             size = self._size(session, rule_hash, rule)
             measured = estimates.get(size.key)
             eta: float | None = None
@@ -226,7 +244,7 @@ class QueueView:
             out.append(
                 Waiting(
                     job=job_id,
-                    inbox=self.label(root),
+                    inbox=self.label(inbox),
                     source=relative,
                     rule=rule,
                     variant=variant,
@@ -245,12 +263,14 @@ class QueueView:
     # --- finished and failed -------------------------------------------------------
 
     def _finished(self, session: Session) -> list[Done]:
-        jobs = session.exec(
-            select(Job)
-            .where(Job.state == JobState.DONE)
-            .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
-            .limit(self._fetched)
-        ).all()
+        jobs = self._here(
+            session.exec(
+                select(Job)
+                .where(Job.state == JobState.DONE)
+                .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
+                .limit(self._fetched)
+            ).all()
+        )
         out = []
         for job in jobs:
             assert job.id is not None
@@ -261,7 +281,7 @@ class QueueView:
             out.append(
                 Done(
                     job=job.id,
-                    inbox=self.label(job.inbox_root),
+                    inbox=self.label(job.inbox),
                     source=job.relative,
                     rule=job.rule_name,
                     variant=job.variant,
@@ -277,12 +297,14 @@ class QueueView:
         return out
 
     def _failed(self, session: Session) -> list[Failed]:
-        jobs = session.exec(
-            select(Job)
-            .where(Job.state == JobState.FAILED)
-            .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
-            .limit(self._fetched * 3)
-        ).all()
+        jobs = self._here(
+            session.exec(
+                select(Job)
+                .where(Job.state == JobState.FAILED)
+                .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
+                .limit(self._fetched * 3)
+            ).all()
+        )
         retaken = _retaken(session, jobs)
         out = []
         for job in jobs:
@@ -295,7 +317,7 @@ class QueueView:
             out.append(
                 Failed(
                     job=job.id,
-                    inbox=self.label(job.inbox_root),
+                    inbox=self.label(job.inbox),
                     source=job.relative,
                     rule=job.rule_name,
                     variant=job.variant,
@@ -341,7 +363,7 @@ def _retaken(session: Session, jobs: Sequence[Job]) -> set[int]:
     if not relatives:
         return set()
     rows = session.exec(
-        select(Job.id, Job.inbox_root, Job.relative, Job.drop).where(
+        select(Job.id, Job.inbox, Job.relative, Job.drop).where(
             col(Job.relative).in_(relatives)
         )
     ).all()
@@ -354,7 +376,7 @@ def _retaken(session: Session, jobs: Sequence[Job]) -> set[int]:
         if job.id is not None
         and any(
             other > job.id and (not drop or drop != job.drop)
-            for other, drop in later.get((job.inbox_root, job.relative), ())
+            for other, drop in later.get((job.inbox, job.relative), ())
         )
     }
 

@@ -11,7 +11,7 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class DaemonState:
+class Activity:
     """What the daemon is doing: ``running``, ``paused``, ``outside_window`` or
     ``stopped``, with a sentence for people and, outside the window, when it reopens."""
 
@@ -20,11 +20,11 @@ class DaemonState:
     reopens_at: float | None = None
 
 
-RUNNING = DaemonState("running", "i2vd is running: images are taken in and made into videos")
-STOPPED = DaemonState(
+RUNNING = Activity("running", "i2vd is running: images are taken in and made into videos")
+STOPPED = Activity(
     "stopped", "i2vd is stopped: new images wait in the folder until it starts again"
 )
-PAUSED = DaemonState(
+PAUSED = Activity(
     "paused",
     "paused by an administrator: images are taken in and wait in the queue until i2vd is resumed",
 )
@@ -32,7 +32,7 @@ PAUSED = DaemonState(
 
 def daemon_state(
     paused: bool, closed: Mapping[str, float | None], engines: Sequence[str]
-) -> DaemonState:
+) -> Activity:
     """The state of a running daemon from the queue's pause switch and its schedule:
     ``closed`` maps each engine whose window is closed to when it reopens (None: not
     known), ``engines`` are those it serves."""
@@ -43,13 +43,13 @@ def daemon_state(
     reopening = [t for t in closed.values() if t is not None]
     reopens_at = min(reopening) if reopening else None
     if all(engine in closed for engine in engines):
-        return DaemonState(
+        return Activity(
             "outside_window",
             "outside its working hours: images are taken in and wait in the queue until then",
             reopens_at,
         )
     waiting = " and ".join(sorted(closed))
-    return DaemonState(
+    return Activity(
         "running",
         f"i2vd is running, but {waiting} rules are outside their working hours: their "
         "images wait in the queue until then",
@@ -127,7 +127,7 @@ class Failed:
 @dataclass(frozen=True)
 class Snapshot:
     updated: float
-    daemon: DaemonState
+    daemon: Activity
     waiting: tuple[Waiting, ...] = ()
     running: tuple[Running, ...] = ()
     done: tuple[Done, ...] = ()

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import Settings
 from .publish import TEMP_MARK, replace_file
-from .queue_view import DaemonState, QueueView, Snapshot
+from .queue_view import Activity, QueueView, Snapshot
 from .status_html import HEARTBEAT_SECONDS, PageScope, render
 from .store import JobStore
 
@@ -46,7 +46,7 @@ class StatusPages:
         self.settings = settings
         self.view = QueueView(
             store,
-            settings.inbox,
+            settings.inbox_names,
             settings.outbox,
             settings.failed_dir,
             items=settings.status_page_items,
@@ -54,7 +54,7 @@ class StatusPages:
         self._written: dict[Path, _Written] = {}
         self._last_look = float("-inf")
 
-    def refresh(self, now: float, daemon: DaemonState, force: bool = False) -> list[Path]:
+    def refresh(self, now: float, daemon: Activity, force: bool = False) -> list[Path]:
         """Rewrite the pages that changed; the folders whose pages were written.
         ``force`` writes every page now (start, stop)."""
         if not self.settings.status_page:
@@ -84,7 +84,7 @@ class StatusPages:
         s = self.settings
         pages = []
         for root in s.inbox:
-            label = self.view.label(root)
+            label = self.view.label(s.inbox_name(root))
             scoped = snapshot.for_inbox(label).newest(s.status_page_items)
             pages.append((root, scoped, self._scope(root, "inbox", label)))
         everything = snapshot.newest(s.status_page_items)

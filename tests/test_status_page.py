@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO, Layout, make_image
 from daemon.config import Settings
 from daemon.estimates import claim_order, phase_of, remaining_time, size_of
+from daemon.host_paths import HostPaths
 from daemon.intake import Intake
 from daemon.queue_view import PAUSED, RUNNING, STOPPED, QueueView, Snapshot, daemon_state
 from daemon.rules import load_rules
@@ -48,10 +49,17 @@ class Share:
         values = {"retry_delay_seconds": 0, "status_page": True, **settings}
         self.settings: Settings = layout.load(**values)
         self.store = JobStore(self.settings.database_url)
+        # As the daemon has it: the queue stores host-neutral paths (inbox names, outputs
+        # relative to the outbox), which the page must map back to this host's folders.
+        self.store.host_paths = HostPaths(self.settings.inbox_names, self.settings.outbox)
         rules, problems = load_rules(self.settings.rules_dir)
         assert problems == []
         self.intake = Intake(
-            self.store, lambda: rules, self.settings.failed_dir, self.settings.max_attempts
+            self.store,
+            lambda: rules,
+            self.settings.failed_dir,
+            self.settings.max_attempts,
+            inbox_name=self.settings.inbox_name,
         )
         self.worker = Worker(self.settings, self.store, owner="test-host:1")
         self.pages = StatusPages(self.settings, self.store)
@@ -73,7 +81,7 @@ class Share:
 
     def snapshot(self) -> Snapshot:
         view = QueueView(
-            self.store, self.settings.inbox, self.settings.outbox, self.settings.failed_dir
+            self.store, self.settings.inbox_names, self.settings.outbox, self.settings.failed_dir
         )
         return view.snapshot(time.time(), RUNNING)
 
@@ -410,3 +418,23 @@ def test_a_crash_mid_write_leaves_nothing_after_the_next_start(layout: Layout) -
     mine.write_text("x")
     share.pages.refresh(time.time(), RUNNING)
     assert not left.exists() and mine.exists()
+
+
+def test_named_inboxes_take_turns_in_the_line(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    for folder in ("north", "south", "outbox", "failed", "rules", "state"):
+        (tmp_path / folder).mkdir()
+    layout.rule("motion", CATCH_ALL)
+    layout.settings["inbox"] = {"photos": "north", "scans": "south"}
+    share = Share(layout)
+    north, south = share.settings.inbox
+    for root, name in ((north, "n1.jpg"), (north, "n2.jpg"), (south, "s1.jpg")):
+        make_image(root / name, 96, 72)
+        share.intake.take(root, root / name)
+    share.pages.refresh(time.time(), RUNNING)
+    _, data = share.page(share.settings.outbox)
+    line = [(w["position"], w["inbox"], w["source"]) for w in data["waiting"]]
+    # The claim serves each inbox in turn: 500 photos never starve one scan.
+    assert line == [(1, "photos", "n1.jpg"), (2, "scans", "s1.jpg"), (3, "photos", "n2.jpg")]
+    assert [w["source"] for w in share.page(south)[1]["waiting"]] == ["s1.jpg"]
+    assert share.run().relative == "n1.jpg" and share.run().relative == "s1.jpg"
