@@ -31,7 +31,7 @@ from .host_paths import HostPaths
 from .intake import Intake
 from .last_good import record_path
 from .publish import sweep_temporaries
-from .queue_view import RUNNING, STOPPED, Activity
+from .queue_view import STOPPED, Activity, daemon_state
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
 from .status_page import StatusPages
@@ -44,6 +44,8 @@ from .worker import Worker, engine_options
 log = logging.getLogger(__name__)
 
 RELEASE_IDLE_SECONDS = 30.0
+# A daemon heard from this recently counts as one more worker in the page's estimates.
+STATUS_ALIVE_SECONDS = 60.0
 
 
 class StartupError(Exception):
@@ -178,6 +180,7 @@ class Service:
             for _ in range(s.motion_job_slots() - 1)
         ]
         self._register(can_run)
+        self._engines = can_run.engines
         # On PostgreSQL other daemons' new jobs wake this one at once (polling stays).
         self._listener: QueueListener | None = None
         if self.store.dialect == "postgresql":
@@ -381,10 +384,14 @@ class Service:
                 if outcome in ("unreadable", "error"):
                     self._intake_errors += 1
 
-    def _write_status(self, state: Activity = RUNNING, force: bool = False) -> None:
+    def _write_status(self, state: Activity | None = None, force: bool = False) -> None:
         """The status page in the share; a failure to build it never stops a job."""
         try:
-            self.status_pages.refresh(time.time(), state, force=force)
+            if state is None:
+                state = daemon_state(bool(self.store.control.get().paused), {}, self._engines)
+            # Estimates count every live daemon on the queue as a worker.
+            workers = len(self.store.daemons.alive(STATUS_ALIVE_SECONDS))
+            self.status_pages.refresh(time.time(), state, force=force, workers=workers)
         except SQLAlchemyError as exc:
             log.warning("the status page was not updated: the queue could not be read (%s)", exc)
 

@@ -54,7 +54,9 @@ class StatusPages:
         self._written: dict[Path, _Written] = {}
         self._last_look = float("-inf")
 
-    def refresh(self, now: float, daemon: Activity, force: bool = False) -> list[Path]:
+    def refresh(
+        self, now: float, daemon: Activity, force: bool = False, workers: int = 1
+    ) -> list[Path]:
         """Rewrite the pages that changed; the folders whose pages were written.
         ``force`` writes every page now (start, stop)."""
         if not self.settings.status_page:
@@ -64,7 +66,7 @@ class StatusPages:
         if self._last_look == float("-inf"):
             self._sweep()
         self._last_look = now
-        snapshot = self.view.snapshot(now, daemon)
+        snapshot = self.view.snapshot(now, daemon, workers)
         written = []
         for folder, scoped, scope in self._pages(snapshot):
             if self._write(folder, scoped, scope, now, force):

@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import DaemonProcess, Layout, make_image, wait_for
+from daemon.store import JobStore
 from tiny_pipelines import build_i2vgenxl
 
 
@@ -154,3 +155,25 @@ def test_the_page_follows_images_from_drop_to_done_or_failed(
 def _page_with_links(folder: Path, count: int) -> str | None:
     html = (folder / "i2vd-status.html").read_text("utf-8")
     return html if len(re.findall(r'href="[^"]*\.mp4"', html)) == count else None
+
+
+def test_the_page_says_when_the_queue_is_paused(
+    layout: Layout, daemon: Callable[..., DaemonProcess]
+) -> None:
+    layout.write_config(status_page=True, status_page_seconds=0.5)
+    settings = layout.load(status_page=True)
+    proc = daemon()
+    proc.wait_started()
+    store = JobStore(settings.database_url)
+    try:
+        store.control.pause("test")  # what `i2vd pause` does, on the queue's database
+        paused = wait_for(
+            lambda: page_shows(layout.inbox, lambda d: d["daemon"]["state"] == "paused")
+        )
+        assert "resumed" in paused["daemon"]["message"]
+        assert "Paused" in (layout.inbox / "i2vd-status.html").read_text("utf-8")
+        store.control.resume()
+        wait_for(lambda: page_shows(layout.outbox, lambda d: d["daemon"]["state"] == "running"))
+    finally:
+        store.close()
+    assert proc.stop() == 0
