@@ -151,14 +151,55 @@ class DiffusionSettings(_Strict):
     noise_aug_strength: float = Field(
         0.02, ge=0.0, le=1.0, description="Stable Video Diffusion: noise added to the image"
     )
+    # Ordered by memory saved per second of cost (README, "What each rung costs"); rungs
+    # that change nothing for the family and size are skipped before the first attempt.
     ladder: list[Rung] = Field(
-        default_factory=lambda: list(DEFAULT_LADDER),
+        default_factory=lambda: [
+            "decode_chunk_1",
+            "vae_slicing",
+            "vae_tiling",
+            "forward_chunking",
+            "cpu_offload",
+            "fewer_frames",
+            "fewer_frames",
+            "lower_resolution",
+            "lower_resolution",
+        ],
         max_length=20,
-        description="out-of-memory back-off, tried in order",
+        description="out-of-memory back-off, tried in order (unset: Wan and LTX try "
+        "cpu_offload before forward_chunking)",
     )
     min_frames: int = Field(8, ge=2, le=32, description="floor for fewer_frames")
     min_resolution: Literal[256, 512, 768, 1024] = Field(
         256, description="floor for lower_resolution"
+    )
+    # Speed switches (README, "Speed switches"). On by default only where the output
+    # cannot change and nothing is paid up front; the rest wait for a GPU measurement
+    # (layout, fused projections) or a quality check on real weights (scheduler, cache).
+    compile: bool = Field(
+        False, description="torch.compile the denoiser; its warm-up (a minute or more per "
+        "size) runs when the model loads"
+    )
+    channels_last: bool = Field(
+        False, description="channels-last memory layout for the denoiser and VAE"
+    )
+    cudnn_benchmark: bool = Field(
+        True, description="let cuDNN time its convolution algorithms once per size (CUDA)"
+    )
+    fused_qkv: bool = Field(
+        False, description="one matrix product for each attention's query, key and value"
+    )
+    scheduler: Literal["default", "dpm++"] = Field(
+        "default", description="dpm++: DPM-Solver++ (2nd order), configured for the model's "
+        "prediction type, trailing spacing and zero-SNR; changes the output"
+    )
+    scheduler_steps: int | None = Field(
+        None, ge=1, le=200, description="steps with scheduler dpm++ (default: the rule's "
+        "steps)"
+    )
+    step_cache: bool = Field(
+        False, description="reuse deep features between steps (UNets: DeepCache-style; Wan, "
+        "LTX: diffusers' first-block cache); changes the output"
     )
 
 

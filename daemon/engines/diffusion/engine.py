@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,9 @@ from .ladder import (
     OutOfMemory,
     Plan,
     RungMemory,
+    ahead,
     is_out_of_memory,
+    ordered,
     release_memory,
     revert,
     take,
@@ -57,6 +59,7 @@ from .loading import (
 )
 from .progress import StepReporter, decode_calls
 from .prompts import i2vgenxl_embeddings
+from .speed import WarmSwitches, effective, job_steps, mark_warm, per_job
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class _Resident:
     variant: str | None
     device: str
     last_used: float
+    warm: WarmSwitches
 
 
 @dataclass
@@ -226,7 +230,17 @@ class DiffusionEngine:
             )
         seconds = time.monotonic() - started
         log.info("loaded model %s in %.1f s", source.model, seconds)
-        resident = _Resident(key, source, family, pipe, dtype, used, device, time.monotonic())
+        resident = _Resident(
+            key,
+            source,
+            family,
+            pipe,
+            dtype,
+            used,
+            device,
+            time.monotonic(),
+            WarmSwitches(pipe, family, device),
+        )
         with self._state_lock:
             self._resident = resident
         return resident, seconds
@@ -274,6 +288,8 @@ class DiffusionEngine:
             min_resolution=settings.min_resolution,
         )
         plan, notes = self._first_plan(request, ctx)
+        switched_on = resident.warm.sync(settings)
+        steps = job_steps(settings, request.params.steps, pipe)
         if family.prompt == "none":
             notes.append(
                 f"{family.label} ({family.class_name}) takes no prompt: the rule's prompt and "
@@ -284,17 +300,23 @@ class DiffusionEngine:
                 f"{family.label} decodes all frames at once: diffusion.decode_chunk_size was "
                 "not used"
             )
-        climb = _Climb(self, request, resident, ctx, plan, seed, dtype)
+        climb = _Climb(self, request, resident, ctx, plan, seed, dtype, steps)
+        if "compile" in switched_on:
+            load_seconds += climb.warm_up()
         try:
-            outcome = climb.run()
+            with per_job(pipe, family, settings, steps) as used:
+                outcome = climb.run()
         finally:
             climb.revert_savers()
+        speed = effective(resident.warm, used)
+        if climb.warm_up_seconds is not None:
+            speed["compile_warm_up_s"] = round(climb.warm_up_seconds, 3)
         if outcome.prompt_truncated:
             notes.append(
                 "the prompt is longer than the text encoder's "
                 f"{pipe.tokenizer.model_max_length} tokens; the rest was cut off"
             )
-        return self._clip(request, resident, climb, outcome, notes, seed, load_seconds)
+        return self._clip(request, resident, climb, outcome, notes, seed, load_seconds, speed)
 
     def _first_plan(self, request: RenderRequest, ctx: LadderContext) -> tuple[Plan, list[str]]:
         params, family = request.params, ctx.family
@@ -326,6 +348,7 @@ class DiffusionEngine:
         notes: list[str],
         seed: int,
         load_seconds: float,
+        speed: dict[str, Any],
     ) -> Clip:
         family, inputs = resident.family, outcome.inputs
         height, width = outcome.frames[0].shape[:2]
@@ -336,7 +359,11 @@ class DiffusionEngine:
             )
         extra = effective_extra(family, inputs)
         extra.update(
-            dtype=resident.dtype, variant=resident.variant, memory_savers=list(climb.plan.savers)
+            dtype=resident.dtype,
+            variant=resident.variant,
+            memory_savers=list(climb.plan.savers),
+            ladder=climb.ladder,
+            speed=speed,
         )
         reporter = outcome.reporter
         return Clip(
@@ -344,7 +371,7 @@ class DiffusionEngine:
             fps=request.params.fps,
             width=width,
             height=height,
-            steps=request.params.steps,
+            steps=inputs.steps,
             guidance=inputs.guidance,
             seed=seed,
             # "Steps taken" (the sidecar contract): none when the first try just worked.
@@ -378,6 +405,7 @@ class _Climb:
         plan: Plan,
         seed: int,
         dtype: str,
+        steps: int,
     ) -> None:
         self.engine = engine
         self.request = request
@@ -386,14 +414,47 @@ class _Climb:
         self.plan = plan
         self.seed = seed
         self.settings: DiffusionSettings = request.diffusion
-        self.ladder: list[str] = list(self.settings.ladder)
+        chosen = "ladder" in self.settings.model_fields_set
+        self.ladder: list[str] = ordered(list(self.settings.ladder), ctx.family, chosen)
+        self.steps = steps
+        self.warm_up_seconds: float | None = None
+        # Rungs that cannot change anything for this family and size: never attempted.
+        self.no_ops = ahead(self.ladder, plan, ctx)
         self.position = 0
         self.taken: list[str] = []
         self.attempted_savers: list[str] = []
         self.backoff: list[dict[str, Any]] = []
         self.memory_key = RungMemory.key(resident.source.key, ctx.device, dtype, plan)
 
+    def warm_up(self) -> float:
+        """Run the compiled denoiser once at this job's size (two steps), so compiling
+        happens at model load and not inside the first job's timing."""
+        started = time.monotonic()
+        with seeded(self.seed, self.ctx.device):
+            self._call(steps=2, checkpoint=lambda fraction: None)
+        self.warm_up_seconds = time.monotonic() - started
+        mark_warm(self.resident.warm)
+        log.info(
+            "compiled %s's %s in %.1f s (warm-up at %dx%d, %d frames)",
+            self.resident.source.model,
+            self.ctx.family.denoiser,
+            self.warm_up_seconds,
+            self.plan.width,
+            self.plan.height,
+            self.plan.frames,
+        )
+        return self.warm_up_seconds
+
     def run(self) -> _Outcome:
+        for position, reason in self.no_ops.items():
+            self.backoff.append(
+                {
+                    "rung": self.ladder[position],
+                    "result": "skipped",
+                    "reason": reason,
+                    "up_front": True,
+                }
+            )
         remembered = self.engine.memory.lookup(self.memory_key, self.ladder)
         if remembered is not None:
             self._replay(remembered)
@@ -465,6 +526,8 @@ class _Climb:
         while self.position < len(self.ladder):
             rung = self.ladder[self.position]
             self.position += 1
+            if self.position - 1 in self.no_ops:
+                continue  # recorded before the first attempt
             skipped = self._step(rung)
             if skipped is None:
                 return rung
@@ -474,7 +537,9 @@ class _Climb:
     def _replay(self, position: int) -> None:
         """Start where the last job of this model and size got through."""
         skipped = []
-        for rung in self.ladder[:position]:
+        for index, rung in enumerate(self.ladder[:position]):
+            if index in self.no_ops:
+                continue
             reason = self._step(rung)
             if reason is not None:
                 skipped.append({"rung": rung, "reason": reason})
@@ -514,7 +579,9 @@ class _Climb:
             log.exception("could not switch memory savers off; unloading the model")
             self.engine._discard(self.resident)
 
-    def _call(self) -> _Outcome:
+    def _call(
+        self, steps: int | None = None, checkpoint: Callable[[float], None] | None = None
+    ) -> _Outcome:
         import torch
 
         pipe, family, plan, request = self.resident.pipe, self.ctx.family, self.plan, self.request
@@ -528,7 +595,7 @@ class _Climb:
             width=plan.width,
             height=plan.height,
             frames=plan.frames,
-            steps=params.steps,
+            steps=steps or self.steps,
             fps=params.fps,
             guidance=max(family.guidance_floor, params.guidance),
             decode_chunk=plan.decode_chunk,
@@ -557,7 +624,7 @@ class _Climb:
             else None
         )
         reporter = StepReporter(
-            request.checkpoint,
+            checkpoint or request.checkpoint,
             f"{self.resident.source.model} {plan.width}x{plan.height}, {plan.frames} frames",
             decode_calls(plan.frames, chunk),
         )
