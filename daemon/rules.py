@@ -135,14 +135,17 @@ class DiffusionSettings(_Strict):
     """How the diffusion engine loads and calls the model; ignored by ``motion``."""
 
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        "auto", description="auto: float16 on CUDA (bfloat16 where the family needs it), "
-        "float32 on CPU"
+        "auto",
+        description="auto: float16 on CUDA (bfloat16 where the family needs it), float32 on CPU",
     )
     variant: str | None = Field(
         "auto", description="weights variant; auto: fp16 where the checkpoint has it"
     )
     decode_chunk_size: int | None = Field(
-        None, ge=1, le=64, description="frames the VAE decodes at once (default: the model's own: "
+        None,
+        ge=1,
+        le=64,
+        description="frames the VAE decodes at once (default: the model's own: "
         "1 for I2VGen-XL, all for the others)",
     )
     motion_bucket_id: int = Field(
@@ -177,8 +180,9 @@ class DiffusionSettings(_Strict):
     # cannot change and nothing is paid up front; the rest wait for a GPU measurement
     # (layout, fused projections) or a quality check on real weights (scheduler, cache).
     compile: bool = Field(
-        False, description="torch.compile the denoiser; its warm-up (a minute or more per "
-        "size) runs when the model loads"
+        False,
+        description="torch.compile the denoiser; its warm-up (a minute or more per "
+        "size) runs when the model loads",
     )
     channels_last: bool = Field(
         False, description="channels-last memory layout for the denoiser and VAE"
@@ -190,16 +194,17 @@ class DiffusionSettings(_Strict):
         False, description="one matrix product for each attention's query, key and value"
     )
     scheduler: Literal["default", "dpm++"] = Field(
-        "default", description="dpm++: DPM-Solver++ (2nd order), configured for the model's "
-        "prediction type, trailing spacing and zero-SNR; changes the output"
+        "default",
+        description="dpm++: DPM-Solver++ (2nd order), configured for the model's "
+        "prediction type, trailing spacing and zero-SNR; changes the output",
     )
     scheduler_steps: int | None = Field(
-        None, ge=1, le=200, description="steps with scheduler dpm++ (default: the rule's "
-        "steps)"
+        None, ge=1, le=200, description="steps with scheduler dpm++ (default: the rule's steps)"
     )
     step_cache: bool = Field(
-        False, description="reuse deep features between steps (UNets: DeepCache-style; Wan, "
-        "LTX: diffusers' first-block cache); changes the output"
+        False,
+        description="reuse deep features between steps (UNets: DeepCache-style; Wan, "
+        "LTX: diffusers' first-block cache); changes the output",
     )
 
 

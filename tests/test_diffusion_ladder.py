@@ -105,9 +105,7 @@ def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
     clip = engine.render(make_request(wan, 512, frames=16, steps=2))
 
     # Savers first (tiling, chunking), then fewer frames (17 -> 9), then 512 -> 256.
-    assert [
-        (c.width, c.frames, c.vae_tiling, c.chunked_feed_forward) for c in fake.calls
-    ] == [
+    assert [(c.width, c.frames, c.vae_tiling, c.chunked_feed_forward) for c in fake.calls] == [
         (512, 17, False, False),
         (512, 17, True, False),
         (512, 17, True, True),
@@ -122,24 +120,25 @@ def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
     assert len(clip.frames) == 9 and (clip.width, clip.height) == (256, 256)
     assert clip.effective_extra["memory_savers"] == ["vae_tiling", "forward_chunking"]
 
-    # Rungs that change nothing for Wan at this size are skipped before the first attempt
+    # Rungs that change nothing for Wan at this size are skipped: decided before the first
+    # attempt, listed after it
     # (the second fewer_frames and lower_resolution too: by then 9 frames and 256 are the
     # floors); the rest are
     # tried in the default order, cheapest per byte saved first.
     outcome = [(entry.get("attempt"), entry.get("rung"), entry["result"]) for entry in clip.backoff]
     assert outcome == [
+        (1, None, "out_of_memory"),
         (None, "decode_chunk_1", "skipped"),
         (None, "vae_slicing", "skipped"),
         (None, "cpu_offload", "skipped"),
         (None, "fewer_frames", "skipped"),
         (None, "lower_resolution", "skipped"),
-        (1, None, "out_of_memory"),
         (2, "vae_tiling", "out_of_memory"),
         (3, "forward_chunking", "out_of_memory"),
         (4, "fewer_frames", "out_of_memory"),
         (5, "lower_resolution", "ok"),
     ]
-    first = clip.backoff[5]
+    first = clip.backoff[0]
     assert first["error"] == FAKE_OOM
     assert (first["width"], first["height"], first["frames"], first["savers"]) == (512, 512, 17, [])
     skipped = {e["rung"]: e["reason"] for e in clip.backoff if e["result"] == "skipped"}
@@ -166,7 +165,7 @@ def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
         (256, 9, True, True)
     ]
     remembered = [e for e in again.backoff if e["result"] == "remembered"]
-    assert again.backoff[5]["result"] == "remembered"
+    assert again.backoff[0]["result"] == "remembered"
     assert remembered[0]["rungs"] == entry["rungs"]
     assert MEMORY_FILE in remembered[0]["note"]
     assert [(e.get("attempt"), e["result"]) for e in again.backoff if "attempt" in e] == [(1, "ok")]
@@ -175,7 +174,7 @@ def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
     fake.calls.clear()
     fresh = make_engine(tmp_path)
     restarted = fresh.render(make_request(wan, 512, frames=16, steps=2))
-    assert restarted.backoff[5]["result"] == "remembered"
+    assert restarted.backoff[0]["result"] == "remembered"
     assert [(c.width, c.frames) for c in fake.calls] == [(256, 9)]
 
     # Another size is not affected, and starts without savers.
@@ -240,8 +239,8 @@ def test_i2vgenxl_forward_chunking_and_decode_chunks(
     assert clip.effective_extra["decode_chunk_size"] == 1
     assert clip.extra["progress"]["decodes"] == 8
     assert [(e["rung"], e["result"]) for e in clip.backoff] == [
-        ("cpu_offload", "skipped"),
         (None, "out_of_memory"),
+        ("cpu_offload", "skipped"),
         ("forward_chunking", "out_of_memory"),
         ("decode_chunk_1", "ok"),
     ]

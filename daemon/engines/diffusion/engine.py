@@ -363,6 +363,7 @@ class DiffusionEngine:
             variant=resident.variant,
             memory_savers=list(climb.plan.savers),
             ladder=climb.ladder,
+            ladder_skipped={climb.ladder[i]: why for i, why in climb.no_ops.items()},
             speed=speed,
         )
         reporter = outcome.reporter
@@ -375,7 +376,7 @@ class DiffusionEngine:
             guidance=inputs.guidance,
             seed=seed,
             # "Steps taken" (the sidecar contract): none when the first try just worked.
-            backoff=climb.backoff if len(climb.backoff) > 1 else [],
+            backoff=climb.backoff if climb.climbed else [],
             load_seconds=load_seconds,
             model=request.model,
             device=resident.device,
@@ -426,6 +427,11 @@ class _Climb:
         self.backoff: list[dict[str, Any]] = []
         self.memory_key = RungMemory.key(resident.source.key, ctx.device, dtype, plan)
 
+    @property
+    def climbed(self) -> bool:
+        """Whether the job ran out of memory or started at a remembered rung."""
+        return any(e["result"] in ("out_of_memory", "remembered") for e in self.backoff)
+
     def warm_up(self) -> float:
         """Run the compiled denoiser once at this job's size (two steps), so compiling
         happens at model load and not inside the first job's timing."""
@@ -446,15 +452,6 @@ class _Climb:
         return self.warm_up_seconds
 
     def run(self) -> _Outcome:
-        for position, reason in self.no_ops.items():
-            self.backoff.append(
-                {
-                    "rung": self.ladder[position],
-                    "result": "skipped",
-                    "reason": reason,
-                    "up_front": True,
-                }
-            )
         remembered = self.engine.memory.lookup(self.memory_key, self.ladder)
         if remembered is not None:
             self._replay(remembered)
@@ -489,6 +486,12 @@ class _Climb:
                     )
                 return outcome
             self.backoff.append({**record, "result": "out_of_memory", "error": error})
+            if attempt == 1:
+                # Decided before this attempt; listed once the ladder is needed at all.
+                self.backoff.extend(
+                    {"rung": self.ladder[i], "result": "skipped", "reason": why, "up_front": True}
+                    for i, why in self.no_ops.items()
+                )
             log.warning(
                 "%s ran out of memory at %dx%d, %d frames (attempt %d): %s",
                 self.resident.source.model,
