@@ -157,17 +157,19 @@ class DiffusionSettings(_Strict):
     # Ordered by memory saved per second of cost (README, "What each rung costs"); rungs
     # that change nothing for the family and size are skipped before the first attempt.
     ladder: list[Rung] = Field(
-        default_factory=lambda: [
-            "decode_chunk_1",
-            "vae_slicing",
-            "vae_tiling",
-            "forward_chunking",
-            "cpu_offload",
-            "fewer_frames",
-            "fewer_frames",
-            "lower_resolution",
-            "lower_resolution",
-        ],
+        default_factory=lambda: list[Rung](
+            (
+                "decode_chunk_1",
+                "vae_slicing",
+                "vae_tiling",
+                "forward_chunking",
+                "cpu_offload",
+                "fewer_frames",
+                "fewer_frames",
+                "lower_resolution",
+                "lower_resolution",
+            )
+        ),
         max_length=20,
         description="out-of-memory back-off, tried in order (unset: Wan and LTX try "
         "cpu_offload before forward_chunking)",

@@ -23,6 +23,8 @@ from .families import Family
 log = logging.getLogger(__name__)
 
 WARM = ("compile", "channels_last", "cudnn_benchmark", "fused_qkv")
+# torch.compile's backend; the tests use "eager" (inductor builds every kernel first).
+COMPILE_BACKEND = "inductor"
 # Every third step recomputes the deep UNet blocks; the two between reuse them. DeepCache
 # reports this interval as its usual trade of speed for fidelity on Stable Diffusion UNets.
 CACHE_INTERVAL = 3
@@ -47,7 +49,7 @@ class WarmSwitches:
     pipe: Any
     family: Family
     device: str
-    compile_backend: str = "inductor"
+    compile_backend: str | None = None  # None: COMPILE_BACKEND
     undo: dict[str, Callable[[], None]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # requested but not applied
     graphs_at_warm_up: int | None = None
@@ -91,13 +93,16 @@ class WarmSwitches:
 
             self.undo[name] = restore
         elif name == "channels_last":
+            # 4-D weights only (2-D convolutions): Module.to(memory_format=...) refuses
+            # the 5-D temporal convolutions of video UNets and VAEs.
             modules = [m for m in (denoiser, getattr(self.pipe, "vae", None)) if m is not None]
-            for module in modules:
-                module.to(memory_format=torch.channels_last)
+            weights = [p for m in modules for p in m.parameters() if p.dim() == 4]
+            for weight in weights:
+                weight.data = weight.data.contiguous(memory_format=torch.channels_last)
 
             def contiguous() -> None:
-                for module in modules:
-                    module.to(memory_format=torch.contiguous_format)
+                for weight in weights:
+                    weight.data = weight.data.contiguous()
 
             self.undo[name] = contiguous
         elif name == "fused_qkv":
@@ -111,7 +116,7 @@ class WarmSwitches:
         elif name == "compile":
             # In place (nn.Module.compile): the pipeline keeps the same module object, so
             # offload hooks, the ladder's savers and the step cache still find it.
-            denoiser.compile(backend=self.compile_backend, dynamic=False)
+            denoiser.compile(backend=self.compile_backend or COMPILE_BACKEND, dynamic=False)
             self.graphs_at_warm_up = None
 
             def uncompile() -> None:
@@ -156,7 +161,8 @@ def dpm_solver(config: Any) -> Any:
     which zero-SNR training assumes) and the zero-SNR rescaled betas."""
     from diffusers import DPMSolverMultistepScheduler
 
-    return DPMSolverMultistepScheduler.from_config(
+    solver: Any = DPMSolverMultistepScheduler
+    return solver.from_config(
         config,
         algorithm_type="dpmsolver++",
         solver_order=2,
@@ -207,7 +213,7 @@ def _step_cache_on(denoiser: Any) -> tuple[str, str, Callable[[], None] | None]:
         return f"deepcache(interval {CACHE_INTERVAL})", "", deep_cache(denoiser)
     if hasattr(denoiser, "enable_cache"):
         try:
-            from diffusers.hooks import FirstBlockCacheConfig
+            from diffusers.hooks import FirstBlockCacheConfig  # type: ignore[attr-defined]
         except ImportError:
             return "", "this diffusers has no first-block cache (0.35 or later has)", None
         denoiser.enable_cache(FirstBlockCacheConfig(threshold=FIRST_BLOCK_THRESHOLD))
