@@ -220,12 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         if cuda and args.oom_fraction:
             torch.cuda.set_per_process_memory_fraction(args.oom_fraction)
             elapsed, sidecar = daemon.job(size)
-            result["oom"] = {
-                "fraction": args.oom_fraction,
-                "seconds": round(elapsed, 2),
-                "backoff": sidecar["backoff"],
-                "effective": sidecar["effective"],
-            }
+            result["oom"] = {"fraction": args.oom_fraction, "seconds": round(elapsed, 2),
+                             "backoff": sidecar["backoff"], "effective": sidecar["effective"]}
         daemon.store.close()
 
     print(json.dumps(result, indent=2))

@@ -25,7 +25,6 @@ def template_environment() -> SandboxedEnvironment:
     """The environment every template renders in (``rules check`` parses with it)."""
     return _TEMPLATES
 
-
 # Longest text taken from a `<stem>.txt` or an EXIF field: a prompt, not a document.
 MAX_TEXT_CHARS = 2000
 

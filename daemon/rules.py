@@ -135,17 +135,14 @@ class DiffusionSettings(_Strict):
     """How the diffusion engine loads and calls the model; ignored by ``motion``."""
 
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        "auto",
-        description="auto: float16 on CUDA (bfloat16 where the family needs it), float32 on CPU",
+        "auto", description="auto: float16 on CUDA (bfloat16 where the family needs it), "
+        "float32 on CPU"
     )
     variant: str | None = Field(
         "auto", description="weights variant; auto: fp16 where the checkpoint has it"
     )
     decode_chunk_size: int | None = Field(
-        None,
-        ge=1,
-        le=64,
-        description="frames the VAE decodes at once (default: the model's own: "
+        None, ge=1, le=64, description="frames the VAE decodes at once (default: the model's own: "
         "1 for I2VGen-XL, all for the others)",
     )
     motion_bucket_id: int = Field(

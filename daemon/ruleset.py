@@ -259,9 +259,8 @@ class RuleSet:
         reported = frozenset(str(c) for c in conflicts)
         for conflict in conflicts:
             if str(conflict) not in self._conflicts:
-                log.error(
-                    "%s; %s (the first file in sorted order keeps the name)", conflict, NOT_LOADED
-                )
+                log.error("%s; %s (the first file in sorted order keeps the name)", conflict,
+                          NOT_LOADED)
                 problems.append(conflict)
         self._conflicts = reported
 
@@ -520,7 +519,8 @@ class RulesWatcher:
                     return self._events_unavailable(exc)
                 self._warn_once(
                     str(folder),
-                    "cannot watch %s for changes (%s); rules are re-read every %ss and on SIGHUP",
+                    "cannot watch %s for changes (%s); rules are re-read every %ss and on "
+                    "SIGHUP",
                     folder,
                     exc,
                     self.interval,

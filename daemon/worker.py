@@ -379,9 +379,8 @@ class Worker:
         companions = [Path(name) for name in job.companions]
         if action == "move":
             if dest is None:
-                dest = free_path(
-                    self.settings.outbox / PurePosixPath(job.relative).parent, Path(job.source).name
-                )
+                dest = free_path(self.settings.outbox / PurePosixPath(job.relative).parent,
+                                 Path(job.source).name)
             place(Path(job.source), dest)
             self._move_companions(job, companions, dest)
         elif action == "keep":
@@ -398,13 +397,8 @@ class Worker:
                 Path(path).unlink(missing_ok=True)
         except OSError as exc:
             self.store.mark_source_left(job.source, job.sha256)
-            log.error(
-                "job %d: could not delete %s: %s; it stays in the inbox and is not "
-                "taken again until it changes",
-                job.id,
-                job.relative,
-                exc,
-            )
+            log.error("job %d: could not delete %s: %s; it stays in the inbox and is not "
+                      "taken again until it changes", job.id, job.relative, exc)
 
     def _settle_drop(self, job: Job, rule: Rule) -> None:
         """The last job of a drop to end takes care of the original: the rule's
@@ -422,13 +416,8 @@ class Worker:
                 self._settle_source(job, rule.source, None)
             except OSError as exc:
                 self.store.mark_source_left(job.source, job.sha256)
-                log.error(
-                    "job %d: could not %s the original %s: %s; it stays in the inbox",
-                    job.id,
-                    rule.source,
-                    job.relative,
-                    exc,
-                )
+                log.error("job %d: could not %s the original %s: %s; it stays in the inbox",
+                          job.id, rule.source, job.relative, exc)
             return
         relative = PurePosixPath(job.relative)
         folder = self.settings.failed_dir / relative.parent
@@ -637,9 +626,8 @@ class Worker:
             write_json(free_path(folder, f"{relative.name}.{job.variant}.error.json"), report)
         except OSError as exc:
             log.error("job %d: cannot write its error report to %s: %s", job.id, folder, exc)
-        log.warning(
-            "job %d (variant %s) failed: %s: %s", job.id, job.variant, relative, report["error"]
-        )
+        log.warning("job %d (variant %s) failed: %s: %s", job.id, job.variant, relative,
+                    report["error"])
         self._settle_drop(job, Rule.model_validate(job.rule_data))
 
     def _explain_encoder_failure(self, exc: VideoError) -> tuple[str, str]:

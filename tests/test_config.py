@@ -55,14 +55,8 @@ def test_config_file_paths_resolve_against_its_folder(
     conf_dir = tmp_path / "etc"
     config = write_config(
         conf_dir,
-        {
-            "inbox": ["drop", "../shared/in"],
-            "outbox": "out",
-            "state_dir": "var/state",
-            "settle_seconds": 0.5,
-            "device": "cuda:1",
-            "watch_mode": "polling",
-        },
+        {"inbox": ["drop", "../shared/in"], "outbox": "out", "state_dir": "var/state",
+         "settle_seconds": 0.5, "device": "cuda:1", "watch_mode": "polling"},
     )
     settings = load_settings(config)
     base = conf_dir.resolve()
@@ -157,9 +151,8 @@ def test_unknown_env_var_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("log_level", "LOUD", "log_level = 'LOUD'"),
     ],
 )
-def test_invalid_value_names_key_and_value(
-    tmp_path: Path, key: str, value: object, shown: str
-) -> None:
+def test_invalid_value_names_key_and_value(tmp_path: Path, key: str, value: object,
+                                           shown: str) -> None:
     config = write_config(tmp_path, {key: value})
     with pytest.raises(SettingsError) as err:
         load_settings(config)

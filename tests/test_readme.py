@@ -92,8 +92,6 @@ def test_daemon_runs_on_its_defaults(tmp_path: Path) -> None:
     sidecar = json.loads((tmp_path / "outbox" / "beach.motion.json").read_text())
     assert sidecar["effective"]["width"] == 512 and sidecar["effective"]["frames"] == 16
     assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == [
-        "beach.jpg",
-        "beach.motion.json",
-        "beach.motion.mp4",
+        "beach.jpg", "beach.motion.json", "beach.motion.mp4"
     ]
     assert (tmp_path / "state" / "i2vd.db").exists()

@@ -588,7 +588,8 @@ def test_an_edited_rule_is_used_for_the_next_drop_without_a_restart(
 
     layout.rule(
         "motion",
-        MOTION_RULE.replace("zoom_in", "pan_right") + 'output: {name: "{{ stem }}.edited"}\n',
+        MOTION_RULE.replace("zoom_in", "pan_right")
+        + 'output: {name: "{{ stem }}.edited"}\n',
     )
     wait_log(proc, "rule motion updated: ")
     make_image(layout.inbox / "b.jpg", seed=1)

@@ -305,6 +305,9 @@ def test_a_publish_failure_is_retried_then_quarantined(layout: Layout, block) ->
     bench.assert_clean()
 
 
+
+
+
 @pytest.mark.parametrize(
     "block",
     [
