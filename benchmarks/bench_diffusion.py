@@ -181,13 +181,14 @@ class Run:
             "peak_tflops_used": self.peak,
         }
 
-    def daemon_job(self, preset: dict[str, int], into: list[dict[str, Any]]) -> float:
+    def daemon_job(self, preset: dict[str, int], into: list[dict[str, Any]]) -> dict[str, Any]:
+        """One timed daemon job; returns its sidecar."""
         record: dict[str, Any] = {}
         with self.memory.span(record):
             seconds, sidecar = self.daemon.job(preset["resolution"])
         record.update(seconds=round(seconds, 3), load_s=sidecar["timings"].get("load"))
         into.append(record)
-        return seconds
+        return sidecar
 
     def raw(self, preset: dict[str, int], index: int, into: list[dict[str, Any]]) -> float:
         record: dict[str, Any] = {}
@@ -205,10 +206,10 @@ class Run:
         pipe = self.daemon.pipeline
         counted = probe.flops(pipe, preset)
         self.flops[name] = counted
-        instrumented = probe.phases(pipe, preset, self.device)
+        instrumented = probe.phases(pipe, preset, self.device) if name in self.args.phases else None
         raw: list[dict[str, Any]] = []
         daemon: list[dict[str, Any]] = []
-        for index in range(1, self.args.rounds + 1):
+        for index in range(1, self.args.preset_rounds.get(name, self.args.rounds) + 1):
             if index % 2:
                 self.raw(preset, index, raw)
                 self.daemon_job(preset, daemon)
@@ -269,7 +270,7 @@ class Run:
             on()
             jobs: list[dict[str, Any]] = []
             try:
-                for index in range(2):
+                for index in range(self.args.rung_jobs):
                     self.raw(preset, 100 + index, jobs)
             except Exception as exc:  # e.g. the tiny VAE's tiles are smaller than a kernel
                 results[saver] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
@@ -292,11 +293,10 @@ class Run:
                 results[name] = {"skipped": "budget spent"}
                 continue
             self.daemon.use(preset, VARIANTS[name])
-            first, _ = self.daemon.job(preset["resolution"])  # warm-up / compile
+            first, last = self.daemon.job(preset["resolution"])  # warm-up / compile
             jobs: list[dict[str, Any]] = []
             for _ in range(self.args.variant_jobs):
-                self.daemon_job(preset, jobs)
-            _, last = self.daemon.job(preset["resolution"])
+                last = self.daemon_job(preset, jobs)
             seconds = median([j["seconds"] for j in jobs])
             results[name] = {
                 "first_job_s": round(first, 3),
@@ -353,8 +353,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--full", action="store_true", help="full-size I2VGen-XL (random)")
     parser.add_argument("--model-dir", type=Path, help="build the model here once; reuse")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--presets", default="quick,standard", help="comma-separated")
     parser.add_argument("--rounds", type=int, default=3, help="raw/daemon pairs per preset")
+    parser.add_argument("--preset-rounds", default="", help="e.g. high=1 (else --rounds)")
+    parser.add_argument("--phases", default="quick,standard", help="presets timed per phase")
+    parser.add_argument("--rung-jobs", type=int, default=2, help="raw jobs per ladder saver")
     parser.add_argument("--creep-jobs", type=int, default=5)
     parser.add_argument("--creep-preset", default="quick")
     parser.add_argument("--variants", default="all", help=f"all or some of {list(VARIANTS)}")
@@ -367,16 +369,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a CPU)")
     parser.add_argument("--budget-s", type=float, default=420.0)
-    parser.add_argument("--sections", default="environment,presets,creep,rungs,variants,oom")
+    parser.add_argument(
+        "--sections",
+        default="environment,preset:standard,preset:quick,oom,creep,variants,rungs,preset:high",
+        help="in the order run (most wanted first: the budget may cut the tail)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    args.presets = [p for p in args.presets.split(",") if p]
+    args.preset_rounds = {
+        k: int(v) for k, v in (item.split("=") for item in args.preset_rounds.split(",") if item)
+    }
+    args.phases = args.phases.split(",")
     args.variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     args.ladder = args.ladder.split(",") if args.ladder else None
     args.sections = args.sections.split(",")
+    known = {"environment", "creep", "rungs", "variants", "oom"}
+    wrong = [x for x in args.sections if x not in known and not x.startswith("preset:")]
+    if wrong:
+        parser.error(f"unknown sections {wrong}; known: {sorted(known)} and preset:NAME")
     return args
 
 
@@ -409,22 +422,26 @@ def main(argv: list[str] | None = None) -> int:
             model_ready_s=round(time.monotonic() - started, 1),
             args={k: str(v) for k, v in vars(args).items()},
         )
-        if "environment" in args.sections:
-            run.section("environment", run.environment)
-        if "presets" in args.sections:
-            for name in args.presets:
+        for section in args.sections:
+            if section.startswith("preset:"):
+                name = section.split(":", 1)[1]
                 run.section(f"preset_{name}", lambda name=name: run.preset(name))
-        for name in ("creep", "rungs", "variants", "oom"):
-            if name in args.sections:
-                run.section(name, getattr(run, name))
+            else:
+                run.section(section, getattr(run, section))
+            # Written after every section: a run stopped by its time limit keeps the rest.
+            save(run.result, args.json)
         run.result["total_s"] = round(time.monotonic() - run.started, 1)
         daemon.store.close()
-    text = json.dumps(run.result, indent=2, default=str)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text, encoding="utf-8")
+    print(save(run.result, args.json))
     return 1 if run.result["errors"] else 0
+
+
+def save(result: dict[str, Any], path: Path | None) -> str:
+    text = json.dumps(result, indent=2, default=str)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return text
 
 
 if __name__ == "__main__":
