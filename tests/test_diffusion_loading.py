@@ -313,6 +313,11 @@ def test_download_progress_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyP
             for part in range(3):
                 (blobs / f"part{part}.incomplete").write_bytes(b"x" * 1_000_000)
                 time.sleep(0.3)
+            deadline = time.monotonic() + 10  # a loaded machine may delay the watcher
+            while (not watcher.reports or watcher.reports[-1] < 3_000_000) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
     finally:
         hub_log.removeHandler(handler)
     assert watcher.reports and watcher.reports[-1] == 3_000_000
