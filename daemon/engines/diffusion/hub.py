@@ -155,10 +155,14 @@ class DownloadWatcher:
         self.every = every
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._start = 0
         self.reports: list[int] = []
 
     def __enter__(self) -> DownloadWatcher:
         if self.hub_id is not None:
+            # Measured here, not in the thread: what arrives after entering is the download.
+            folder = _repo_folder(self.hub_id)
+            self._start = _bytes_under(folder) if folder.exists() else 0
             self._thread = threading.Thread(target=self._watch, name="download-watch", daemon=True)
             self._thread.start()
         return self
@@ -176,7 +180,7 @@ class DownloadWatcher:
     def _watch(self) -> None:
         assert self.hub_id is not None
         folder = _repo_folder(self.hub_id)
-        start = last = _bytes_under(folder) if folder.exists() else 0
+        start = last = self._start
         started = time.monotonic()
         while not self._stop.wait(self.every):
             now = _bytes_under(folder) if folder.exists() else 0
