@@ -269,11 +269,14 @@ def test_sidecar_speed_block_and_compile_warm_up(
     block = plain.effective_extra["speed"]
     assert block["compile"] is False and block["scheduler"] == "DDIMScheduler"
     assert block["steps"] == 2 and block["step_cache"] is None
-    assert "cudnn_benchmark not used" in block["notes"][0]
+    assert "notes" not in block  # cuDNN is on by default; not applying on a CPU is no news
 
-    settings = DiffusionSettings(compile=True, scheduler="dpm++", scheduler_steps=3)
+    settings = DiffusionSettings(
+        compile=True, scheduler="dpm++", scheduler_steps=3, cudnn_benchmark=True
+    )
     first = engine.render(make_request(model, 64, steps=2, diffusion=settings))
     block = first.effective_extra["speed"]
+    assert "cudnn_benchmark not used: cuDNN autotuning applies to CUDA" in block["notes"][0]
     assert block["compile"] is True and block["compile_warm_up_s"] > 0
     assert block["compile_graphs"]["recompiles"] == 0
     assert block["scheduler"] == "DPMSolverMultistepScheduler" and first.steps == 3

@@ -142,8 +142,15 @@ class Climb:
         """Run the compiled denoiser once at this job's size (two steps), so compiling
         happens at model load and not inside the first job's timing."""
         started = time.monotonic()
-        with seeded(self.seed, self.ctx.device):
-            self._call(steps=2, checkpoint=lambda fraction: None)
+        try:
+            with seeded(self.seed, self.ctx.device):
+                self._call(steps=2, checkpoint=lambda fraction: None)
+        except Exception as exc:
+            # Not the job's failure: the job itself compiles on its first step instead,
+            # and runs out of memory (if that was it) where the ladder can help.
+            traceback.clear_frames(exc.__traceback__)
+            log.warning("compile warm-up failed (%s); the first job compiles", first_line(exc))
+            release_memory(self.ctx.device)
         self.warm_up_seconds = time.monotonic() - started
         mark_warm(self.resident.warm)
         log.info(

@@ -244,7 +244,7 @@ class DiffusionEngine:
                 outcome = climb.run()
         finally:
             climb.revert_savers()
-        speed = effective(resident.warm, used)
+        speed = effective(resident.warm, used, settings.model_fields_set)
         if climb.warm_up_seconds is not None:
             speed["compile_warm_up_s"] = round(climb.warm_up_seconds, 3)
         if outcome.prompt_truncated:

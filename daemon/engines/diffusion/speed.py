@@ -274,14 +274,19 @@ def mark_warm(warm: WarmSwitches) -> None:
         warm.graphs_at_warm_up = _graphs()
 
 
-def effective(warm: WarmSwitches, job: JobSwitches) -> dict[str, Any]:
-    """The sidecar's ``effective.speed`` block: what was on, and why a requested one wasn't."""
+def effective(
+    warm: WarmSwitches, job: JobSwitches, asked: set[str] | frozenset[str] = frozenset(WARM)
+) -> dict[str, Any]:
+    """The sidecar's ``effective.speed`` block: what was on, and why one the rule asked
+    for (``asked``) wasn't; a default that does not apply here (cuDNN on a CPU) is not
+    worth a note on every job."""
     block: dict[str, Any] = {name: name in warm.undo for name in WARM}
     block.update(scheduler=job.scheduler, steps=job.steps, step_cache=job.step_cache)
     report = compile_report(warm)
     if report is not None:
         block["compile_graphs"] = report
-    notes = [f"{name} not used: {why}" for name, why in warm.notes.items()] + job.notes
+    notes = [f"{name} not used: {why}" for name, why in warm.notes.items() if name in asked]
+    notes += job.notes
     if notes:
         block["notes"] = notes
     return block
