@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+PROCESS_START = time.monotonic()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -69,6 +70,8 @@ TINY_PRESETS = {
     "standard": {"resolution": 256, "frames": 12, "fps": 8, "steps": 12},
     "high": {"resolution": 512, "frames": 8, "fps": 8, "steps": 10},
 }
+# torch.compile's warm-up of the full UNet with inductor: skipped when less time is left.
+COMPILE_NEEDS_S = 180.0
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
     "no_cudnn_benchmark": {"cudnn_benchmark": False},
@@ -164,6 +167,11 @@ class Run:
             file=sys.stderr,
             flush=True,
         )
+
+    def keep(self, name: str, partial: dict[str, Any]) -> None:
+        """Save a long section's results so far: the run may be stopped inside it."""
+        self.result[name] = partial
+        save(self.result, self.args.json)
 
     def environment(self) -> dict[str, Any]:
         measured = probe.matmul_tflops(self.device)
@@ -279,6 +287,7 @@ class Run:
                 if saver != "none":
                     ladder_module.revert((saver,), pipe, family, self.device)
             results[saver] = {"seconds": median([j["seconds"] for j in jobs]), "jobs": jobs}
+            self.keep("rungs", results)
         base = results["none"]["seconds"]
         for entry in results.values():
             if "seconds" in entry:
@@ -291,6 +300,10 @@ class Run:
         for name in self.args.variants:
             if time.monotonic() - self.started > self.args.budget_s:
                 results[name] = {"skipped": "budget spent"}
+                continue
+            left = self.args.limit_s - (time.monotonic() - PROCESS_START)
+            if name == "compile" and left < COMPILE_NEEDS_S:
+                results[name] = {"skipped": f"{left:.0f} s left; compiling needs more"}
                 continue
             self.daemon.use(preset, VARIANTS[name])
             first, last = self.daemon.job(preset["resolution"])  # warm-up / compile
@@ -310,6 +323,7 @@ class Run:
                 results[name]["utilisation_nominal"] = probe.utilisation(
                     flops["job_tflop"], seconds, self.peak
                 )
+            self.keep("variants", results)
         base = results.get("baseline", {}).get("median_s")
         if base:
             for entry in results.values():
@@ -368,10 +382,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="default: datasheet, else measured")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: 1 on a CPU)")
-    parser.add_argument("--budget-s", type=float, default=420.0)
+    parser.add_argument("--budget-s", type=float, default=420.0, help="start no section after")
+    parser.add_argument("--limit-s", type=float, default=3600.0, help="when the run is killed")
     parser.add_argument(
         "--sections",
-        default="environment,preset:standard,preset:quick,oom,creep,variants,rungs,preset:high",
+        default="environment,preset:standard,preset:quick,oom,creep,preset:high,variants,rungs",
         help="in the order run (most wanted first: the budget may cut the tail)",
     )
     parser.add_argument("--json", type=Path)

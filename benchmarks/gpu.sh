@@ -54,7 +54,7 @@ else
     device=cuda
     args=(--full --model-dir /tmp/i2vgen-xl-random --rounds 3 --preset-rounds high=1
           --phases standard,quick --creep-jobs 20 --variant-jobs 2 --rung-jobs 1
-          --oom-cap-gib 5 --budget-s "${BUDGET_S:-330}")
+          --oom-cap-gib 5 --budget-s "${BUDGET_S:-300}")
     limit="${LIMIT_S:-450}"
     nvidia-smi > "$out/nvidia-smi-before.txt" 2>&1
 fi
@@ -78,7 +78,7 @@ cat "$out/versions.txt" >&2
 
 log "benchmark on $device (limit ${limit} s)"
 timeout "$limit" "$python" benchmarks/bench_diffusion.py --device "$device" "${args[@]}" \
-    --json "$out/bench.json" > "$out/bench.log" 2>&1
+    --limit-s "$limit" --json "$out/bench.json" > "$out/bench.log" 2>&1
 status=$?
 tail -n 5 "$out/bench.log" >&2
 [ "$dry_run" = 1 ] || nvidia-smi > "$out/nvidia-smi-after.txt" 2>&1

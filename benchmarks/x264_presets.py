@@ -27,7 +27,10 @@ def main() -> None:
     request = RenderRequest(
         image=Image.fromarray(picture(1024, 768)),
         params=ResolvedParams(resolution=512, frames=32, fps=8, steps=30, guidance=9.0),
-        aspect="square", prompt="", negative_prompt="", model=None,
+        aspect="square",
+        prompt="",
+        negative_prompt="",
+        model=None,
         motion=MotionSettings(fade_in=0.25, fade_out=0.25),
     )
     frames = MotionEngine().render(request).frames
@@ -39,8 +42,14 @@ def main() -> None:
             for _ in range(5):
                 start = time.perf_counter()
                 writer = imageio_ffmpeg.write_frames(
-                    str(out), (512, 512), fps=8, codec="libx264", pix_fmt_out="yuv420p",
-                    macro_block_size=1, quality=None, ffmpeg_log_level="error",
+                    str(out),
+                    (512, 512),
+                    fps=8,
+                    codec="libx264",
+                    pix_fmt_out="yuv420p",
+                    macro_block_size=1,
+                    quality=None,
+                    ffmpeg_log_level="error",
                     output_params=["-crf", "18", "-preset", preset, "-movflags", "+faststart"],
                 )
                 writer.send(None)
