@@ -101,13 +101,14 @@ Rung = Literal[
     "lower_resolution",
 ]
 
-# Memory savers that keep the output first, then smaller outputs. Each rung adds to
-# the ones before it; "fewer_frames" halves the frames and "lower_resolution" steps
-# down one resolution, each skipped once the floor is reached.
+# Memory savers that keep the output first, ordered by memory saved per second of cost
+# (README, "What each rung costs"), then smaller outputs. Each rung adds to the ones
+# before it; "fewer_frames" halves the frames and "lower_resolution" steps down one
+# resolution. Rungs that change nothing for the family and size are skipped up front.
 DEFAULT_LADDER: tuple[Rung, ...] = (
+    "decode_chunk_1",
     "vae_slicing",
     "vae_tiling",
-    "decode_chunk_1",
     "forward_chunking",
     "cpu_offload",
     "fewer_frames",
@@ -140,22 +141,8 @@ class DiffusionSettings(_Strict):
     noise_aug_strength: float = Field(
         0.02, ge=0.0, le=1.0, description="Stable Video Diffusion: noise added to the image"
     )
-    # Ordered by memory saved per second of cost (README, "What each rung costs"); rungs
-    # that change nothing for the family and size are skipped before the first attempt.
     ladder: list[Rung] = Field(
-        default_factory=lambda: list[Rung](
-            (
-                "decode_chunk_1",
-                "vae_slicing",
-                "vae_tiling",
-                "forward_chunking",
-                "cpu_offload",
-                "fewer_frames",
-                "fewer_frames",
-                "lower_resolution",
-                "lower_resolution",
-            )
-        ),
+        default_factory=lambda: list(DEFAULT_LADDER),
         max_length=20,
         description="out-of-memory back-off, tried in order (unset: Wan and LTX try "
         "cpu_offload before forward_chunking)",
