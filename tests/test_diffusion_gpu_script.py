@@ -50,6 +50,9 @@ def test_gpu_script_dry_run_runs_every_section_end_to_end(tmp_path: Path) -> Non
     assert result["rungs"]["forward_chunking"]["cost_ratio"] > 0
     assert "needs CUDA" in result["oom"]["skipped"]
     assert result["environment"]["versions"]["diffusers"]
+    goals = result["goals"]
+    assert goals["standard_s"]["figure"] == result["preset_standard"]["daemon_median_s"]
+    assert goals["oom_recovery_ratio"]["met"] is None  # not measured on the CPU
     versions = (tmp_path / "versions.txt").read_text()
     assert "MISSING" not in versions and "ffmpeg" in versions
 
