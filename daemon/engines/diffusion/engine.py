@@ -1,5 +1,6 @@
-"""The diffusion engine: one warm pipeline at a time, and the out-of-memory ladder
-around each pipeline call.
+"""The diffusion engine: one warm pipeline at a time with its speed switches
+(``speed.py``), and a climb down the out-of-memory ladder around each job's pipeline
+call (``climb.py``).
 
 Threads: ``render`` runs on the worker thread; ``release_idle`` on the daemon's
 scheduler thread. A render marks the engine busy (under ``_state_lock``) for its whole
