@@ -430,8 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
         started = time.monotonic()
-        model = model_folder(args, scratch)
-        daemon = Daemon(scratch / "daemon", model, args.device)
+        try:
+            model = model_folder(args, scratch)
+            daemon = Daemon(scratch / "daemon", model, args.device)
+        except Exception as exc:  # nothing to measure: say why in the one results file
+            save({"errors": {"setup": f"{type(exc).__name__}: {exc}"[:2000]}}, args.json)
+            raise
         run = Run(args, daemon, presets)
         run.result.update(
             model="full I2VGen-XL (random weights)" if args.full else "tiny I2VGen-XL",
