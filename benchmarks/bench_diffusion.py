@@ -49,18 +49,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import diffusion_probe as probe  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
+from diffusion_daemon import Daemon  # noqa: E402
 
-from conftest import picture  # noqa: E402
-from daemon.config import load_settings  # noqa: E402
 from daemon.engines.diffusion import ladder as ladder_module  # noqa: E402
 from daemon.engines.diffusion import speed  # noqa: E402
 from daemon.engines.diffusion.families import BY_CLASS  # noqa: E402
-from daemon.intake import Intake  # noqa: E402
-from daemon.rules import BUILTIN_PRESETS, load_rules  # noqa: E402
-from daemon.store import JobStore  # noqa: E402
-from daemon.worker import Worker  # noqa: E402
+from daemon.rules import BUILTIN_PRESETS  # noqa: E402
 from tiny_pipelines import build_full_i2vgenxl, build_i2vgenxl  # noqa: E402
 
 # The tiny model's stand-ins for the presets (the smallest a rule allows): the same code
@@ -85,59 +79,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
-
-
-class Daemon:
-    """Intake and worker wired as the service wires them, on a temporary layout; the
-    rule's preset and diffusion block can change between jobs (the model stays warm)."""
-
-    def __init__(self, root: Path, model: Path, device: str) -> None:
-        self.root, self.model = root, model
-        for name in ("inbox", "outbox", "failed", "rules", "state"):
-            (root / name).mkdir(parents=True, exist_ok=True)
-        config = root / "i2vd.yaml"
-        config.write_text(
-            yaml.safe_dump({"device": device, "settle_seconds": 0, "log_level": "WARNING"}),
-            encoding="utf-8",
-        )
-        self.settings = load_settings(config)
-        self.store = JobStore(self.settings.database_url)
-        self.rules: list[Any] = []
-        self.intake = Intake(self.store, lambda: self.rules, self.settings.failed_dir, 3)
-        self.worker = Worker(self.settings, self.store, owner="bench:1")
-        self.count = 0
-
-    def use(self, params: dict[str, int], diffusion: dict[str, Any] | None = None) -> None:
-        rule = {
-            "engine": "diffusion",
-            "model": str(self.model),
-            "preset": "standard",
-            "params": {**params, "seed": 1},
-            "prompt": "{{ stem }} drifting slowly",
-            "negative_prompt": "blurry",
-            "diffusion": diffusion or {},
-        }
-        (self.root / "rules" / "bench.yaml").write_text(yaml.safe_dump(rule), encoding="utf-8")
-        self.rules, problems = load_rules(self.settings.rules_dir)
-        assert not problems, problems
-
-    def job(self, size: int) -> tuple[float, dict[str, Any]]:
-        self.count += 1
-        path = self.settings.inbox[0] / f"img{self.count}.png"
-        Image.fromarray(picture(size + 64, size, seed=self.count)).save(path)
-        result = self.intake.take(self.settings.inbox[0], path)
-        assert result.outcome == "queued", result
-        start = time.perf_counter()
-        job = self.worker.run_once(time.time())
-        elapsed = time.perf_counter() - start
-        assert job is not None and job.state == "done", job and job.error
-        assert job.sidecar_path
-        sidecar: dict[str, Any] = json.loads(Path(job.sidecar_path).read_text())
-        return elapsed, sidecar
-
-    @property
-    def pipeline(self) -> Any:
-        return self.worker.engines["diffusion"].pipeline  # type: ignore[attr-defined]
 
 
 class Run:
@@ -450,62 +391,11 @@ def main(argv: list[str] | None = None) -> int:
                 run.section(section, getattr(run, section))
             # Written after every section: a run stopped by its time limit keeps the rest.
             save(run.result, args.json)
-        run.result["goals"] = goals(run.result)
+        run.result["goals"] = probe.goals(run.result)
         run.result["total_s"] = round(time.monotonic() - run.started, 1)
         daemon.store.close()
     print(save(run.result, args.json))
     return 1 if run.result["errors"] else 0
-
-
-# Issue 13's goals on one H100/H200, read off the sections (None: not measured).
-GOALS = {
-    "standard_s": 5.0,
-    "standard_peak_allocated_gib": 8.0,
-    "quick_s": 1.6,
-    "high_s": 30.0,
-    "fastest_variant_standard_s": 3.0,
-    "oom_recovery_ratio": 3.0,
-    "creep_spread_mib": 50 / 1.048576,
-    "daemon_over_raw": 1.05,
-}
-
-
-def goals(result: dict[str, Any]) -> dict[str, Any]:
-    """Each goal's figure from this run and whether it is met (only meaningful on the
-    full-size model on a GPU; the tiny model's figures are a rehearsal)."""
-
-    def daemon_s(name: str) -> float | None:
-        section = result.get(f"preset_{name}") or {}
-        value = section.get("daemon_median_s")
-        return float(value) if value is not None else None
-
-    standard = result.get("preset_standard") or {}
-    peaks = [
-        j["peak_allocated_gib"] for j in standard.get("daemon", []) if "peak_allocated_gib" in j
-    ]
-    variants = [
-        v["median_s"]
-        for name, v in (result.get("variants") or {}).items()
-        if name != "baseline" and "median_s" in v
-    ]
-    figures = {
-        "standard_s": daemon_s("standard"),
-        "standard_peak_allocated_gib": max(peaks) if peaks else None,
-        "quick_s": daemon_s("quick"),
-        "high_s": daemon_s("high"),
-        "fastest_variant_standard_s": min(variants) if variants else None,
-        "oom_recovery_ratio": (result.get("oom") or {}).get("ratio"),
-        "creep_spread_mib": (result.get("creep") or {}).get("allocated_after_spread_mib"),
-        "daemon_over_raw": standard.get("daemon_over_raw"),
-    }
-    return {
-        name: {
-            "goal": GOALS[name],
-            "figure": value,
-            "met": None if value is None else value <= GOALS[name],
-        }
-        for name, value in figures.items()
-    }
 
 
 def save(result: dict[str, Any], path: Path | None) -> str:

@@ -236,3 +236,54 @@ def utilisation(job_tflop: float, seconds: float, peak_tflops: float | None) -> 
     if not peak_tflops or seconds <= 0:
         return None
     return round(job_tflop / seconds / peak_tflops, 4)
+
+
+# Issue 13's goals on one H100/H200, read off the sections (None: not measured).
+GOALS = {
+    "standard_s": 5.0,
+    "standard_peak_allocated_gib": 8.0,
+    "quick_s": 1.6,
+    "high_s": 30.0,
+    "fastest_variant_standard_s": 3.0,
+    "oom_recovery_ratio": 3.0,
+    "creep_spread_mib": 50 / 1.048576,
+    "daemon_over_raw": 1.05,
+}
+
+
+def goals(result: dict[str, Any]) -> dict[str, Any]:
+    """Each goal's figure from this run and whether it is met (only meaningful on the
+    full-size model on a GPU; the tiny model's figures are a rehearsal)."""
+
+    def daemon_s(name: str) -> float | None:
+        section = result.get(f"preset_{name}") or {}
+        value = section.get("daemon_median_s")
+        return float(value) if value is not None else None
+
+    standard = result.get("preset_standard") or {}
+    peaks = [
+        j["peak_allocated_gib"] for j in standard.get("daemon", []) if "peak_allocated_gib" in j
+    ]
+    variants = [
+        v["median_s"]
+        for name, v in (result.get("variants") or {}).items()
+        if name != "baseline" and "median_s" in v
+    ]
+    figures = {
+        "standard_s": daemon_s("standard"),
+        "standard_peak_allocated_gib": max(peaks) if peaks else None,
+        "quick_s": daemon_s("quick"),
+        "high_s": daemon_s("high"),
+        "fastest_variant_standard_s": min(variants) if variants else None,
+        "oom_recovery_ratio": (result.get("oom") or {}).get("ratio"),
+        "creep_spread_mib": (result.get("creep") or {}).get("allocated_after_spread_mib"),
+        "daemon_over_raw": standard.get("daemon_over_raw"),
+    }
+    return {
+        name: {
+            "goal": GOALS[name],
+            "figure": value,
+            "met": None if value is None else value <= GOALS[name],
+        }
+        for name, value in figures.items()
+    }
