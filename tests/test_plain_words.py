@@ -80,14 +80,28 @@ LISTED = {
     ),
     (
         "ModelUnavailable",
-        "the AI model {hub_id} is not on this computer yet, and it could not be fetched now",
+        "the AI model {hub_id} is not on this computer yet, and i2vd is set not to download models",
     ),
     (
         "ModelUnavailable",
-        "the AI model {hub_id} needs its licence accepted before this computer may download it",
+        "the AI model {hub_id} is not on this computer yet, and this computer cannot "
+        "reach the site it is downloaded from",
     ),
-    ("ModelUnavailable", "the AI model {hub_id} that this rule names does not exist online"),
+    (
+        "ModelUnavailable",
+        "the AI model {model} is not on this computer yet, and it could not be downloaded now",
+    ),
+    (
+        "ModelUnavailable",
+        "the AI model {model} needs its licence accepted before this computer may download it",
+    ),
+    ("ModelUnavailable", "the AI model {model} that this rule names does not exist online"),
     ("ModelUnavailable", "the AI model {source.hub_id} could not be loaded"),
+    (
+        "ModelUnavailable",
+        "the AI model {source.hub_id} is only partly on this computer, and the rest "
+        "cannot be downloaded now",
+    ),
     ("ModelUnavailable", "the AI model's description file {index} could not be read"),
     (
         "ModelUnavailable",
