@@ -41,6 +41,7 @@ FIGURES = {
     "worker": ("worker claim..finish per job", "ms"),
     "overhead_sidecar": ("per-job overhead from the sidecar (2a)", "ms"),
     "overhead_claim": ("per-job overhead, queue row claim..finish (2b)", "ms"),
+    "cpu": ("daemon CPU time per drop, its ffmpeg children included", "ms"),
     "peak_rss": ("peak RSS after the drops", "MB"),
     "burst_queued": ("burst: all queued", "s"),
     "burst_drained": ("burst: all processed", "s"),
@@ -92,7 +93,31 @@ def startup(work: Path, sentinel: Path, starts: int) -> dict[str, float]:
     return {"startup": spine.med(times)}
 
 
+CPU_USED: list[float] = []  # seconds, one entry per stopped CpuDaemon
+
+
+class CpuDaemon(spine.Daemon):
+    """Also counts the CPU time the daemon used from 'i2vd started' to its stop: less
+    swayed by other work on the machine than wall time is."""
+
+    def cpu_seconds(self) -> float:
+        # utime, stime, cutime, cstime: fields 14-17 of /proc/PID/stat (the name may hold ')').
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def wait_started(self, timeout: float = 60.0) -> float:
+        stamp = super().wait_started(timeout)
+        self._cpu_at_start = self.cpu_seconds()
+        return stamp
+
+    def stop(self) -> int:
+        if self.proc.poll() is None and hasattr(self, "_cpu_at_start"):
+            CPU_USED.append(self.cpu_seconds() - self._cpu_at_start)
+        return super().stop()
+
+
 def drops(work: Path, sentinel: Path, count: int) -> dict[str, float]:
+    CPU_USED.clear()
     result = spine.bench_latency(work, sentinel, count, 0)
     jobs = result["jobs"]
 
@@ -104,6 +129,7 @@ def drops(work: Path, sentinel: Path, count: int) -> dict[str, float]:
         "worker": col("worker"),
         "overhead_sidecar": col("overhead_sidecar"),
         "overhead_claim": col("overhead_claim_to_finish"),
+        "cpu": CPU_USED[0] / count * 1000,
         "peak_rss": result["memory_kb"]["1024x768"][0] / 1024,
     }
 
@@ -122,6 +148,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sentinel = spine.make_sentinel(work / "sentinel")
     # The verify timing measures this tree's code in this process: not a comparison.
     spine.time_verify = lambda path, reps: 0.0
+    spine.Daemon = CpuDaemon  # type: ignore[misc]
     steps: list[Callable[[Path], dict[str, float]]] = [
         lambda w: startup(w, sentinel, args.starts),
         lambda w: drops(w, sentinel, args.drops),
@@ -161,6 +188,8 @@ def report(results: dict[str, Any]) -> str:
         "| --- | --- | --- | --- |",
     ]
     for key, (label, unit) in FIGURES.items():
+        if any(key not in r[THIS] for r in rounds):
+            continue
         ours = [r[THIS][key] for r in rounds]
         theirs = [r[EARLIER][key] for r in rounds]
         ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
@@ -178,8 +207,8 @@ def main() -> int:
     parser.add_argument("commit", help="the earlier commit to compare against")
     parser.add_argument("--rounds", type=int, default=8, help="paired rounds")
     parser.add_argument("--starts", type=int, default=3, help="daemon starts per side a round")
-    parser.add_argument("--drops", type=int, default=6, help="1024x768 drops per side a round")
-    parser.add_argument("--burst", type=int, default=200, help="images in each burst")
+    parser.add_argument("--drops", type=int, default=8, help="1024x768 drops per side a round")
+    parser.add_argument("--burst", type=int, default=100, help="images in each burst")
     parser.add_argument("--json", type=Path, help="also write the raw results here, each round")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="i2vd-compare-"))
