@@ -14,8 +14,11 @@ from conftest import REPO
 
 DAEMON = REPO / "daemon"
 # Command-line output, never a failure report: its messages speak to admins at a shell
-# (queue_admin.py answers `i2vd retry`/`cancel`, never a job's report).
-NOT_REPORTS = {"explain.py", "cli.py", "admin.py", "admin_text.py", "doctor.py", "queue_admin.py"}
+# (`rules check`/`explain` and their parts; queue_admin.py answers `i2vd retry`/`cancel`).
+NOT_REPORTS = {
+    *("explain.py", "explain_format.py", "locate.py", "rules_check.py", "cli.py"),
+    *("admin.py", "admin_text.py", "doctor.py", "queue_admin.py"),
+}
 # Words a person who does not program cannot act on; their place is `detail`.
 JARGON = re.compile(
     r"(?i)`|\b(pillow|ffmpeg|ffprobe|errno|exception|traceback|stderr|stdout|returncode|"
