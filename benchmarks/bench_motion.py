@@ -13,7 +13,9 @@ minutes on 2 cores; `--quick` for a smoke check). It prints a Markdown table.
      i2vd's x264 settings (ffmpeg converts them to 4:2:0);
    - **(c) x264 alone**: i2vd's frames rendered beforehand, only the encoder timed
      (the practical limit of any renderer feeding this encoder).
-   The ratios are per round (i2vd over the peer, same round), then the median.
+   The ratios are per round (i2vd over the peer, same round), then the median and the
+   quartiles. Each run's CPU time (this process and its ffmpeg children, from
+   ``getrusage``) gives a second ratio that the machine's other load moves far less.
 2. Serial drops of 1024x768 JPEGs into a running daemon with the shipped rule
    (``rules/motion.yaml``: 512p, 4 s at 24 fps): wall time from the drop to the
    published sidecar, less the settle window, and the sidecar's own timings.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,8 +68,26 @@ RULE = load_rule_file(REPO / "rules" / "motion.yaml").rule
 FRAMES, FPS = RULE.motion.timing(RULE.resolved().frames, RULE.resolved().fps)
 
 
+OPENCV_THREADS = cv2.getNumThreads()  # the peers run with OpenCV's default pool
+
+
 def med(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def spread(values: list[float]) -> tuple[float, float, float, float, float]:
+    """Median, first and third quartile, lowest, highest."""
+    low, _, high = statistics.quantiles(values, n=4)
+    return med(values), low, high, min(values), max(values)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have been waited for."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # --- 1: one clip, four ways -----------------------------------------------------------------
@@ -117,6 +138,7 @@ def opencv_frames(source: np.ndarray) -> Iterator[np.ndarray]:
 
 
 def opencv_mp4v(source: np.ndarray, out: Path) -> float:
+    cv2.setNumThreads(OPENCV_THREADS)
     start = time.perf_counter()
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (SIDE, SIDE))
     for frame in opencv_frames(source):
@@ -126,6 +148,7 @@ def opencv_mp4v(source: np.ndarray, out: Path) -> float:
 
 
 def opencv_h264(source: np.ndarray, out: Path) -> float:
+    cv2.setNumThreads(OPENCV_THREADS)
     start = time.perf_counter()
     command = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
@@ -163,19 +186,24 @@ def bench_clip(work: Path, rounds: int) -> dict[str, Any]:
     for name, run in runs.items():  # warm: imports, first ffmpeg start, page cache
         run(outs[name])
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for index in range(rounds):
         # Rotate the order each round, so no way is always first after a pause.
         for name in names[index % 4 :] + names[: index % 4]:
+            before = cpu_seconds()
             times[name].append(runs[name](outs[name]))
-    ratios = {
-        peer: [p / o for o, p in zip(times["i2vd"], times[peer], strict=True)]
-        for peer in ("a", "b", "c")
-    }
+            cpu[name].append(cpu_seconds() - before)
+
+    def per_round(measure: dict[str, list[float]], peer: str) -> list[float]:
+        return [p / o for o, p in zip(measure["i2vd"], measure[peer], strict=True)]
+
     return {
         "rounds": rounds,
         "fps": {name: FRAMES / med(t) for name, t in times.items()},
-        "ratios": {peer: (med(r), min(r), max(r)) for peer, r in ratios.items()},
+        "cpu_ms": {name: 1000 * med(c) / FRAMES for name, c in cpu.items()},
+        "ratios": {peer: spread(per_round(times, peer)) for peer in ("a", "b", "c")},
+        "cpu_ratios": {peer: spread(per_round(cpu, peer)) for peer in ("a", "b", "c")},
         "kib": {name: path.stat().st_size // 1024 for name, path in outs.items()},
         "streams": {name: f"{(i := probe(path)).codec} {i.pix_fmt}" for name, path in outs.items()},
     }
@@ -242,21 +270,22 @@ def bench_batch(work: Path, count: int) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> str:
-    clip, fps, ratios = r["clip"], r["clip"]["fps"], r["clip"]["ratios"]
+    clip, fps, cpu_ms = r["clip"], r["clip"]["fps"], r["clip"]["cpu_ms"]
 
-    def ratio(peer: str) -> str:
-        middle, low, high = ratios[peer]
-        return f"{middle:.2f} (rounds {low:.2f}-{high:.2f})"
+    def ratio(kind: str, peer: str) -> str:
+        middle, q1, q3, low, high = clip[kind][peer]
+        return f"{middle:.2f} (IQR {q1:.2f}-{q3:.2f}, rounds {low:.2f}-{high:.2f})"
 
     lines = [
         f"{SIDE}x{SIDE}, {FRAMES} frames ({FRAMES / FPS:g} s at {FPS} fps) from a "
         f"{SOURCE[0]}x{SOURCE[1]} picture, {clip['rounds']} rotating rounds; "
         f"{os.cpu_count()} cores",
         "",
-        "| way | frames/s (median) | i2vd / it, per round | KiB | stream |",
-        "| --- | --- | --- | --- | --- |",
-        f"| i2vd motion + H.264 | {fps['i2vd']:.0f} | - | {clip['kib']['i2vd']} "
-        f"| {clip['streams']['i2vd']} |",
+        "| way | frames/s (median) | i2vd / it, wall, per round | CPU ms a frame "
+        "| i2vd / it, CPU time, per round | KiB | stream |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| i2vd motion + H.264 | {fps['i2vd']:.0f} | - | {cpu_ms['i2vd']:.2f} | - "
+        f"| {clip['kib']['i2vd']} | {clip['streams']['i2vd']} |",
     ]
     labels = {
         "a": "(a) OpenCV, mp4v",
@@ -265,8 +294,8 @@ def report(r: dict[str, Any]) -> str:
     }
     for peer, label in labels.items():
         lines.append(
-            f"| {label} | {fps[peer]:.0f} | {ratio(peer)} | {clip['kib'][peer]} "
-            f"| {clip['streams'][peer]} |"
+            f"| {label} | {fps[peer]:.0f} | {ratio('ratios', peer)} | {cpu_ms[peer]:.2f} "
+            f"| {ratio('cpu_ratios', peer)} | {clip['kib'][peer]} | {clip['streams'][peer]} |"
         )
     if "daemon" in r:
         d = r["daemon"]
