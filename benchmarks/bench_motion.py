@@ -4,7 +4,7 @@ Run from the repository root: `.venv/bin/python benchmarks/bench_motion.py` (abo
 minutes on 2 cores; `--quick` for a smoke check). It prints a Markdown table.
 
 1. Frames/s for one clip (512x512, 96 frames: 4 s at 24 fps, the shipped rule's zoom,
-   from a 1024x768 photo), in alternating rounds, each round timing:
+   from a 1024x768 photo), in rounds, each timing:
    - **i2vd**: ``MotionEngine.stream`` straight into ``encode_mp4`` (the daemon's path);
    - **(a) OpenCV mp4v**: the plain OpenCV Ken Burns (``cv2.warpAffine`` bilinear and
      ``cv2.addWeighted`` fades on BGR frames) written by ``cv2.VideoWriter`` as MPEG-4
@@ -13,11 +13,12 @@ minutes on 2 cores; `--quick` for a smoke check). It prints a Markdown table.
      i2vd's x264 settings (ffmpeg converts them to 4:2:0);
    - **(c) x264 alone**: i2vd's frames rendered beforehand, only the encoder timed
      (the practical limit of any renderer feeding this encoder).
-   The ratios are per round (i2vd over the peer, same round), then the median and the
-   quartiles. Each run's CPU time (this process and its ffmpeg children, from
-   ``getrusage``) gives a second ratio that the machine's other load moves far less.
-   Then what rendering costs on one thread (CPU time), against what a renderer may
-   spend for i2vd to reach 0.9x (c) on cores that x264 alone already keeps busy.
+   Each round runs every peer right next to its own i2vd run; the ratios are per pair
+   (i2vd's frames/s over the peer's), then the median and the quartiles. Each run's CPU
+   time (this process and its ffmpeg children, from ``getrusage``) gives a second ratio
+   that the machine's other load moves far less. Then what rendering costs on one
+   thread (CPU time), against what a renderer may spend for i2vd to reach 0.9x (c) on
+   cores that x264 alone already keeps busy.
 2. Serial drops of 1024x768 JPEGs into a running daemon with the shipped rule
    (``rules/motion.yaml``: 512p, 4 s at 24 fps): wall time from the drop to the
    published sidecar, less the settle window, and the sidecar's own timings.
@@ -73,6 +74,7 @@ RULE = load_rule_file(REPO / "rules" / "motion.yaml").rule
 FRAMES, FPS = RULE.motion.timing(RULE.resolved().frames, RULE.resolved().fps)
 
 
+PEERS = ["a", "b", "c"]
 OPENCV_THREADS = cv2.getNumThreads()  # the peers run with OpenCV's default pool
 
 
@@ -192,23 +194,35 @@ def bench_clip(work: Path, rounds: int) -> dict[str, Any]:
         run(outs[name])
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for index in range(rounds):
-        # Rotate the order each round, so no way is always first after a pause.
-        for name in names[index % 4 :] + names[: index % 4]:
-            before = cpu_seconds()
-            times[name].append(runs[name](outs[name]))
-            cpu[name].append(cpu_seconds() - before)
+    pairs: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in PEERS}
 
-    def per_round(measure: dict[str, list[float]], peer: str) -> list[float]:
-        return [p / o for o, p in zip(measure["i2vd"], measure[peer], strict=True)]
+    def timed(name: str) -> tuple[float, float]:
+        before = cpu_seconds()
+        seconds = runs[name](outs[name])
+        used = cpu_seconds() - before
+        times[name].append(seconds)
+        cpu[name].append(used)
+        return seconds, used
+
+    for index in range(rounds):
+        # Each peer runs right next to an i2vd run (the load on a shared machine drifts
+        # within seconds), i2vd first in every other round; the peers' order rotates.
+        for peer in PEERS[index % 3 :] + PEERS[: index % 3]:
+            if index % 2:
+                theirs, ours_ = timed(peer), timed("i2vd")
+            else:
+                ours_, theirs = timed("i2vd"), timed(peer)
+            pairs[peer].append((*ours_, *theirs))
+
+    def per_round(peer: str, column: int) -> list[float]:
+        return [pair[column + 2] / pair[column] for pair in pairs[peer]]
 
     return {
         "rounds": rounds,
         "fps": {name: FRAMES / med(t) for name, t in times.items()},
         "cpu_ms": {name: 1000 * med(c) / FRAMES for name, c in cpu.items()},
-        "ratios": {peer: spread(per_round(times, peer)) for peer in ("a", "b", "c")},
-        "cpu_ratios": {peer: spread(per_round(cpu, peer)) for peer in ("a", "b", "c")},
+        "ratios": {peer: spread(per_round(peer, 0)) for peer in PEERS},
+        "cpu_ratios": {peer: spread(per_round(peer, 1)) for peer in PEERS},
         "kib": {name: path.stat().st_size // 1024 for name, path in outs.items()},
         "streams": {name: f"{(i := probe(path)).codec} {i.pix_fmt}" for name, path in outs.items()},
     }
@@ -320,11 +334,11 @@ def report(r: dict[str, Any]) -> str:
 
     lines = [
         f"{SIDE}x{SIDE}, {FRAMES} frames ({FRAMES / FPS:g} s at {FPS} fps) from a "
-        f"{SOURCE[0]}x{SOURCE[1]} picture, {clip['rounds']} rotating rounds; "
+        f"{SOURCE[0]}x{SOURCE[1]} picture, {clip['rounds']} rounds of pairs; "
         f"{os.cpu_count()} cores",
         "",
-        "| way | frames/s (median) | i2vd / it, wall, per round | CPU ms a frame "
-        "| i2vd / it, CPU time, per round | KiB | stream |",
+        "| way | frames/s (median) | i2vd / it, wall, per pair | CPU ms a frame "
+        "| i2vd / it, CPU time, per pair | KiB | stream |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         f"| i2vd motion + H.264 | {fps['i2vd']:.0f} | - | {cpu_ms['i2vd']:.2f} | - "
         f"| {clip['kib']['i2vd']} | {clip['streams']['i2vd']} |",
