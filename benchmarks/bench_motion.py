@@ -244,7 +244,7 @@ def bench_render(budget_of: float) -> dict[str, Any]:
     this quality can skip (a 16-bit cubic resample of the luma, a bilinear one of the
     chroma, the Lanczos resample of the picture, shared by the clip's frames)."""
     image = Image.fromarray(picture(*SOURCE, seed=7))
-    engine = MotionEngine()  # one OpenCV thread, as in a job
+    engine = MotionEngine(threads=1)  # on this thread, where thread_time sees it
     level = make_level(image, crop_box(*SOURCE, SIDE, SIDE), SIDE, SIDE, RULE.motion.zoom)
     luma, chroma = level.y, np.dstack([level.u, level.v])
     return {
