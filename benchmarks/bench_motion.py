@@ -1,6 +1,6 @@
 """The motion engine + H.264 against its peers, and clips through the daemon.
 
-Run from the repository root: `.venv/bin/python benchmarks/bench_motion.py` (about 4
+Run from the repository root: `.venv/bin/python benchmarks/bench_motion.py` (about 5
 minutes on 2 cores; `--quick` for a smoke check). It prints a Markdown table.
 
 1. Frames/s for one clip (512x512, 96 frames: 4 s at 24 fps, the shipped rule's zoom,
@@ -387,7 +387,7 @@ def report(r: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds: a smoke check")
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--drops", type=int, default=8)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--only-clip", action="store_true", help="skip the daemon parts")

@@ -9,7 +9,7 @@ far less than one frame, so a direct write would make the renderer wait for x264
 Where Linux allows, the pipe is widened to 1 MiB (``PIPE_BYTES``): with 64 KiB a frame
 crosses in six writes, the feeder needs the GIL back between them, and whenever the
 render thread holds it, x264 waits for input (measured on 2 busy cores: i2vd's clip
-took 1.2x as long as with the wider pipe).
+took 1.1-1.3x as long as with the wider pipe).
 An in-process encoder (PyAV) would save the pipe's copy, but bring a second FFmpeg
 and x264 build into the daemon's process (where a crash in either ends every job),
 and a second binary to keep in step with the one that probes and verifies.
