@@ -42,6 +42,7 @@ from .worker import Worker, engine_options
 log = logging.getLogger(__name__)
 
 RELEASE_IDLE_SECONDS = 30.0
+FORGET_SILENT_DAEMONS_SECONDS = 86400.0
 
 
 class StartupError(Exception):
@@ -134,7 +135,7 @@ class Service:
         s = self.settings
         self._open()
         # Jobs name their inbox; this host's folders (and outbox) give their paths here.
-        self.store.host_paths = HostPaths(s.inbox_names, s.outbox)
+        self.store.host_paths = HostPaths.of(s)
         # The queue's clock, not this host's: jobs' times are on the database's clock.
         self._started_at = self.store.now()
         for job in self.store.recover(self.host, None, alive=_other_process_alive):
@@ -380,6 +381,8 @@ class Service:
         get on every start) come back once their lease has run out."""
         for job in self.store.recover(None):
             log.warning("job %d: its daemon stopped renewing its lease; queued again", job.id)
+        # Daemons that died without leaving the registry drop off its list after a day.
+        self.store.daemons.forget_silent(FORGET_SILENT_DAEMONS_SECONDS)
         self._wake.set()
 
     def _rescan(self) -> None:
