@@ -30,6 +30,7 @@ from .engines import Engine, EngineUnavailable, get_engine
 from .host_paths import HostPaths
 from .intake import Intake
 from .last_good import record_path
+from .migrate import SchemaTooNew
 from .publish import sweep_temporaries
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
@@ -123,8 +124,10 @@ class Service:
         except ImportError as exc:
             raise StartupError(
                 f"the database driver for {_redact(s.database_url)} is not installed "
-                f"({exc.msg}); install it, e.g. pip install 'psycopg[binary]' for PostgreSQL"
+                f"({exc.msg}); install it, e.g. pip install 'i2vd[postgres]' for PostgreSQL"
             ) from None
+        except SchemaTooNew as exc:
+            raise StartupError(str(exc)) from None
         except SQLAlchemyError as exc:
             raise StartupError(
                 f"cannot open the queue database {_redact(s.database_url)}: "
