@@ -302,3 +302,31 @@ def test_a_broken_gpu_fails_no_image_and_its_daemon_exits_to_be_restarted(
         assert "illegal memory access" in row.reason
     finally:
         store.close()
+
+
+SKEWED_CLOCK_SITE = Path(__file__).resolve().parent / "skewed_clock_site"
+
+
+def test_a_daemon_whose_clock_is_an_hour_off_steals_nothing(layout: Layout, daemon) -> None:
+    """Leases are judged by the database's clock: a host an hour ahead does not take the
+    other daemon's running jobs as expired, nor is its own taken from it."""
+    layout.write_config(lease_seconds=6)
+    url = load_settings(layout.config_file).database_url
+    path = os.pathsep.join(
+        p for p in (str(SKEWED_CLOCK_SITE), os.environ.get("PYTHONPATH")) if p
+    )
+    ahead = daemon(env={"PYTHONPATH": path, "I2VD_TEST_CLOCK_SKEW": "3600"})
+    normal = daemon()
+    ahead.wait_started()
+    normal.wait_started()
+    names = drop_images(layout.inbox, 20)
+    wait_for(lambda: done_count(url) == 20, timeout=300, interval=0.5)
+    assert ahead.stop() == 0
+    assert normal.stop() == 0
+
+    jobs = queue_rows(url)
+    assert_each_image_published_once(layout.outbox, names, jobs)
+    assert all(job.attempts == 1 for job in jobs)  # no lease was taken over
+    for proc in (ahead, normal):
+        assert "stopped renewing its lease" not in proc.log
+        assert "another daemon took it over" not in proc.log
