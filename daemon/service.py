@@ -34,6 +34,7 @@ from .engines import Engine, EngineUnavailable, get_engine
 from .host_paths import HostPaths
 from .intake import Intake
 from .last_good import record_path
+from .migrate import SchemaTooNew
 from .publish import sweep_temporaries
 from .queue_view import STOPPED, Activity, daemon_state
 from .rules import LoadedRule
@@ -48,6 +49,7 @@ from .worker import Worker, engine_options
 log = logging.getLogger(__name__)
 
 RELEASE_IDLE_SECONDS = 30.0
+FORGET_SILENT_DAEMONS_SECONDS = 86400.0
 # A daemon heard from this recently counts as one more worker in the page's estimates.
 STATUS_ALIVE_SECONDS = 60.0
 
@@ -130,8 +132,10 @@ class Service:
         except ImportError as exc:
             raise StartupError(
                 f"the database driver for {_redact(s.database_url)} is not installed "
-                f"({exc.msg}); install it, e.g. pip install 'psycopg[binary]' for PostgreSQL"
+                f"({exc.msg}); install it, e.g. pip install 'i2vd[postgres]' for PostgreSQL"
             ) from None
+        except SchemaTooNew as exc:
+            raise StartupError(str(exc)) from None
         except SQLAlchemyError as exc:
             raise StartupError(
                 f"cannot open the queue database {_redact(s.database_url)}: "
@@ -142,7 +146,7 @@ class Service:
         s = self.settings
         self._open()
         # Jobs name their inbox; this host's folders (and outbox) give their paths here.
-        self.store.host_paths = HostPaths(s.inbox_names, s.outbox)
+        self.store.host_paths = HostPaths.of(s)
         # The queue's clock, not this host's: jobs' times are on the database's clock.
         self._started_at = self.store.now()
         for job in self.store.recover(self.host, None, alive=_other_process_alive):
@@ -404,6 +408,8 @@ class Service:
         get on every start) come back once their lease has run out."""
         for job in self.store.recover(None):
             log.warning("job %d: its daemon stopped renewing its lease; queued again", job.id)
+        # Daemons that died without leaving the registry drop off its list after a day.
+        self.store.daemons.forget_silent(FORGET_SILENT_DAEMONS_SECONDS)
         self._wake.set()
 
     def _rescan(self) -> None:
