@@ -17,6 +17,9 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from .webhooks import Webhook
+from .windows import Window
+
 ENV_PREFIX = "I2VD_"
 
 
@@ -68,6 +71,14 @@ class Settings(BaseSettings):
     retry_delay_seconds: float = Field(10.0, ge=0, le=86400)
     lease_seconds: float = Field(120.0, gt=5, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # When each engine may take new jobs (README "Schedule windows"); none: always.
+    windows: list[Window] = Field(default_factory=list)
+    # Prometheus: /metrics on metrics_host:metrics_port while running (off unless set);
+    # metrics_textfile is rewritten for node_exporter's textfile collector.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_textfile: Path | None = None
+    webhooks: list[Webhook] = Field(default_factory=list)
     # Directory that relative paths are resolved against: the config file's folder
     # when there is one, else the working directory.
     base_dir: Path = Field(default_factory=Path.cwd)
@@ -88,6 +99,8 @@ class Settings(BaseSettings):
         self.inbox = [(base / p.expanduser()).resolve() for p in self.inbox]
         for key in ("outbox", "failed_dir", "rules_dir", "state_dir"):
             setattr(self, key, (base / Path(getattr(self, key)).expanduser()).resolve())
+        if self.metrics_textfile is not None:
+            self.metrics_textfile = (base / self.metrics_textfile.expanduser()).resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.state_dir / 'i2vd.db'}"
         self._check_layout()

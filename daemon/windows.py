@@ -2,8 +2,8 @@
 
 A window such as ``{engine: diffusion, start: "22:00", end: "06:00", days: mon-fri,
 timezone: Europe/Berlin}`` opens at 22:00 local time on each listed day and closes at
-06:00 the next morning. Engines without a window are always open; an engine with
-several windows is open while any of them is.
+06:00 the next morning; an end equal to the start means a whole day. Engines without
+a window are always open; an engine with several windows is open while any of them is.
 
 "Open" is judged from the wall clock before each claim, never by timers at the
 boundaries: a delayed boundary timer would be skipped silently, and a daemon started
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Far enough to find the next opening of a window open on one day a week.
@@ -31,7 +31,8 @@ class Window(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    engine: str = Field(min_length=1)
+    # The engines a rule may name (rules.Rule.engine); a typo must not pass silently.
+    engine: Literal["diffusion", "motion"]
     start: dt.time
     end: dt.time
     # The days the window *opens* on: "mon-fri", "sat,sun", "mon-wed,fri", "*".
@@ -66,15 +67,6 @@ class Window(BaseModel):
                 f"unknown time zone {value!r}; use a name such as Europe/Berlin or UTC"
             ) from None
         return value
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> Window:
-        if self.start == self.end:
-            raise ValueError(
-                "start and end are equal; for an engine that may always run, leave it "
-                "out of windows"
-            )
-        return self
 
     @property
     def day_set(self) -> frozenset[int]:
