@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100)
     retry_delay_seconds: float = Field(10.0, ge=0, le=86400)
     lease_seconds: float = Field(120.0, gt=5, le=86400)
+    # The watchdog's patience: a running job silent this long between steps (or, before
+    # its first step, while a model loads) counts as hung, and the pings to systemd stop.
+    stall_seconds: float = Field(300.0, gt=0, le=86400)
+    model_load_seconds: float = Field(1800.0, gt=0, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # When each engine may take new jobs (README "Schedule windows"); none: always.
     windows: list[Window] = Field(default_factory=list)
