@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -120,22 +119,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(settings: Settings, once: bool) -> int:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # APScheduler logs every timer tick at INFO and skipped overlaps at WARNING.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    # At DEBUG, watchdog logs every raw inotify event, the daemon's own reads included.
-    logging.getLogger("watchdog").setLevel(
-        max(logging.INFO, logging.getLevelName(settings.log_level))
-    )
+    from .logs import setup
+
+    # A live progress line only for `run --once` in a terminal (never under systemd).
+    progress = setup(settings.log_level, live=once)
 
     from .service import Service, StartupError  # keeps `i2vd --help` light
 
     try:
-        return Service(settings, once=once).run()
+        return Service(settings, once=once, progress_line=progress).run()
     except StartupError as exc:
         print(f"i2vd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -16,10 +16,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .engines import JobInterrupted
-from .store import Capabilities, JobStore
+from .store import JobStore
 from .windows import Window, closing, is_open
+
+if TYPE_CHECKING:
+    from .store import Capabilities
 
 ENGINES = ("motion", "diffusion")
 CHECK_INTERVAL = 1.0
@@ -37,6 +41,8 @@ class Gate:
     closed: dict[str, dt.datetime | None] = field(default_factory=dict)  # engine -> reopens
 
     def can_run(self, engines: Sequence[str] = ENGINES) -> Capabilities | None:
+        from .store import Capabilities
+
         if self.paused:
             return None
         open_engines = tuple(e for e in engines if e not in self.closed)
@@ -60,7 +66,7 @@ class JobControl:
     def gate(self) -> Gate:
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         control = self.store.control.get()
-        closed = {}
+        closed: dict[str, dt.datetime | None] = {}
         for engine in {w.engine for w in self.windows}:
             state = is_open(self.windows, engine, now)
             if not state.open:

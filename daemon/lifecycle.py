@@ -182,6 +182,7 @@ class Lifecycle:
     def job_started(self, job: Job) -> None:
         assert job.id is not None
         self._job, self._progress = job, 0.0
+        self._had_pending = True  # a job shorter than a status refresh still drains
         self.liveness.job_started(job.id)
         if self.metrics is not None:
             self.metrics.job_started(job)

@@ -23,8 +23,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
 from .config import Settings
+from .control import Gate
 from .engines import Engine, EngineUnavailable, get_engine
 from .intake import Intake
+from .lifecycle import Lifecycle
+from .logs import ProgressLine
 from .publish import sweep_temporaries
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
@@ -42,9 +45,14 @@ class StartupError(Exception):
 
 
 class Service:
-    def __init__(self, settings: Settings, once: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, once: bool = False, progress_line: ProgressLine | None = None
+    ) -> None:
         self.settings = settings
         self.once = once
+        self.progress_line = progress_line
+        # Set by the SIGHUP handler's reload: READY=1 follows RELOADING=1 once it is done.
+        self._announce_reload = threading.Event()
         self.stop_event = threading.Event()
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}"
@@ -72,9 +80,12 @@ class Service:
         drained = False
         try:
             while not self.stop_event.wait(0.2):
+                self.lifecycle.tick()
                 if self._reload_requested:
                     self._reload_requested = False
                     log.info("received SIGHUP: reloading the rules")
+                    self.lifecycle.reloading()
+                    self._announce_reload.set()
                     self.rules_watcher.request(0.0)
                 if self.once and self._drained():
                     drained = True
@@ -84,6 +95,7 @@ class Service:
         try:
             return self._exit_code(drained) if self.once else 0
         finally:
+            self.lifecycle.close()
             self.store.close()
 
     def _exit_code(self, drained: bool) -> int:
@@ -124,6 +136,10 @@ class Service:
     def _start(self) -> None:
         s = self.settings
         self._open()
+        self.lifecycle = Lifecycle(
+            s, self.store, self.host, self._gate, progress_line=self.progress_line
+        )
+        self.lifecycle.starting("recovering jobs and sweeping scratch files")
         for job in self.store.recover(self.host, time.time(), alive=_other_process_alive):
             log.warning(
                 "job %d was running when i2vd stopped; queued again (%s)", job.id, job.relative
@@ -131,6 +147,7 @@ class Service:
         for path in sweep_temporaries([s.outbox, s.failed_dir]):
             log.info("removed a temporary left by an earlier crash: %s", path)
         self._sweep_work_dir()
+        self.lifecycle.starting("loading the rules")
         self._load_rules()
 
         self.tracker = SettleTracker(s.inbox, s.settle_seconds)
@@ -141,7 +158,14 @@ class Service:
             s.max_attempts,
             on_queued=lambda job: self._wake.set(),
         )
-        self.worker = Worker(s, self.store, self.owner, stop=self.stop_event)
+        self.worker = Worker(
+            s,
+            self.store,
+            self.owner,
+            stop=self.stop_event,
+            on_step=self.lifecycle.job_step,
+            on_claim=self.lifecycle.job_started,
+        )
         self.watcher = InboxWatcher(self.tracker, s.watch_mode)
         if not self.once:
             try:
@@ -171,14 +195,25 @@ class Service:
         )
         self.scheduler.add_job(self._release_idle, "interval", seconds=RELEASE_IDLE_SECONDS)
         self.scheduler.start()
+        self.lifecycle.starting("scanning the inboxes")
         self._rescan()  # whatever arrived while the daemon was down
         self._scanned.set()
+        try:
+            self.lifecycle.start_metrics()
+        except OSError as exc:
+            self.scheduler.shutdown(wait=False)
+            self.watcher.stop()
+            self.store.close()
+            raise StartupError(
+                f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({exc.strerror}); "
+                "choose a free metrics_port or stop what uses it"
+            ) from None
 
         # Rule edits take effect without a restart: file events (debounced), a rescan
         # as often as the inbox's for shares where events never come, and SIGHUP.
         self.rules_watcher = RulesWatcher(
             s.rules_dir,
-            self._reload_rules,
+            self._reload_and_announce,
             mode=s.watch_mode,
             interval=None if self.once else s.rescan_seconds,
             observe=not self.once,
@@ -187,6 +222,7 @@ class Service:
 
         self._worker_thread = threading.Thread(target=self._work_loop, name="worker")
         self._worker_thread.start()
+        self.lifecycle.liveness.worker = self._worker_thread
         log.info(
             "i2vd started: watching %s (%s), %d rule(s), outbox %s, database %s",
             ", ".join(map(str, s.inbox)),
@@ -195,9 +231,14 @@ class Service:
             s.outbox,
             _redact(s.database_url),
         )
+        self.lifecycle.ready()
+
+    def _gate(self) -> Gate:
+        return Gate(paused=False)
 
     def _shutdown(self) -> None:
         log.info("stopping: the running job, if any, goes back to the queue")
+        self.lifecycle.stopping()
         self.stop_event.set()
         self._wake.set()
         self.rules_watcher.stop()
@@ -247,6 +288,14 @@ class Service:
         if not self.ruleset.snapshot:
             log.warning("no valid rules in %s: images will wait in the inbox", rules_dir)
         self._check_engines(self.ruleset.snapshot)
+
+    def _reload_and_announce(self) -> None:
+        try:
+            self._reload_rules()
+        finally:
+            if self._announce_reload.is_set():
+                self._announce_reload.clear()
+                self.lifecycle.reloaded()
 
     def _reload_rules(self) -> None:
         """Runs on the rules watcher's thread after a change, a rescan or SIGHUP."""
@@ -323,6 +372,7 @@ class Service:
         while not self.stop_event.is_set():
             try:
                 job = self.worker.run_once(time.time())
+                self.lifecycle.job_ended(job)
                 if job is None:
                     self._wake.wait(self._idle_wait())
                     self._wake.clear()

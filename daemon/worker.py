@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -146,6 +147,9 @@ class Worker:
     stop: threading.Event = field(default_factory=threading.Event)
     engines: dict[str, Engine] = field(default_factory=dict)
     current: Job | None = None
+    # Told of each claimed job and each step, for the watchdog, status and metrics.
+    on_claim: Callable[[Job], None] = lambda job: None
+    on_step: Callable[[Job, float], None] = lambda job, done: None
     _last_progress_write: float = 0.0
     _last_progress_log: float = 0.0
 
@@ -155,6 +159,7 @@ class Worker:
         if job is None:
             return None
         self.current = job
+        self.on_claim(job)
         self._last_progress_write = self._last_progress_log = time.monotonic()
         try:
             self._run(job)
@@ -501,6 +506,7 @@ class Worker:
         """
         if self.stop.is_set():
             raise JobInterrupted()
+        self.on_step(job, done)
         assert job.id is not None
         now = time.monotonic()
         if now - self._last_progress_write >= 1.0:
