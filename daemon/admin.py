@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .config import Settings
+from .control import set_aside
 from .problems import Problem
 from .publish import place
 from .store import Job, JobState, JobStore
@@ -218,7 +219,7 @@ def cancel(store: JobStore, settings: Settings, ids: Iterable[int]) -> list[Outc
         result = str(store.request_cancel(job_id))
         if result == "cancelled":
             job = store.get(job_id)
-            where = _set_aside(store, settings, job) if job is not None else None
+            where = set_aside(store, settings, job) if job is not None else None
             tail = f"; its image is in {where}" if where else ""
             outcomes.append(Outcome(job_id, True, f"job {job_id} cancelled{tail}"))
         elif result == "requested":
@@ -235,42 +236,32 @@ def cancel(store: JobStore, settings: Settings, ids: Iterable[int]) -> list[Outc
     return outcomes
 
 
-def _set_aside(store: JobStore, settings: Settings, job: Job) -> Path | None:
-    """Move a cancelled job's image to failed/ with a report, unless other variants of
-    the same drop still need it (the last of them settles it)."""
-    from .publish import quarantine
-
-    if any(s.state in ("queued", "running", "retrying") for s in store.siblings(job)):
-        return None
-    source = Path(job.source)
-    if not source.is_file():
-        return None
-    report = {
-        "error": "cancelled by an administrator",
-        "hint": f"to make it after all: i2vd retry {job.id}",
-        "rule": job.rule_name,
-        "source": job.relative,
-        "sha256": job.sha256,
-        "job": job.id,
-    }
-    relative = PurePosixPath(job.relative)
-    return quarantine(source, settings.failed_dir / relative.parent, report)
-
-
 def retry(
     store: JobStore, settings: Settings, ids: Sequence[int] = (), failed: bool = False
 ) -> list[Outcome]:
-    """Put failed (or cancelled) jobs back: the image returns from failed/ to its place
-    in the inbox, its stale report is removed, and the job is queued again."""
+    """Put failed (or cancelled) jobs' images back where they were dropped.
+
+    The image returns from failed/ to its place in the inbox and its stale report is
+    removed; the daemon's intake then queues it again with the rules in force now (so
+    a fixed rule applies). An image that never left the inbox is queued again as it
+    was. ``failed``: every failed job whose image is still in failed/.
+    """
     if failed:
-        ids = [job.id for job in store.list_jobs([JobState.FAILED], limit=100_000) if job.id]
-    return [_retry_one(store, settings, job_id) for job_id in ids]
+        jobs = store.list_jobs([JobState.FAILED], limit=1_000_000)
+        return [_retry_one(store, settings, job) for job in jobs if _in_failed(settings, job)]
+    outcomes = []
+    for job_id in ids:
+        job = store.get(job_id)
+        if job is None:
+            outcomes.append(Outcome(job_id, False, f"there is no job {job_id}"))
+        else:
+            outcomes.append(_retry_one(store, settings, job))
+    return outcomes
 
 
-def _retry_one(store: JobStore, settings: Settings, job_id: int) -> Outcome:
-    job = store.get(job_id)
-    if job is None:
-        return Outcome(job_id, False, f"there is no job {job_id}")
+def _retry_one(store: JobStore, settings: Settings, job: Job) -> Outcome:
+    assert job.id is not None
+    job_id = job.id
     if job.state not in (JobState.FAILED, JobState.CANCELLED):
         return Outcome(
             job_id, False, f"job {job_id} is {job.state}; only failed or cancelled jobs are retried"
@@ -283,21 +274,24 @@ def _retry_one(store: JobStore, settings: Settings, job_id: int) -> Outcome:
             return Outcome(
                 job_id,
                 False,
-                f"job {job_id}: {job.relative} is back in the inbox already as another file; "
-                f"its failed copy stays in {image}",
+                f"job {job_id}: another file is at {job.relative} in the inbox; its failed "
+                f"image stays in {image}",
             )
         source.parent.mkdir(parents=True, exist_ok=True)
         place(image, source)
         _companions_back(job, image)
         report.unlink(missing_ok=True)
-    elif not _same_file(source, job):
+        return Outcome(
+            job_id, True, f"job {job_id}: {job.relative} is back in the inbox and is queued again"
+        )
+    if not _same_file(source, job):
         return Outcome(
             job_id,
             False,
-            f"job {job_id}: its image is neither in {settings.failed_dir} nor in the inbox; "
-            "drop it into the inbox again",
+            f"job {job_id}: its image is neither in {settings.failed_dir} nor in the inbox "
+            "any more; drop it into the inbox again",
         )
-    try:
+    try:  # it never left the inbox (it could not be moved): the same job again
         queued = store.retry(job_id)
     except Problem as exc:
         return Outcome(job_id, False, f"job {job_id}: {exc.message}")
