@@ -32,8 +32,10 @@ ENGINES = ("motion", "diffusion")
 CHECK_INTERVAL = 1.0
 
 
-class JobCancelled(Exception):
-    """``i2vd cancel`` asked the running job to stop: it ends as cancelled."""
+class JobCancelled(JobInterrupted):
+    """``i2vd cancel`` asked the running job to stop: it ends as cancelled. A kind of
+    interruption, so every engine lets it through as it does a shutdown; the worker
+    tells the two apart."""
 
 
 @dataclass
