@@ -26,6 +26,7 @@ from .config import Settings
 from .control import Gate
 from .engines import Engine, EngineUnavailable, get_engine
 from .intake import Intake
+from .last_good import record_path
 from .lifecycle import Lifecycle
 from .logs import ProgressLine
 from .publish import sweep_temporaries
@@ -56,7 +57,7 @@ class Service:
         self.stop_event = threading.Event()
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}"
-        self.ruleset = RuleSet(settings.rules_dir)
+        self.ruleset = RuleSet(settings.rules_dir, record=record_path(settings.state_dir))
         # Engines built only to check that rules' engines can run here (never rendered
         # with), kept so a reload does not build them again.
         self._engine_checks: dict[str, Engine] = {}
