@@ -19,9 +19,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .config import Settings
-from .control import set_aside
 from .problems import Problem
-from .publish import place
+from .publish import place, quarantine
 from .store import Job, JobState, JobStore
 from .windows import is_open
 
@@ -335,3 +334,23 @@ def _companions_back(job: Job, image: Path) -> None:
         moved = image.with_name(image.stem + original.suffix)
         if moved.is_file() and not original.exists():
             place(moved, original)
+
+
+def set_aside(store: JobStore, settings: Settings, job: Job) -> Path | None:
+    """Move a cancelled job's image to failed/ with a report, unless other variants of
+    the same drop still need it (the last of them settles it)."""
+    if any(s.state in ("queued", "running", "retrying") for s in store.siblings(job)):
+        return None
+    source = Path(job.source)
+    if not source.is_file():
+        return None
+    report = {
+        "error": "cancelled by an administrator",
+        "hint": f"to make it after all: i2vd retry {job.id}",
+        "rule": job.rule_name,
+        "source": job.relative,
+        "sha256": job.sha256,
+        "job": job.id,
+    }
+    relative = PurePosixPath(job.relative)
+    return quarantine(source, settings.failed_dir / relative.parent, report)

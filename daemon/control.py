@@ -16,13 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .config import Settings
 from .engines import JobInterrupted
-from .publish import quarantine
-from .store import Job, JobStore
+from .store import JobStore
 from .windows import Window, closing, is_open
 
 if TYPE_CHECKING:
@@ -93,23 +90,3 @@ class JobControl:
         now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
         if closing(self.windows, engine, now) is not None:
             raise JobInterrupted(f"the schedule window for {engine} closed")
-
-
-def set_aside(store: JobStore, settings: Settings, job: Job) -> Path | None:
-    """Move a cancelled job's image to failed/ with a report, unless other variants of
-    the same drop still need it (the last of them settles it)."""
-    if any(s.state in ("queued", "running", "retrying") for s in store.siblings(job)):
-        return None
-    source = Path(job.source)
-    if not source.is_file():
-        return None
-    report = {
-        "error": "cancelled by an administrator",
-        "hint": f"to make it after all: i2vd retry {job.id}",
-        "rule": job.rule_name,
-        "source": job.relative,
-        "sha256": job.sha256,
-        "job": job.id,
-    }
-    relative = PurePosixPath(job.relative)
-    return quarantine(source, settings.failed_dir / relative.parent, report)
