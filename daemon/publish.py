@@ -12,18 +12,21 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .problems import RetryableProblem
+
 TEMP_MARK = ".i2vd-tmp"
 NAME_MAX = 255  # bytes in one file name on Linux filesystems and SMB shares
+# Whether a name is in use; the disk by default, any answer for a plan made ahead.
+Taken = Callable[[Path], bool]
 
 
-class PublishError(Exception):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+class PublishError(RetryableProblem):
+    """A file could not be read, written or moved (full disk, permissions, a share gone):
+    retryable, since the folder may be fixed or come back meanwhile."""
 
 
 def temp_name(dest: Path) -> Path:
@@ -107,7 +110,7 @@ def _rename_no_replace(src: Path, dest: Path) -> None:
     os.unlink(src)
 
 
-def free_stem(folder: Path, stem: str, suffixes: Iterable[str]) -> str:
+def free_stem(folder: Path, stem: str, suffixes: Iterable[str], taken: Taken = Path.exists) -> str:
     """``stem``, or ``stem-2``, ``stem-3``…: the first for which no ``stem+suffix`` exists.
 
     A stem too long for the filesystem's 255-byte names (once a suffix and a counter are
@@ -117,16 +120,16 @@ def free_stem(folder: Path, stem: str, suffixes: Iterable[str]) -> str:
     room = NAME_MAX - max(len(s.encode()) for s in suffixes) - len("-999")
     stem = stem.encode()[:room].decode(errors="ignore")
     candidate, n = stem, 1
-    while any((folder / f"{candidate}{s}").exists() for s in suffixes):
+    while any(taken(folder / f"{candidate}{s}") for s in suffixes):
         n += 1
         candidate = f"{stem}-{n}"
     return candidate
 
 
-def free_path(folder: Path, name: str) -> Path:
+def free_path(folder: Path, name: str, taken: Taken = Path.exists) -> Path:
     """``folder/name``, or ``name`` with ``-2``, ``-3``… before its extension if taken."""
     path = Path(name)
-    stem = free_stem(folder, path.stem, [path.suffix])
+    stem = free_stem(folder, path.stem, [path.suffix], taken)
     return folder / f"{stem}{path.suffix}"
 
 

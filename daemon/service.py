@@ -345,7 +345,7 @@ class Service:
         with self._intake_lock:
             for root, path in self.tracker.poll(time.time()):
                 try:
-                    outcome = self.intake.take(root, path).outcome
+                    outcome: str = self.intake.take(root, path).outcome
                 except Exception:
                     # One unreadable file must not stop intake of the others.
                     log.exception("intake of %s failed; it stays in the inbox", path)
