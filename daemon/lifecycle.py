@@ -183,6 +183,7 @@ class Lifecycle:
         assert job.id is not None
         self._job, self._progress = job, 0.0
         self._had_pending = True  # a job shorter than a status refresh still drains
+        self._last_status = 0.0  # say which job runs at the next tick
         self.liveness.job_started(job.id)
         if self.metrics is not None:
             self.metrics.job_started(job)
