@@ -18,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import failure, outputs, recovery
+from . import admin, failure, outputs, recovery
 from .config import Settings
+from .control import JobCancelled
 from .engines import Engine, JobInterrupted
 from .images import read_facts, sha256_of
 from .ownership import identity
@@ -115,10 +116,15 @@ class Worker:
                     "those attempts, then move the image back into the inbox to try again",
                 )
             self._process(scope, job, rule, work_file)
-        except JobInterrupted:
+        except JobCancelled as exc:
+            outputs.discard_partial(scope, job)
+            if self.store.cancel(job.id, time.time(), str(exc), owner=self.owner):
+                where = admin.set_aside(self.store, self.settings, job)
+                log.info("job %d cancelled by an administrator; image: %s", job.id, where)
+        except JobInterrupted as exc:
             outputs.discard_partial(scope, job)
             self.store.requeue_interrupted(job.id, owner=self.owner)
-            log.info("job %d interrupted by shutdown; back in the queue", job.id)
+            log.info("job %d interrupted (%s); back in the queue", job.id, exc or "shutdown")
         except outputs.Superseded as exc:
             outputs.discard_partial(scope, job)
             self.store.cancel(job.id, time.time(), str(exc), owner=self.owner)
