@@ -58,8 +58,8 @@ class Lifecycle:
         self.webhooks = Webhooks(settings.webhooks)
         self.metrics: Metrics | None = None
         self.progress_line = progress_line
-        self._job: Job | None = None
-        self._progress = 0.0
+        # The jobs this daemon runs now: id -> (the claimed row, fraction done).
+        self._running: dict[int, tuple[Job, float]] = {}
         self._last_ping = 0.0
         self._stalled = False
         self._last_status = 0.0
@@ -154,13 +154,16 @@ class Lifecycle:
         parts = [f"{waiting} queued"]
         if self.progress_line is not None:
             parts.insert(0, f"{self._done_this_run} done")
-        job = self._job
-        if job is not None:
-            parts.append(f"job {job.id} {job.relative} {100 * self._progress:.0f}%")
-            eta = self._eta()
+        # copy(): one step under the GIL, while worker threads add and remove jobs.
+        running = sorted(self._running.copy().items())
+        for _job_id, (job, done) in running[:2]:
+            parts.append(f"job {job.id} {job.relative} {100 * done:.0f}%")
+            eta = _eta(job, done)
             if eta is not None:
                 parts.append(f"ETA {_clock(eta)}")
-        elif not waiting:
+        if len(running) > 2:
+            parts.append(f"{len(running) - 2} more running")
+        if not running and not waiting:
             parts.append("idle")
         gate = self._gate()
         if gate.paused:
@@ -170,18 +173,11 @@ class Lifecycle:
             parts.append(f"{engine} closed until {when}")
         return " · ".join(parts)
 
-    def _eta(self) -> float | None:
-        job = self._job
-        if job is None or self._progress < 0.05 or job.started_at is None:
-            return None
-        elapsed = max(0.0, time.time() - job.started_at)
-        return elapsed * (1 - self._progress) / self._progress
-
     # --- jobs ----------------------------------------------------------------------------
 
     def job_started(self, job: Job) -> None:
         assert job.id is not None
-        self._job, self._progress = job, 0.0
+        self._running[job.id] = (job, 0.0)
         self._had_pending = True  # a job shorter than a status refresh still drains
         self._last_status = 0.0  # say which job runs at the next tick
         self.liveness.job_started(job.id)
@@ -190,25 +186,27 @@ class Lifecycle:
 
     def job_step(self, job: Job, done: float) -> None:
         assert job.id is not None
-        self._progress = done
+        self._running[job.id] = (job, done)
         self.liveness.step(job.id)
 
-    def job_ended(self, job: Job | None) -> None:
-        """After an attempt, with the job's row as it is now."""
-        self._job = None
-        self.liveness.job_ended()
-        if job is None:
+    def job_ended(self, claimed: Job, row: Job | None) -> None:
+        """After an attempt: ``claimed`` as it was claimed, ``row`` as it is now (None
+        when it could not be read)."""
+        assert claimed.id is not None
+        self._running.pop(claimed.id, None)
+        self.liveness.job_ended(claimed.id)
+        self._last_status = 0.0  # show the change at the next tick
+        if row is None:
             return
-        outcome = OUTCOME_BY_STATE.get(job.state)
+        outcome = OUTCOME_BY_STATE.get(row.state)
         if outcome == "done":
             self._done_this_run += 1
         if self.metrics is not None and outcome is not None:
-            self.metrics.job_ended(job, outcome)
-        if job.state == "failed" and self.webhooks.wants("failed"):
-            self.webhooks.send("failed", job_payload(job, self.host))
-        elif job.state == "done" and self.webhooks.wants("done"):
-            self.webhooks.send("done", job_payload(job, self.host))
-        self._last_status = 0.0  # show the change at the next tick
+            self.metrics.job_ended(row, outcome)
+        if row.state == "failed" and self.webhooks.wants("failed"):
+            self.webhooks.send("failed", job_payload(row, self.host))
+        elif row.state == "done" and self.webhooks.wants("done"):
+            self.webhooks.send("done", job_payload(row, self.host))
 
     # --- metrics' live view -----------------------------------------------------------
 
@@ -216,9 +214,8 @@ class Lifecycle:
         from .metrics import Live
 
         gate = self._gate()
-        running = []
-        if self._job is not None:
-            running.append((self._job.rule_name, self._job.engine, self._progress))
+        jobs = self._running.copy().values()
+        running = [(job.rule_name, job.engine, done) for job, done in jobs]
         windows: dict[str, bool] = {
             w.engine: w.engine not in gate.closed for w in self.settings.windows
         }
@@ -235,6 +232,14 @@ class Lifecycle:
             self.metrics.write_textfile(self.settings.metrics_textfile)
         except OSError as exc:
             log.warning("cannot write metrics to %s: %s", self.settings.metrics_textfile, exc)
+
+
+def _eta(job: Job, done: float) -> float | None:
+    """Seconds left at the pace so far (None before 5 %: too early to tell)."""
+    if done < 0.05 or job.started_at is None:
+        return None
+    elapsed = max(0.0, time.time() - job.started_at)
+    return elapsed * (1 - done) / done
 
 
 def _clock(seconds: float) -> str:

@@ -45,45 +45,39 @@ class Liveness:
         self._clock = clock
         self._lock = threading.Lock()
         self._loop_at = clock()
-        self._job: int | None = None
-        self._job_at = 0.0
-        self._stepped = False
-        self.worker: threading.Thread | None = None
+        # job id -> (when it last did something, whether it has made a step yet)
+        self._jobs: dict[int, tuple[float, bool]] = {}
+        self.workers: list[threading.Thread] = []
 
     def loop_tick(self) -> None:
         self._loop_at = self._clock()
 
     def job_started(self, job_id: int) -> None:
         with self._lock:
-            self._job, self._job_at, self._stepped = job_id, self._clock(), False
+            self._jobs[job_id] = (self._clock(), False)
 
     def step(self, job_id: int) -> None:
         """The job did something: a denoising step, a frame, a heartbeat."""
         with self._lock:
-            if self._job == job_id:
-                self._job_at, self._stepped = self._clock(), True
+            if job_id in self._jobs:
+                self._jobs[job_id] = (self._clock(), True)
 
-    def job_ended(self) -> None:
+    def job_ended(self, job_id: int) -> None:
         with self._lock:
-            self._job = None
-
-    @property
-    def current_job(self) -> int | None:
-        return self._job
+            self._jobs.pop(job_id, None)
 
     def verdict(self) -> Verdict:
         now = self._clock()
         if now - self._loop_at > LOOP_ALLOWANCE:
             return Verdict(False, f"the main loop has not run for {now - self._loop_at:.0f}s")
-        if self.worker is not None and not self.worker.is_alive():
-            return Verdict(False, "the worker thread has died")
+        if any(not thread.is_alive() for thread in self.workers):
+            return Verdict(False, "a worker thread has died")
         with self._lock:
-            job, since, stepped = self._job, self._job_at, self._stepped
-        if job is None:
-            return Verdict(True)
-        allowance = self.stall_seconds if stepped else self.load_seconds
-        silent = now - since
-        if silent > allowance:
-            what = "since its last step" if stepped else "since it started (no first step)"
-            return Verdict(False, f"job {job} has made no progress for {silent:.0f}s {what}")
+            jobs = dict(self._jobs)
+        for job, (since, stepped) in sorted(jobs.items()):
+            allowance = self.stall_seconds if stepped else self.load_seconds
+            silent = now - since
+            if silent > allowance:
+                what = "since its last step" if stepped else "since it started (no first step)"
+                return Verdict(False, f"job {job} has made no progress for {silent:.0f}s {what}")
         return Verdict(True)

@@ -32,7 +32,7 @@ from .logs import ProgressLine
 from .publish import sweep_temporaries
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
-from .store import JobState, JobStore
+from .store import Job, JobState, JobStore
 from .watch import InboxWatcher, SettleTracker, scan
 from .worker import Worker, engine_options
 
@@ -159,14 +159,14 @@ class Service:
             s.max_attempts,
             on_queued=lambda job: self._wake.set(),
         )
-        self.worker = Worker(
-            s,
-            self.store,
-            self.owner,
-            stop=self.stop_event,
-            on_step=self.lifecycle.job_step,
-            on_claim=self.lifecycle.job_started,
-        )
+        self.worker = self._new_worker()
+        # Further motion-only workers: several motion jobs at once on a many-core host.
+        # They share the engines (the motion engine holds no state); a diffusion job
+        # only ever runs on the first worker, one at a time.
+        self.workers = [self.worker] + [
+            self._new_worker(self.worker.engines, "motion")
+            for _ in range(s.motion_job_slots() - 1)
+        ]
         self.watcher = InboxWatcher(self.tracker, s.watch_mode)
         if not self.once:
             try:
@@ -190,7 +190,7 @@ class Service:
             self._recover_expired, "interval", seconds=max(5.0, s.lease_seconds / 2)
         )
         self.scheduler.add_job(
-            lambda: self.worker.heartbeat(time.time()),
+            self._heartbeat,
             "interval",
             seconds=max(1.0, s.lease_seconds / 4),
         )
@@ -221,9 +221,13 @@ class Service:
         )
         self.rules_watcher.start()
 
-        self._worker_thread = threading.Thread(target=self._work_loop, name="worker")
-        self._worker_thread.start()
-        self.lifecycle.liveness.worker = self._worker_thread
+        self._worker_threads = [
+            threading.Thread(target=self._work_loop, args=(worker,), name=f"worker-{index}")
+            for index, worker in enumerate(self.workers)
+        ]
+        for thread in self._worker_threads:
+            thread.start()
+        self.lifecycle.liveness.workers = list(self._worker_threads)
         log.info(
             "i2vd started: watching %s (%s), %d rule(s), outbox %s, database %s",
             ", ".join(map(str, s.inbox)),
@@ -245,7 +249,8 @@ class Service:
         self.rules_watcher.stop()
         self.scheduler.shutdown(wait=True)
         self.watcher.stop()
-        self._worker_thread.join()
+        for thread in self._worker_threads:
+            thread.join()
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:
@@ -369,11 +374,37 @@ class Service:
         with self._intake_lock:
             self.intake.retain(present)
 
-    def _work_loop(self) -> None:
+    def _heartbeat(self) -> None:
+        for worker in self.workers:
+            worker.heartbeat(time.time())
+
+    def _new_worker(
+        self, engines: dict[str, Engine] | None = None, only_engine: str | None = None
+    ) -> Worker:
+        return Worker(
+            self.settings,
+            self.store,
+            self.owner,
+            self.stop_event,
+            engines if engines is not None else {},
+            only_engine,
+            on_claim=self.lifecycle.job_started,
+            on_step=self.lifecycle.job_step,
+            on_end=self._job_ended,
+        )
+
+    def _job_ended(self, claimed: Job) -> None:
+        """After each attempt (also one that raised): metrics and webhooks read the row."""
+        try:
+            row = self.store.get(claimed.id) if claimed.id is not None else None
+        except SQLAlchemyError:
+            row = None
+        self.lifecycle.job_ended(claimed, row)
+
+    def _work_loop(self, worker: Worker) -> None:
         while not self.stop_event.is_set():
             try:
-                job = self.worker.run_once(time.time())
-                self.lifecycle.job_ended(job)
+                job = worker.run_once(time.time())
                 if job is None:
                     self._wake.wait(self._idle_wait())
                     self._wake.clear()

@@ -59,10 +59,13 @@ class Worker:
     owner: str  # "host:pid", the lease holder's name
     stop: threading.Event = field(default_factory=threading.Event)
     engines: dict[str, Engine] = field(default_factory=dict)
+    # Only jobs of this engine: the extra workers that run motion jobs side by side.
+    only_engine: str | None = None
     current: Job | None = None
     # Told of each claimed job and each step, for the watchdog, status and metrics.
     on_claim: Callable[[Job], None] = lambda job: None
     on_step: Callable[[Job, float], None] = lambda job, done: None
+    on_end: Callable[[Job], None] = lambda job: None
     _last_progress_write: float = 0.0
     _last_progress_log: float = 0.0
 
@@ -72,7 +75,7 @@ class Worker:
 
     def run_once(self, now: float) -> Job | None:
         """Claim and run one job; None when nothing is runnable."""
-        job = self.store.claim(self.owner, now, self.settings.lease_seconds)
+        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self.only_engine)
         if job is None or job.id is None:
             return None
         self.current = job
@@ -82,6 +85,7 @@ class Worker:
             self._run(job)
         finally:
             self.current = None
+            self.on_end(job)
         return self.store.get(job.id)
 
     def heartbeat(self, now: float) -> None:
@@ -124,7 +128,8 @@ class Worker:
         except JobInterrupted as exc:
             outputs.discard_partial(scope, job)
             self.store.requeue_interrupted(job.id, owner=self.owner)
-            log.info("job %d interrupted (%s); back in the queue", job.id, exc or "shutdown")
+            why = f"({exc})" if str(exc) else "by shutdown"
+            log.info("job %d interrupted %s; back in the queue", job.id, why)
         except outputs.Superseded as exc:
             outputs.discard_partial(scope, job)
             self.store.cancel(job.id, time.time(), str(exc), owner=self.owner)

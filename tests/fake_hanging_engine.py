@@ -19,6 +19,9 @@ class FakeHangingEngine(motion.MotionEngine):
         threading.Event().wait()  # never set: only a kill ends this
         raise AssertionError("unreachable")
 
+    # The worker streams frames from engines that can; this one cannot.
+    stream = render
+
 
 # get_engine imports MotionEngine from the module when a job first asks for it.
 motion.MotionEngine = FakeHangingEngine  # type: ignore[misc]

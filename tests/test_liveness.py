@@ -49,7 +49,7 @@ def test_a_job_gets_the_load_allowance_before_its_first_step_then_the_stall_allo
     assert not verdict.alive and "job 7" in verdict.reason and "last step" in verdict.reason
     live.step(7)  # it recovered
     assert live.verdict().alive
-    live.job_ended()
+    live.job_ended(7)
     clock.now += 100
     live.loop_tick()
     assert live.verdict().alive  # idle is fine
@@ -65,11 +65,26 @@ def test_a_job_that_never_steps_is_hung_after_the_load_allowance() -> None:
     assert not live.verdict().alive
 
 
+def test_each_of_several_jobs_is_judged_on_its_own() -> None:
+    clock = Clock()
+    live = Liveness(stall_seconds=10, load_seconds=60, clock=clock)
+    live.job_started(1)
+    live.job_started(2)
+    live.step(1)
+    live.step(2)
+    for _ in range(3):
+        clock.now += 5
+        live.step(1)  # job 1 keeps going, job 2 is stuck
+        live.loop_tick()
+    verdict = live.verdict()
+    assert not verdict.alive and "job 2" in verdict.reason
+
+
 def test_a_dead_worker_thread_is_not_alive() -> None:
     live = Liveness(10, 60)
     thread = threading.Thread(target=lambda: None)
     thread.start()
     thread.join()
-    live.worker = thread
+    live.workers = [thread]
     verdict = live.verdict()
-    assert not verdict.alive and "worker thread" in verdict.reason
+    assert not verdict.alive and "worker thread has died" in verdict.reason
