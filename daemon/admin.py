@@ -36,7 +36,11 @@ class AdminProblem(Problem):
 
 
 def open_store(settings: Settings) -> JobStore:
-    return JobStore(settings.database_url)
+    from .host_paths import HostPaths
+
+    store = JobStore(settings.database_url)
+    store.host_paths = HostPaths(settings.inbox_names, settings.outbox)  # paths as seen here
+    return store
 
 
 def me() -> str:

@@ -16,16 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from .capabilities import ALL_ENGINES
 from .engines import JobInterrupted
 from .store import JobStore
 from .windows import Window, closing, is_open
 
-if TYPE_CHECKING:
-    from .store import Capabilities
-
-ENGINES = ("motion", "diffusion")
 CHECK_INTERVAL = 1.0
 
 
@@ -42,13 +38,9 @@ class Gate:
     paused: bool
     closed: dict[str, dt.datetime | None] = field(default_factory=dict)  # engine -> reopens
 
-    def can_run(self, engines: Sequence[str] = ENGINES) -> Capabilities | None:
-        from .store import Capabilities
-
-        if self.paused:
-            return None
-        open_engines = tuple(e for e in engines if e not in self.closed)
-        return Capabilities(engines=open_engines) if open_engines else None
+    def held(self) -> frozenset[str]:
+        """The engines whose jobs must not start now: all while paused."""
+        return frozenset(ALL_ENGINES) if self.paused else frozenset(self.closed)
 
 
 class JobControl:

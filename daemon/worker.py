@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import admin, failure, outputs, recovery
+from .breaker import GPU_ENGINES, DeviceBreaker, DeviceFault
+from .capabilities import ALL_ENGINES, Capabilities
 from .config import Settings
 from .control import JobCancelled
 from .engines import Engine, JobInterrupted
@@ -31,7 +33,8 @@ from .render import engine_options, model_location, render_video
 from .rules import Rule
 from .scope import Scope
 from .sidecar import build_sidecar
-from .store import Job, JobStore
+from .store import Job, JobStore, LeaseLost
+from .tables import DaemonState
 
 __all__ = ["Worker", "engine_options", "model_location", "source_pixels_needed"]
 
@@ -62,10 +65,15 @@ class Worker:
     # Only jobs of this engine: the extra workers that run motion jobs side by side.
     only_engine: str | None = None
     current: Job | None = None
+    # What this daemon claims on a shared queue (None: every job in the queue).
+    can_run: Capabilities | None = None
+    breaker: DeviceBreaker = field(default_factory=DeviceBreaker)
     # Told of each claimed job and each step, for the watchdog, status and metrics.
     on_claim: Callable[[Job], None] = lambda job: None
     on_step: Callable[[Job, float], None] = lambda job, done: None
     on_end: Callable[[Job], None] = lambda job: None
+    # Engines whose jobs must not start now (i2vd pause, schedule windows).
+    holding: Callable[[], frozenset[str]] = frozenset
     _last_progress_write: float = 0.0
     _last_progress_log: float = 0.0
 
@@ -75,7 +83,7 @@ class Worker:
 
     def run_once(self, now: float) -> Job | None:
         """Claim and run one job; None when nothing is runnable."""
-        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self.only_engine)
+        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self._claimable())
         if job is None or job.id is None:
             return None
         self.current = job
@@ -87,6 +95,20 @@ class Worker:
             self.current = None
             self.on_end(job)
         return self.store.get(job.id)
+
+    def _claimable(self) -> Capabilities | None:
+        """What to claim now: only ``only_engine``'s jobs on an extra worker, and no GPU
+        job while the circuit breaker is open."""
+        can_run = self.can_run
+        if self.only_engine is not None:
+            every = can_run or Capabilities(ALL_ENGINES)
+            can_run = every.without(frozenset(every.engines) - {self.only_engine})
+        held = self.holding()  # paused, or outside an engine's schedule window
+        if not self.breaker.allows_gpu(time.monotonic()):
+            held = held | GPU_ENGINES
+        if not held:
+            return can_run
+        return (can_run or Capabilities(ALL_ENGINES)).without(held)
 
     def heartbeat(self, now: float) -> None:
         job = self.current
@@ -120,6 +142,15 @@ class Worker:
                     "those attempts, then move the image back into the inbox to try again",
                 )
             self._process(scope, job, rule, work_file)
+            if self.breaker.faulted and job.engine in GPU_ENGINES:
+                self.breaker.success()
+                self.store.daemons.heartbeat(self.owner, DaemonState.RUNNING, "")
+                log.info("job %d: the GPU works again", job.id)
+        except DeviceFault as exc:
+            self._device_fault(job, exc.reason)
+        except LeaseLost:
+            # Another daemon runs the job now: its row and its outputs are not ours.
+            log.warning("job %d: its lease ran out and another daemon took it over", job.id)
         except JobCancelled as exc:
             outputs.discard_partial(scope, job)
             if self.store.cancel(job.id, time.time(), str(exc), owner=self.owner):
@@ -214,6 +245,24 @@ class Worker:
             plan.video,
         )
 
+    def _device_fault(self, job: Job, reason: str) -> None:
+        """The GPU failed, not the image: the job goes back without using an attempt,
+        and this daemon takes no GPU job for a while (see breaker.py)."""
+        assert job.id is not None
+        outputs.discard_partial(self.scope, job)
+        self.store.requeue_interrupted(job.id, owner=self.owner)
+        self.breaker.fault(reason, time.monotonic())
+        self.store.daemons.heartbeat(self.owner, DaemonState.FAULTED, reason)
+        log.error(
+            "job %d: the GPU failed (%s); the job is back in the queue. This daemon takes "
+            "no GPU job for %.0fs (fault %d in a row; it restarts at %d)",
+            job.id,
+            reason,
+            self.breaker.cooldown,
+            self.breaker.in_a_row,
+            self.breaker.limit,
+        )
+
     def _checkpoint(self, job: Job, done: float) -> None:
         """Called by engines between frames or steps: stop if asked, report progress.
 
@@ -228,7 +277,7 @@ class Worker:
         if now - self._last_progress_write >= 1.0:
             self._last_progress_write = now
             self.store.heartbeat(
-                job.id, self.owner, time.time(), self.settings.lease_seconds, round(done, 3)
+                job.id, self.owner, None, self.settings.lease_seconds, round(done, 3)
             )
         if now - self._last_progress_log >= PROGRESS_LOG_SECONDS:
             self._last_progress_log = now
