@@ -63,7 +63,7 @@ def job_summary(job: Job, now: float) -> dict[str, Any]:
         "id": job.id,
         "state": job.state,
         "source": job.relative,
-        "inbox": job.inbox_root,
+        "inbox": job.inbox or job.inbox_root,
         "rule": job.rule_name,
         "variant": job.variant or None,
         "engine": job.engine,

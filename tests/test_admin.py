@@ -16,14 +16,16 @@ from conftest import REPO, Layout, make_image, wait_for
 
 pytestmark = pytest.mark.slow
 
-# Enough frames at 1024p that a job runs for seconds and reports many steps.
+# 1024p, 60 s at 24 fps (1,440 frames): a job that runs for a while and reports
+# every frame as a step.
 LONG_RULE = """\
 name: long
 match: {patterns: ["long*"]}
 priority: 10
 engine: motion
 preset: quick
-params: {resolution: 1024, frames: 96}
+params: {resolution: 1024}
+motion: {duration: 60, fps: 24}
 """
 
 # Valid for `rules check`, fails when the worker renders its prompt.
