@@ -200,7 +200,7 @@ def _missing_rules_dir(rules_dir: Path) -> bool:
 
 
 def rules_check(rules_dir: Path) -> int:
-    from .explain import check_rules
+    from .rules_check import check_rules
 
     if _missing_rules_dir(rules_dir):
         return EXIT_CONFIG
@@ -218,7 +218,8 @@ def rules_check(rules_dir: Path) -> int:
 
 
 def rules_explain(settings: Settings, paths: list[str], as_json: bool) -> int:
-    from .explain import Explainer, format_report
+    from .explain import Explainer
+    from .explain_format import format_report
 
     if _missing_rules_dir(settings.rules_dir):
         return EXIT_CONFIG

@@ -4,6 +4,10 @@ No business logic lives here. Timers run on an APScheduler background scheduler;
 the worker runs on its own thread so a long job never delays noticing new files; the
 rules are reloaded on their own thread when their folder changes, on a timer and on
 SIGHUP.
+
+Size: ``Service`` is over ~250 lines because it is the one place where every thread,
+timer and signal of the process starts and stops, in order; each timer is a few lines
+that read best next to the start-up that schedules it.
 """
 
 from __future__ import annotations
