@@ -117,7 +117,7 @@ def _diffusion_rules(settings: Settings) -> list[tuple[str, str | None]]:
 
 
 def check_rules(settings: Settings) -> Iterator[Finding]:
-    from .explain import check_rules as check
+    from .rules_check import check_rules as check
 
     if not settings.rules_dir.is_dir():
         yield Finding(
