@@ -141,6 +141,36 @@ def bench_admin(work: Path, repeats: int) -> dict[str, Any]:
     return results
 
 
+def bench_admin_in_process(work: Path, repeats: int) -> dict[str, list[float]]:
+    """The same verbs as library calls in one warm process: the queries' own cost with
+    the big queue, without the interpreter start and imports of a fresh command."""
+    from daemon import admin
+    from daemon.config import load_settings
+
+    config = layout(work / "admin-inproc")
+    ids = fill_queue(config, QUEUED)
+    settings = load_settings(config)
+    store = admin.open_store(settings)
+    calls = {
+        "open the queue": lambda: admin.open_store(settings).close(),
+        "status": lambda: admin.status(store, settings),
+        "jobs (50)": lambda: admin.list_jobs(store, None, 50),
+        "jobs --state queued --limit 1000": lambda: admin.list_jobs(store, "queued", 1000),
+        "show ID": lambda: admin.show(store, ids[0]),
+        "pause + resume": lambda: (admin.pause(store), admin.resume(store)),
+    }
+    results: dict[str, list[float]] = {}
+    for name, call in calls.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        results[name] = times
+    store.close()
+    return results
+
+
 # --- 2: the daemon with metrics on -----------------------------------------------------------
 
 
@@ -236,7 +266,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="i2vd-bench-service-") as folder:
         work = Path(folder)
-        admin = bench_admin(work, 3 if args.quick else 7) if args.only != "metrics" else None
+        admin = None
+        if args.only != "metrics":
+            admin = bench_admin(work, 3 if args.quick else 7)
+            inproc = bench_admin_in_process(work, 3 if args.quick else 7)
+            admin.update({f"in process: {name}": times for name, times in inproc.items()})
         metrics = (
             bench_metrics(work, 2 if args.quick else 6, 3 if args.quick else 10)
             if args.only != "admin"

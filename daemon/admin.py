@@ -35,10 +35,13 @@ class AdminProblem(Problem):
     """An admin request that cannot be carried out as asked (no such job, wrong state)."""
 
 
-def open_store(settings: Settings) -> JobStore:
+def open_store(settings: Settings, migrate: bool = False) -> JobStore:
+    """The queue as this host sees it. Without ``migrate`` the schema is taken as the
+    daemon left it (it upgrades it at start), which spares every command Alembic's
+    import; ``i2vd`` opens again with ``migrate`` if a table or column is missing."""
     from .host_paths import HostPaths
 
-    store = JobStore(settings.database_url)
+    store = JobStore(settings.database_url, migrate=migrate)
     store.host_paths = HostPaths(settings.inbox_names, settings.outbox)  # paths as seen here
     return store
 

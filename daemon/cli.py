@@ -247,67 +247,78 @@ def doctor(settings: Settings, as_json: bool) -> int:
 
 def admin(settings: Settings, args: argparse.Namespace) -> int:
     """The queue verbs: open the queue, call the library, print what it returned."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
     from . import admin as lib
+
+    for migrate in (False, True):
+        try:
+            store = lib.open_store(settings, migrate=migrate)
+        except (SQLAlchemyError, ImportError) as exc:
+            print(
+                f"i2vd: cannot open the queue database: {exc}; check database_url "
+                "(i2vd doctor tells more)",
+                file=sys.stderr,
+            )
+            return EXIT_STARTUP
+        try:
+            return _admin_verb(lib, store, settings, args)
+        except (OperationalError, ProgrammingError):
+            if migrate:
+                raise
+            # A queue no daemon has upgraded yet (or none has ever opened): upgrade it.
+        finally:
+            store.close()
+    return EXIT_STARTUP
+
+
+def _admin_verb(lib: Any, store: Any, settings: Settings, args: argparse.Namespace) -> int:
     from . import admin_text as text
 
-    try:
-        store = lib.open_store(settings)
-    except (SQLAlchemyError, ImportError) as exc:
-        print(
-            f"i2vd: cannot open the queue database: {exc}; check database_url "
-            "(i2vd doctor tells more)",
-            file=sys.stderr,
-        )
-        return EXIT_STARTUP
-    try:
-        if args.verb == "status":
-            data = lib.status(store, settings)
-            print(_dump(data) if args.json else text.status_text(data))
-            return 0
-        if args.verb == "jobs":
-            rows = lib.list_jobs(store, args.state, max(1, args.limit))
-            print(_dump(rows) if args.json else text.jobs_text(rows))
-            return 0
-        if args.verb == "show":
-            try:
-                data = lib.show(store, args.id)
-            except lib.AdminProblem as exc:
-                print(f"i2vd: {exc.message}; {exc.hint}", file=sys.stderr)
-                return 1
-            print(_dump(data) if args.json else text.show_text(data))
-            return 0
-        if args.verb == "pause":
-            lib.pause(store, now=args.now)
-            print(
-                "paused: running jobs stop at their next step and go back to the queue"
-                if args.now
-                else "paused: running jobs finish; no new job is started"
-            )
-            return 0
-        if args.verb == "resume":
-            lib.resume(store)
-            print("resumed")
-            return 0
-        if args.verb == "retry" and not args.ids and not args.failed:
-            print("i2vd: name job IDs to retry, or --failed for every failed job", file=sys.stderr)
+    if args.verb == "status":
+        data = lib.status(store, settings)
+        print(_dump(data) if args.json else text.status_text(data))
+        return 0
+    if args.verb == "jobs":
+        rows = lib.list_jobs(store, args.state, max(1, args.limit))
+        print(_dump(rows) if args.json else text.jobs_text(rows))
+        return 0
+    if args.verb == "show":
+        try:
+            data = lib.show(store, args.id)
+        except lib.AdminProblem as exc:
+            print(f"i2vd: {exc.message}; {exc.hint}", file=sys.stderr)
             return 1
-        outcomes = (
-            lib.retry(store, settings, args.ids, failed=args.failed)
-            if args.verb == "retry"
-            else lib.cancel(store, settings, args.ids)
+        print(_dump(data) if args.json else text.show_text(data))
+        return 0
+    if args.verb == "pause":
+        lib.pause(store, now=args.now)
+        print(
+            "paused: running jobs stop at their next step and go back to the queue"
+            if args.now
+            else "paused: running jobs finish; no new job is started"
         )
-        if args.json:
-            print(_dump([o.to_json() for o in outcomes]))
-        for outcome in outcomes:
-            if not args.json:
-                print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
-        if args.verb == "retry" and args.failed and not outcomes and not args.json:
-            print("no failed jobs")
-        return 0 if all(o.ok for o in outcomes) else 1
-    finally:
-        store.close()
+        return 0
+    if args.verb == "resume":
+        lib.resume(store)
+        print("resumed")
+        return 0
+    if args.verb == "retry" and not args.ids and not args.failed:
+        print("i2vd: name job IDs to retry, or --failed for every failed job", file=sys.stderr)
+        return 1
+    outcomes = (
+        lib.retry(store, settings, args.ids, failed=args.failed)
+        if args.verb == "retry"
+        else lib.cancel(store, settings, args.ids)
+    )
+    if args.json:
+        print(_dump([o.to_json() for o in outcomes]))
+    for outcome in outcomes:
+        if not args.json:
+            print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
+    if args.verb == "retry" and args.failed and not outcomes and not args.json:
+        print("no failed jobs")
+    return 0 if all(o.ok for o in outcomes) else 1
 
 
 def _dump(data: Any) -> str:
