@@ -179,10 +179,11 @@ class Lifecycle:
         assert job.id is not None
         self._running[job.id] = (job, 0.0)
         self._had_pending = True  # a job shorter than a status refresh still drains
-        self._last_status = 0.0  # say which job runs at the next tick
         self.liveness.job_started(job.id)
         if self.metrics is not None:
             self.metrics.job_started(job)
+        # Said at once (a short job may be over before the next tick's refresh).
+        self.notifier.status(self.status_line())
 
     def job_step(self, job: Job, done: float) -> None:
         assert job.id is not None
