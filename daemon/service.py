@@ -12,6 +12,7 @@ that read best next to the start-up that schedules it.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -30,20 +31,24 @@ from . import __version__
 from .breaker import EXIT_DEVICE_FAULT, DeviceBreaker
 from .capabilities import ALL_ENGINES
 from .config import Settings
+from .control import Gate, JobControl
 from .engines import Engine, EngineUnavailable, get_engine
 from .host_paths import HostPaths
 from .intake import Intake
 from .last_good import record_path
+from .lifecycle import Lifecycle
+from .logs import ProgressLine
 from .migrate import SchemaTooNew
 from .publish import sweep_temporaries
 from .queue_view import STOPPED, Activity, daemon_state
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
 from .status_page import StatusPages
-from .store import Capabilities, JobState, JobStore
+from .store import Capabilities, Job, JobState, JobStore
 from .tables import DaemonState
 from .wakeup import QueueListener
 from .watch import InboxWatcher, SettleTracker, scan
+from .windows import is_open
 from .worker import Worker, engine_options
 
 log = logging.getLogger(__name__)
@@ -59,9 +64,14 @@ class StartupError(Exception):
 
 
 class Service:
-    def __init__(self, settings: Settings, once: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, once: bool = False, progress_line: ProgressLine | None = None
+    ) -> None:
         self.settings = settings
         self.once = once
+        self.progress_line = progress_line
+        # Set by the SIGHUP handler's reload: READY=1 follows RELOADING=1 once it is done.
+        self._announce_reload = threading.Event()
         self.stop_event = threading.Event()
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}"
@@ -89,9 +99,12 @@ class Service:
         drained = False
         try:
             while not self.stop_event.wait(0.2):
+                self.lifecycle.tick()
                 if self._reload_requested:
                     self._reload_requested = False
                     log.info("received SIGHUP: reloading the rules")
+                    self.lifecycle.reloading()
+                    self._announce_reload.set()
                     self.rules_watcher.request(0.0)
                 if self.once and self._drained():
                     drained = True
@@ -103,6 +116,7 @@ class Service:
                 return EXIT_DEVICE_FAULT
             return self._exit_code(drained) if self.once else 0
         finally:
+            self.lifecycle.close()
             self.store.close()
 
     def _exit_code(self, drained: bool) -> int:
@@ -145,6 +159,11 @@ class Service:
     def _start(self) -> None:
         s = self.settings
         self._open()
+        self.control = JobControl(self.store, s.windows)
+        self.lifecycle = Lifecycle(
+            s, self.store, self.host, self._gate, progress_line=self.progress_line
+        )
+        self.lifecycle.starting("recovering jobs and sweeping scratch files")
         # Jobs name their inbox; this host's folders (and outbox) give their paths here.
         self.store.host_paths = HostPaths.of(s)
         # The queue's clock, not this host's: jobs' times are on the database's clock.
@@ -156,6 +175,7 @@ class Service:
         for path in sweep_temporaries([s.outbox, s.failed_dir]):
             log.info("removed a temporary left by an earlier crash: %s", path)
         self._sweep_work_dir()
+        self.lifecycle.starting("loading the rules")
         self._load_rules()
 
         self.tracker = SettleTracker(s.inbox, s.settle_seconds, s.status_files)
@@ -169,22 +189,12 @@ class Service:
         )
         can_run = capabilities(s)
         breaker = DeviceBreaker(s.gpu_fault_limit, s.gpu_fault_cooldown_seconds)
-        self.worker = Worker(
-            s, self.store, self.owner, stop=self.stop_event, can_run=can_run, breaker=breaker
-        )
+        self.worker = self._new_worker(can_run, breaker=breaker)
         # Further motion-only workers: several motion jobs at once on a many-core host.
         # They share the engines (the motion engine holds no state); a diffusion job
         # only ever runs on the first worker, one at a time.
         self.workers = [self.worker] + [
-            Worker(
-                s,
-                self.store,
-                self.owner,
-                self.stop_event,
-                self.worker.engines,
-                only_engine="motion",
-                can_run=can_run,
-            )
+            self._new_worker(can_run, self.worker.engines, "motion")
             for _ in range(s.motion_job_slots() - 1)
         ]
         self._register(can_run)
@@ -225,15 +235,26 @@ class Service:
         self.status_pages = StatusPages(s, self.store)
         self.scheduler.add_job(self._write_status, "interval", seconds=s.status_page_seconds)
         self.scheduler.start()
+        self.lifecycle.starting("scanning the inboxes")
         self._rescan()  # whatever arrived while the daemon was down
         self._scanned.set()
         self._write_status(force=True)
+        try:
+            self.lifecycle.start_metrics()
+        except OSError as exc:
+            self.scheduler.shutdown(wait=False)
+            self.watcher.stop()
+            self.store.close()
+            raise StartupError(
+                f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({exc.strerror}); "
+                "choose a free metrics_port or stop what uses it"
+            ) from None
 
         # Rule edits take effect without a restart: file events (debounced), a rescan
         # as often as the inbox's for shares where events never come, and SIGHUP.
         self.rules_watcher = RulesWatcher(
             s.rules_dir,
-            self._reload_rules,
+            self._reload_and_announce,
             mode=s.watch_mode,
             interval=None if self.once else s.rescan_seconds,
             observe=not self.once,
@@ -246,6 +267,7 @@ class Service:
         ]
         for thread in self._worker_threads:
             thread.start()
+        self.lifecycle.liveness.workers = list(self._worker_threads)
         log.info(
             "i2vd started: watching %s (%s), %d rule(s), outbox %s, database %s",
             ", ".join(map(str, s.inbox)),
@@ -254,9 +276,20 @@ class Service:
             s.outbox,
             _redact(s.database_url),
         )
+        self.lifecycle.ready()
+
+    def _gate(self) -> Gate:
+        return self.control.gate()
+
+    def _job_step(self, job: Job, done: float) -> None:
+        """Between steps: tell the watchdog, then stop here if cancelled or paused now."""
+        self.lifecycle.job_step(job, done)
+        assert job.id is not None
+        self.control.check(job.id, job.engine)
 
     def _shutdown(self) -> None:
         log.info("stopping: the running job, if any, goes back to the queue")
+        self.lifecycle.stopping()
         self.stop_event.set()
         self._wake.set()
         if self._listener is not None:
@@ -337,6 +370,14 @@ class Service:
             log.warning("no valid rules in %s: images will wait in the inbox", rules_dir)
         self._check_engines(self.ruleset.snapshot)
 
+    def _reload_and_announce(self) -> None:
+        try:
+            self._reload_rules()
+        finally:
+            if self._announce_reload.is_set():
+                self._announce_reload.clear()
+                self.lifecycle.reloaded()
+
     def _reload_rules(self) -> None:
         """Runs on the rules watcher's thread after a change, a rescan or SIGHUP."""
         result = self.ruleset.reload()
@@ -396,12 +437,22 @@ class Service:
         """The status page in the share; a failure to build it never stops a job."""
         try:
             if state is None:
-                state = daemon_state(bool(self.store.control.get().paused), {}, self._engines)
+                state = self._activity()
             # Estimates count every live daemon on the queue as a worker.
             workers = len(self.store.daemons.alive(STATUS_ALIVE_SECONDS))
             self.status_pages.refresh(time.time(), state, force=force, workers=workers)
         except SQLAlchemyError as exc:
             log.warning("the status page was not updated: the queue could not be read (%s)", exc)
+
+    def _activity(self) -> Activity:
+        """Paused (the queue's switch) or outside a schedule window, for the page."""
+        moment = dt.datetime.now(dt.UTC)
+        closed: dict[str, float | None] = {}
+        for engine in self._engines:
+            window = is_open(self.settings.windows, engine, moment)
+            if not window.open:
+                closed[engine] = window.reopens_at.timestamp() if window.reopens_at else None
+        return daemon_state(bool(self.store.control.get().paused), closed, self._engines)
 
     def _recover_expired(self) -> None:
         """Jobs of a daemon that died elsewhere (or under another hostname, as containers
@@ -420,6 +471,36 @@ class Service:
                 present.add(path)
         with self._intake_lock:
             self.intake.retain(present)
+
+    def _new_worker(
+        self,
+        can_run: Capabilities,
+        engines: dict[str, Engine] | None = None,
+        only_engine: str | None = None,
+        breaker: DeviceBreaker | None = None,
+    ) -> Worker:
+        return Worker(
+            self.settings,
+            self.store,
+            self.owner,
+            self.stop_event,
+            engines if engines is not None else {},
+            only_engine,
+            can_run=can_run,
+            breaker=breaker if breaker is not None else DeviceBreaker(),
+            on_claim=self.lifecycle.job_started,
+            on_step=self._job_step,
+            holding=lambda: self.control.gate().held(),
+            on_end=self._job_ended,
+        )
+
+    def _job_ended(self, claimed: Job) -> None:
+        """After each attempt (also one that raised): metrics and webhooks read the row."""
+        try:
+            row = self.store.get(claimed.id) if claimed.id is not None else None
+        except SQLAlchemyError:
+            row = None
+        self.lifecycle.job_ended(claimed, row)
 
     def _work_loop(self, worker: Worker) -> None:
         while not self.stop_event.is_set():

@@ -177,3 +177,35 @@ def test_the_page_says_when_the_queue_is_paused(
     finally:
         store.close()
     assert proc.stop() == 0
+
+
+def test_the_page_says_when_the_working_hours_start(
+    layout: Layout, daemon: Callable[..., DaemonProcess]
+) -> None:
+    """A schedule window for motion that opens in two hours: images wait, in line."""
+    opens = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
+    window = {
+        "engine": "motion",
+        "start": opens.strftime("%H:%M"),
+        "end": (opens + dt.timedelta(hours=1)).strftime("%H:%M"),
+        "timezone": "UTC",
+    }
+    # A daemon of motion only: with every engine it serves closed, it is outside hours.
+    layout.write_config(
+        status_page=True, status_page_seconds=0.5, windows=[window], engines=["motion"]
+    )
+    proc = daemon()
+    proc.wait_started()
+    drop(layout, "tonight.jpg")
+    shown = wait_for(
+        lambda: page_shows(
+            layout.inbox, lambda d: d["daemon"]["state"] == "outside_window" and d["waiting"]
+        )
+    )
+    assert [(w["source"], w["position"]) for w in shown["waiting"]] == [("tonight.jpg", 1)]
+    reopens = dt.datetime.fromisoformat(shown["daemon"]["reopens_at"])
+    assert abs((reopens - opens.replace(second=0, microsecond=0)).total_seconds()) < 61
+    html = (layout.inbox / "i2vd-status.html").read_text("utf-8")
+    assert "Outside working hours" in html and "It starts again at" in html
+    assert not (layout.outbox / "tonight.motion.mp4").exists()
+    assert proc.stop() == 0
