@@ -171,9 +171,16 @@ def test_the_page_says_when_the_queue_is_paused(
             lambda: page_shows(layout.inbox, lambda d: d["daemon"]["state"] == "paused")
         )
         assert "resumed" in paused["daemon"]["message"]
+        drop(layout, "later.jpg")
+        waiting = wait_for(lambda: page_shows(layout.inbox, lambda d: d["waiting"]))
+        assert [(w["source"], w["position"]) for w in waiting["waiting"]] == [("later.jpg", 1)]
         assert "Paused" in (layout.inbox / "i2vd-status.html").read_text("utf-8")
         store.control.resume()
-        wait_for(lambda: page_shows(layout.outbox, lambda d: d["daemon"]["state"] == "running"))
+        done = wait_for(
+            lambda: page_shows(layout.outbox, lambda d: d["done"] and not d["waiting"]), 60
+        )
+        assert done["daemon"]["state"] == "running"
+        assert (layout.outbox / done["done"][0]["video"]).is_file()
     finally:
         store.close()
     assert proc.stop() == 0
