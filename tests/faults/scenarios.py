@@ -214,7 +214,8 @@ def kill_points(
             hit = wait_until(in_log(daemon, " running: "), 20)
             time.sleep(rng.uniform(0, 0.3))
         elif phase == "encode":
-            hit = wait_until(lambda: bool(names_in(work)), 20)
+            hit = wait_until(in_log(daemon, " running: "), 20)
+            hit = hit and wait_until(lambda: bool(names_in(work)), 20)
             time.sleep(rng.uniform(0, 0.15))
         else:
             hit = wait_until(

@@ -197,10 +197,9 @@ def kill_when(rig: Rig, sign: str, times: int, delay: float = 0.0) -> None:
     work = rig.layout.state / "work"
     for _ in range(times):
         daemon = rig.start()
-        if sign == "encode":
+        assert wait_until(in_log(daemon, " running: "), 60), daemon.log
+        if sign == "encode":  # a scratch encode of this start, not one left behind
             assert wait_until(lambda: bool(names_in(work)), 60), daemon.log
-        else:
-            assert wait_until(in_log(daemon, " running: "), 60), daemon.log
         time.sleep(delay)
         daemon.proc.kill()
         daemon.wait()
