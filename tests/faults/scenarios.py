@@ -300,9 +300,9 @@ def read_only_outbox(root: Path, mounts: Mounts, images: int = 3) -> Tally:
 # --- shares vanishing ----------------------------------------------------------------
 
 
-def inbox_renamed(root: Path, mounts: Mounts, images: int = 6, away: float = 3.0) -> Tally:
+def inbox_renamed(root: Path, mounts: Mounts, images: int = 10, away: float = 4.0) -> Tally:
     """The inbox is renamed away while jobs are queued, and back after ``away`` s."""
-    rig = Rig(root, mounts, rule=SLOW_RULE)
+    rig = Rig(root, mounts)
     daemon = rig.start()
     rig.drop(images)
     wait_until(queued(daemon, images), 30, 0.02)
@@ -316,11 +316,11 @@ def inbox_renamed(root: Path, mounts: Mounts, images: int = 6, away: float = 3.0
     return rig.audit("inbox renamed away and back")
 
 
-def inbox_unmounted(root: Path, mounts: Mounts, images: int = 6, away: float = 3.0) -> Tally:
+def inbox_unmounted(root: Path, mounts: Mounts, images: int = 10, away: float = 4.0) -> Tally:
     """The inbox share is unmounted (an empty mountpoint stays) while jobs are queued;
     two more pictures reach the share meanwhile; then it is mounted again. Rescans are
     30 s apart (the default), so only a re-armed watch finds those two at once."""
-    rig = Rig(root, mounts, rule=SLOW_RULE, rescan_seconds=30)
+    rig = Rig(root, mounts, rescan_seconds=30)
     real = root / "inbox-real"
     real.mkdir()
     mounts.bind(real, rig.layout.inbox)

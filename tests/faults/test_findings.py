@@ -53,19 +53,19 @@ BAD_ENDINGS = (JobState.FAILED, JobState.CANCELLED)
 @pytest.mark.parametrize("how", ["rename", "unmount"])
 def test_a_vanished_inbox_fails_no_job(tmp_path: Path, how: str) -> None:
     with mounts() as made:
-        rig = Rig(tmp_path, made, rule=SLOW_RULE)
+        rig = Rig(tmp_path, made)
         real = tmp_path / "inbox-real"
         if how == "unmount":
             real.mkdir()
             made.bind(real, rig.layout.inbox)
         daemon = rig.start()
-        rig.drop(4)
-        assert wait_until(queued(daemon, 4), 30, 0.02)
+        rig.drop(12)
+        assert wait_until(queued(daemon, 12), 30, 0.02)
         if how == "rename":
             os.rename(rig.layout.inbox, real)
         else:
             assert unmount(rig.layout.inbox) or unmount(rig.layout.inbox, lazy=True)
-        time.sleep(5)  # the worker finishes the running job and reaches the others
+        time.sleep(5)  # the worker reaches the queued jobs meanwhile
         during = [(j.id, j.state, j.error) for j in rig.jobs() if j.state in BAD_ENDINGS]
         if how == "rename":
             os.rename(real, rig.layout.inbox)
