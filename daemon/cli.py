@@ -10,16 +10,17 @@ from pathlib import Path
 
 from . import __version__
 from .config import Settings, SettingsError, load_settings
+from .rules import ProblemKind
 
 # 0 and 1 come from the service (1: --once saw a failure); the others are decided here.
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
 # `rules check`: one code per cause; when several occur, the lowest wins (syntax first).
 EXIT_RULES_SYNTAX, EXIT_RULES_SCHEMA, EXIT_RULES_CONFLICT = 4, 5, 6
 _EXIT_BY_KIND = {
-    "read": EXIT_RULES_SYNTAX,
-    "yaml": EXIT_RULES_SYNTAX,
-    "schema": EXIT_RULES_SCHEMA,
-    "conflict": EXIT_RULES_CONFLICT,
+    ProblemKind.READ: EXIT_RULES_SYNTAX,
+    ProblemKind.YAML: EXIT_RULES_SYNTAX,
+    ProblemKind.SCHEMA: EXIT_RULES_SCHEMA,
+    ProblemKind.CONFLICT: EXIT_RULES_CONFLICT,
 }
 
 CHECK_EPILOG = """\
@@ -31,7 +32,7 @@ exit codes:
   0  every rule and preset is valid (also for a rules folder with no rule files,
      with a warning: every image would stay in the inbox)
   2  the rules folder does not exist, or the settings are invalid
-  4  a file is not valid YAML, or cannot be read
+  4  a file is not valid YAML, cannot be read, or is empty
   5  a rule or preset does not validate (unknown field, bad value, bad template)
   6  a conflict: two rules with the same name, or a preset named like a built-in one
 When several kinds of problems occur, the lowest code among them wins.

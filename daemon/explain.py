@@ -47,6 +47,7 @@ from .rules import (
     rule_files,
     rule_matches,
 )
+from .ruleset import rules_in_force
 from .sizing import frame_size
 from .watch import is_candidate_name
 
@@ -267,7 +268,8 @@ class Explainer:
     skipped: list[RuleProblem] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rules, self.skipped = load_rules(self.settings.rules_dir)
+        # The daemon's view: a broken file's last good version stays in force.
+        self.rules, self.skipped = rules_in_force(self.settings)
 
     def explain(self, arg: str) -> dict[str, Any]:
         report: dict[str, Any] = {

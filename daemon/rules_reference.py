@@ -54,7 +54,7 @@ _FILES: list[tuple[str, type[BaseModel], str]] = [
 def rules_reference_markdown() -> str:
     """The rule reference as Markdown: one table per file kind and per nested block."""
     out = [
-        "<!-- generated from daemon/rules.py by `python -m daemon.rules_reference`; "
+        "<!-- generated from daemon/rules/models.py by `python -m daemon.rules_reference`; "
         "edit the models, not this text -->",
     ]
     documented: dict[type[BaseModel], str] = {}

@@ -7,47 +7,47 @@ that does not validate leaves its last good version in force and its problems ar
 logged once, with file, line, column and field; removing a file removes its rule.
 Unchanged files are not even read (their inode, size, mtime and ctime are compared
 first) unless their mtime is too recent to trust; read files whose bytes hash the same
-are not parsed again.
+are not parsed again. Files are read with the one loader (``daemon.rules``) that
+``rules check`` uses: this module adds the cache and the last good versions only.
 
-``RulesWatcher`` decides when to reload: watchdog events on the rules folder and its
-``presets/`` (debounced, so an editor's burst of writes is one reload), a periodic
-rescan for shares where events never arrive, and explicit requests (SIGHUP).
+The daemon records the last good versions in ``state_dir`` (``daemon.last_good``);
+``rules_in_force`` starts from that record, so ``rules explain`` sees a broken file the
+way the running daemon does. ``RulesWatcher`` (``daemon.rules_watcher``) decides when to
+reload.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.polling import PollingObserver
-
+from .config import Settings
+from .last_good import LastGood, Record, read_last_good, record_path
 from .rules import (
     BUILTIN_PRESETS,
-    PRESET_NAME,
     LoadedRule,
     Preset,
     RuleFileError,
     RuleProblem,
     drop_conflicts,
-    is_rule_file_name,
-    load_preset_file,
-    load_rule_file,
+    parse_preset,
+    parse_rule,
     preset_files,
+    preset_name_problem,
+    read_file,
     rule_files,
 )
+from .rules_watcher import RulesWatcher
+
+__all__ = ["ReloadResult", "RuleSet", "RulesWatcher", "rules_in_force"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ class _Source(Generic[T]):
     path: Path
     stamp: Stamp | None = None  # a trusted stat of the bytes hashed in `digest`
     digest: str | None = None  # sha256 of the bytes last read; None: unreadable
-    empty: bool = False  # the bytes last read were only white space
+    data: bytes = b""  # the bytes last read
+    unreadable: tuple[RuleProblem, ...] = ()  # why the last read failed
     key: tuple[str | None, str] | None = None  # (digest, presets) `good`/`problems` are from
     good: T | None = None  # the last version that validated
     problems: tuple[RuleProblem, ...] = ()  # of the current bytes; empty when valid
@@ -101,10 +102,22 @@ def _stamp(st: os.stat_result) -> Stamp:
 
 class RuleSet:
     """The daemon's current rules. ``reload`` from any thread (one runs at a time);
-    ``rules`` returns a snapshot that later reloads never change."""
+    ``rules`` returns a snapshot that later reloads never change.
 
-    def __init__(self, rules_dir: Path) -> None:
+    ``record``: where to keep the last good versions for ``rules explain`` (the daemon
+    passes its state folder's); ``start_from``: last good versions to begin with;
+    ``logger``: where problems and changes are told."""
+
+    def __init__(
+        self,
+        rules_dir: Path,
+        record: Path | None = None,
+        start_from: LastGood | None = None,
+        logger: logging.Logger = log,
+    ) -> None:
         self.rules_dir = rules_dir
+        self._record = None if record is None else Record(record, rules_dir, logger)
+        self._log = logger
         self._lock = threading.Lock()
         self._snapshot: tuple[LoadedRule, ...] = ()
         self._rules: dict[Path, _Source[LoadedRule]] = {}
@@ -113,10 +126,11 @@ class RuleSet:
         self._conflicts: frozenset[str] = frozenset()
         self._loaded_once = False
         self._folder_missing = False
-        # How often files were read and parsed: tests check that an unchanged folder
-        # costs neither.
-        self.reads = 0
-        self.parses = 0
+        if start_from is not None:
+            for path, loaded in start_from.rules.items():
+                self._rules[path] = _Source(path, good=loaded)
+            for path, preset in start_from.presets.items():
+                self._presets[path] = _Source(path, good=preset)
 
     @property
     def snapshot(self) -> tuple[LoadedRule, ...]:
@@ -138,15 +152,25 @@ class RuleSet:
                 return self._folder_unreadable(first, exc)
             if self._folder_missing:
                 self._folder_missing = False
-                log.info("rules folder %s can be read now; reading its rules", self.rules_dir)
+                self._log.info("rules folder %s can be read now; reading its rules", self.rules_dir)
             problems: list[RuleProblem] = []
             presets, presets_key = self._reload_presets(problems)
-            return self._reload_rules(presets, presets_key, problems)
+            result = self._reload_rules(presets, presets_key, problems)
+            if self._record is not None:
+                self._record.keep(self.last_good())
+            return result
+
+    def last_good(self) -> LastGood:
+        """The last good version of each rule and preset file now in the folder."""
+        return LastGood(
+            {p: s.good for p, s in self._rules.items() if s.good is not None},
+            {p: s.good for p, s in self._presets.items() if s.good is not None},
+        )
 
     def _folder_unreadable(self, first: bool, exc: OSError) -> ReloadResult:
         """A share that is briefly gone must not empty the daemon: the rules stay."""
         if not first and not self._folder_missing:
-            log.warning(
+            self._log.warning(
                 "rules folder %s cannot be read (%s); keeping the %d rule(s) in force "
                 "until it is back",
                 self.rules_dir,
@@ -156,9 +180,6 @@ class RuleSet:
         self._folder_missing = True
         return ReloadResult(folder_missing=True)
 
-    def _listing(self, files: list[Path]) -> list[Path]:
-        return [path for path in files if is_rule_file_name(path.name)]
-
     def _read(self, source: _Source[Any]) -> None:
         """Refresh ``source.digest`` unless a trusted stat says the bytes are the same."""
         try:
@@ -167,14 +188,12 @@ class RuleSet:
             st = None
         if st is not None and source.stamp == _stamp(st):
             return
-        self.reads += 1
         try:
-            data = source.path.read_bytes()
-        except OSError:
-            source.stamp, source.digest = None, None
+            data = read_file(source.path)
+        except RuleFileError as exc:
+            source.stamp, source.digest, source.unreadable = None, None, tuple(exc.problems)
             return
-        source.digest = hashlib.sha256(data).hexdigest()
-        source.empty = not data.strip()
+        source.digest, source.data = hashlib.sha256(data).hexdigest(), data
         # The stat was taken before the read, so a stored stamp never claims newer bytes
         # than were hashed; a recent mtime is not trusted at all.
         trusted = st is not None and time.time_ns() - st.st_mtime_ns > RACY_NS
@@ -182,7 +201,7 @@ class RuleSet:
 
     def _reload_presets(self, problems: list[RuleProblem]) -> tuple[dict[str, Preset], str]:
         """Built-in presets plus each preset file's current or last good version."""
-        paths = self._listing(preset_files(self.rules_dir))
+        paths = preset_files(self.rules_dir)
         self._presets = {p: self._presets.get(p) or _Source[Preset](p) for p in paths}
         effective = dict(BUILTIN_PRESETS)
         user: dict[str, tuple[Path, Preset]] = {}
@@ -191,15 +210,11 @@ class RuleSet:
             source = self._presets[path]
             name = path.stem
             self._read(source)
-            blocked = _preset_name_problem(path, effective)
+            blocked = preset_name_problem(path, effective)
             if blocked is not None:
                 source.key, source.good, source.problems = None, None, (blocked,)
             elif source.key != (source.digest, "") or source.digest is None:
-                self.parses += 1
-                try:
-                    source.good, source.problems = _guarded(load_preset_file, path), ()
-                except RuleFileError as exc:
-                    source.problems = tuple(exc.problems)
+                self._parse(source, parse_preset)
                 source.key = (source.digest, "")
             if blocked is None and source.good is not None:
                 effective[name] = source.good
@@ -213,14 +228,16 @@ class RuleSet:
             before = self._user_presets.get(name)
             changes = _changes(before[1].model_dump(), preset.model_dump()) if before else []
             if name in fixed:
-                log.info("preset %s: fixed, now in force (%s)", name, ", ".join(changes) or path)
+                self._log.info(
+                    "preset %s: fixed, now in force (%s)", name, ", ".join(changes) or path
+                )
             elif before is None:
-                log.info("preset %s loaded from %s", name, path)
+                self._log.info("preset %s loaded from %s", name, path)
             elif changes:
-                log.info("preset %s updated: %s", name, ", ".join(changes))
+                self._log.info("preset %s updated: %s", name, ", ".join(changes))
         for name, (path, _) in self._user_presets.items():
             if name not in user:
-                log.info("preset %s removed (%s was removed)", name, path)
+                self._log.info("preset %s removed (%s was removed)", name, path)
         self._user_presets = user
         canonical = json.dumps({k: v.model_dump() for k, v in effective.items()}, sort_keys=True)
         return effective, hashlib.sha256(canonical.encode()).hexdigest()
@@ -228,7 +245,7 @@ class RuleSet:
     def _reload_rules(
         self, presets: Mapping[str, Preset], presets_key: str, problems: list[RuleProblem]
     ) -> ReloadResult:
-        paths = self._listing(rule_files(self.rules_dir))
+        paths = rule_files(self.rules_dir)
         self._rules = {p: self._rules.get(p) or _Source[LoadedRule](p) for p in paths}
         fixed: set[Path] = set()
         for path in paths:
@@ -237,17 +254,7 @@ class RuleSet:
             key = (source.digest, presets_key)
             # Unreadable files are retried each time; their problem is logged once.
             if source.key != key or source.digest is None:
-                self.parses += 1
-                try:
-                    if source.empty:
-                        # Valid YAML for a rule of all defaults, but far more often a
-                        # save caught half-way (truncated, not yet written): never that.
-                        message = "the file is empty; write the rule's fields or remove it"
-                        raise RuleFileError([RuleProblem(path, 1, 1, "(file)", message, "read")])
-                    loaded = _guarded(lambda p: load_rule_file(p, presets), path)
-                    source.good, source.problems = loaded, ()
-                except RuleFileError as exc:
-                    source.problems = tuple(exc.problems)
+                self._parse(source, lambda p, data: parse_rule(p, data, presets))
                 source.key = key
             was_broken = bool(source.reported[1])
             problems.extend(self._report(source, NOT_LOADED))
@@ -259,14 +266,26 @@ class RuleSet:
         reported = frozenset(str(c) for c in conflicts)
         for conflict in conflicts:
             if str(conflict) not in self._conflicts:
-                log.error("%s; %s (the first file in sorted order keeps the name)", conflict,
-                          NOT_LOADED)
+                self._log.error(
+                    "%s; %s (the first file in sorted order keeps the name)", conflict, NOT_LOADED
+                )
                 problems.append(conflict)
         self._conflicts = reported
 
         result = self._announce(self._snapshot, in_force, fixed, tuple(problems))
         self._snapshot = tuple(in_force)
         return result
+
+    @staticmethod
+    def _parse(source: _Source[T], parse: Callable[[Path, bytes], T]) -> None:
+        """The file's current bytes replace its last good version if they validate."""
+        if source.digest is None:
+            source.problems = source.unreadable
+            return
+        try:
+            source.good, source.problems = parse(source.path, source.data), ()
+        except RuleFileError as exc:
+            source.problems = tuple(exc.problems)
 
     def _report(self, source: _Source[Any], not_loaded: str) -> list[RuleProblem]:
         """Log a file's problems once per change of its bytes or of the problems."""
@@ -276,7 +295,7 @@ class RuleSet:
         source.reported = now
         outcome = KEEPING if source.good is not None else not_loaded
         for problem in source.problems:
-            log.error("%s; %s", problem, outcome)
+            self._log.error("%s; %s", problem, outcome)
         return list(source.problems)
 
     def _announce(
@@ -296,9 +315,11 @@ class RuleSet:
             if prior is None:
                 added.append(loaded)
                 if is_fixed:
-                    log.info("rule %s: fixed, now in force (loaded from %s)", name, loaded.file)
+                    self._log.info(
+                        "rule %s: fixed, now in force (loaded from %s)", name, loaded.file
+                    )
                 else:
-                    log.info("rule %s loaded from %s", name, loaded.file)
+                    self._log.info("rule %s loaded from %s", name, loaded.file)
             elif prior != loaded:
                 updated.append(loaded)
                 changes = _changes(
@@ -308,11 +329,13 @@ class RuleSet:
                     changes.insert(0, f"now from {loaded.file}")
                 what = ", ".join(changes) or "reformatted"
                 if is_fixed:
-                    log.info("rule %s: fixed, now in force (%s)", name, what)
+                    self._log.info("rule %s: fixed, now in force (%s)", name, what)
                 else:
-                    log.info("rule %s updated: %s", name, what)
+                    self._log.info("rule %s updated: %s", name, what)
             elif is_fixed:
-                log.info("rule %s: fixed, now in force (the same as before the broken edit)", name)
+                self._log.info(
+                    "rule %s: fixed, now in force (the same as before the broken edit)", name
+                )
         for name, loaded in before.items():
             if name in after:
                 continue
@@ -324,33 +347,8 @@ class RuleSet:
                 reason = f"{loaded.file} now names rule {source.good.rule.name}"
             else:
                 reason = f"{loaded.file} lost the name to another file"
-            log.info("rule %s removed (%s)", name, reason)
+            self._log.info("rule %s removed (%s)", name, reason)
         return ReloadResult(tuple(added), tuple(updated), tuple(removed), problems)
-
-
-def _guarded(load: Callable[[Path], T], path: Path) -> T:
-    """``load(path)``, with any exception the YAML library lets out (PyYAML's
-    constructors raise LookupError for some tagged scalars such as ``!!int``) turned into
-    a problem of that file: one bad save must not stop the reload of the others."""
-    try:
-        return load(path)
-    except RuleFileError:
-        raise
-    except Exception as exc:
-        message = f"cannot be read as YAML ({type(exc).__name__}: {exc})"
-        raise RuleFileError([RuleProblem(path, 1, 1, "(yaml)", message, "yaml")]) from None
-
-
-def _preset_name_problem(path: Path, taken: Mapping[str, Preset]) -> RuleProblem | None:
-    """A preset is named by its file's stem: it must be a valid name and a new one."""
-    name = path.stem
-    if not re.match(PRESET_NAME, name):
-        return RuleProblem(path, 1, 1, "(file)", "preset names use letters, digits, _ . -")
-    if name in taken:
-        owner = "built in" if name in BUILTIN_PRESETS else "defined twice (.yaml and .yml)"
-        message = f"preset {name!r} is {owner}; rename the file"
-        return RuleProblem(path, 1, 1, "(file)", message, "conflict")
-    return None
 
 
 _MISSING = object()
@@ -378,192 +376,17 @@ def _changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -
     return out
 
 
-# --- when to reload --------------------------------------------------------------
+# Explain tells problems in its own report; its process has no log of its own.
+_QUIET = logging.Logger("i2vd.rules_in_force")
+_QUIET.disabled = True
 
 
-class _RulesEvents(FileSystemEventHandler):
-    """Any change to a rule or preset file, or to the folders, pokes the watcher."""
-
-    def __init__(self, poke: Callable[[], None]) -> None:
-        self._poke = poke
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        # Opens and plain closes are the reloads' own reads: never a reason to reload.
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        paths = [event.src_path, event.dest_path]
-        names = [os.path.basename(os.fsdecode(p)) for p in paths if p]
-        # A folder's own "modified" is any change inside it, rule file or not.
-        folder_event = event.is_directory and event.event_type != "modified"
-        if folder_event or any(is_rule_file_name(n) for n in names):
-            self._poke()
-
-
-@dataclass
-class RulesWatcher:
-    """Calls ``reload`` on its own thread: ``debounce`` seconds after the last change
-    seen in the rules folder (at most ``max_delay`` after the first), every
-    ``interval`` seconds, and at once on ``request(0)``."""
-
-    rules_dir: Path
-    reload: Callable[[], object]
-    mode: str = "auto"  # auto | events | polling, as watch_mode
-    interval: float | None = 30.0  # the safety rescan; None: none
-    observe: bool = True
-    debounce: float = 0.4
-    max_delay: float = 2.0
-    poll_interval: float = 2.0
-    event_observer: Callable[[], BaseObserver] = Observer
-    kind: str = ""  # events | polling | "" (rescans only)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _due: float | None = None
-    _first: float | None = None
-    _stopping: bool = False
-    _thread: threading.Thread | None = None
-    _observer: BaseObserver | None = None
-    _watches: dict[Path, tuple[ObservedWatch, int]] = field(default_factory=dict)
-    _warned: set[str] = field(default_factory=set)
-
-    def start(self) -> None:
-        if self.observe:
-            try:
-                self._ensure_observer()
-            except Exception:
-                log.exception("cannot watch the rules folder; relying on rescans and SIGHUP")
-        self._thread = threading.Thread(target=self._run, name="rules", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(10)
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-
-    def request(self, delay: float | None = None) -> None:
-        """Reload ``delay`` seconds from now (default: the debounce); later requests
-        push it back, but never past ``max_delay`` after the first one."""
-        with self._cond:
-            now = time.monotonic()
-            if self._first is None:
-                self._first = now
-            wait = self.debounce if delay is None else delay
-            self._due = min(now + wait, self._first + self.max_delay)
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        next_rescan = None if self.interval is None else time.monotonic() + self.interval
-        while True:
-            with self._cond:
-                while True:
-                    if self._stopping:
-                        return
-                    now = time.monotonic()
-                    if self._due is not None and now >= self._due:
-                        break
-                    if next_rescan is not None and now >= next_rescan:
-                        break
-                    deadlines = [t for t in (self._due, next_rescan) if t is not None]
-                    self._cond.wait(min(deadlines) - now if deadlines else None)
-                self._due = self._first = None
-            if self.interval is not None:
-                next_rescan = time.monotonic() + self.interval
-            try:
-                self.reload()
-            except Exception:
-                log.exception("reloading the rules failed; the rules in force stay")
-            if self.observe:
-                try:
-                    self._ensure_observer()
-                except Exception:
-                    log.exception("cannot watch the rules folder; relying on rescans")
-
-    # --- the observer ------------------------------------------------------------
-
-    def _ensure_observer(self) -> None:
-        """Watch the rules folder and ``presets/`` (non-recursively) wherever they exist
-        now; a folder created, removed or replaced later is (re)watched after the next
-        reload."""
-        if self._observer is None:
-            if self.mode == "polling":
-                self._use_polling()
-            else:
-                observer = self.event_observer()
-                try:
-                    observer.start()
-                except OSError as exc:
-                    return self._events_unavailable(exc)
-                self._observer, self.kind = observer, "events"
-        assert self._observer is not None
-        for folder in (self.rules_dir, self.rules_dir / "presets"):
-            try:
-                inode = folder.stat().st_ino if folder.is_dir() else None
-            except OSError:
-                inode = None
-            known = self._watches.get(folder)
-            if known is not None and known[1] != inode:
-                del self._watches[folder]
-                with contextlib.suppress(KeyError, OSError):
-                    self._observer.unschedule(known[0])
-            if inode is None or folder in self._watches:
-                continue
-            try:
-                watch = self._observer.schedule(
-                    _RulesEvents(self.request), str(folder), recursive=False
-                )
-            except OSError as exc:
-                if self.kind == "events":
-                    return self._events_unavailable(exc)
-                self._warn_once(
-                    str(folder),
-                    "cannot watch %s for changes (%s); rules are re-read every %ss and on "
-                    "SIGHUP",
-                    folder,
-                    exc,
-                    self.interval,
-                )
-                continue
-            self._watches[folder] = (watch, inode)
-
-    def _events_unavailable(self, exc: OSError) -> None:
-        """inotify cannot be had (typically max_user_watches): poll in ``auto`` mode; in
-        ``events`` mode rely on the rescans and SIGHUP."""
-        if self.mode == "auto":
-            self._warn_once(
-                "fallback",
-                "file events unavailable for the rules folder (%s); watching it by polling "
-                "every %.1fs",
-                exc,
-                self.poll_interval,
-            )
-            self._use_polling()
-            self._ensure_observer()
-            return
-        self._warn_once(
-            "events",
-            "file events unavailable for the rules folder (%s); rules are re-read every "
-            "%ss and on SIGHUP",
-            exc,
-            self.interval,
-        )
-        if self._observer is not None:
-            self._observer.stop()
-        self._observer, self.kind = None, ""
-        self.observe = False
-
-    def _use_polling(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-        self._watches.clear()
-        self._observer = PollingObserver(timeout=self.poll_interval)
-        self._observer.start()
-        self.kind = "polling"
-
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message, *args)
+def rules_in_force(settings: Settings) -> tuple[list[LoadedRule], list[RuleProblem]]:
+    """The rules a daemon with ``settings`` has in force, and every problem of every
+    file: for a broken file, its last good version as the daemon recorded it (a file
+    never good is not loaded). Reads the rules folder and the record; writes nothing."""
+    start = read_last_good(record_path(settings.state_dir), settings.rules_dir)
+    ruleset = RuleSet(settings.rules_dir, start_from=start, logger=_QUIET)
+    # A fresh set reports every problem on its first reload.
+    problems = list(ruleset.reload().problems)
+    return ruleset.rules(), problems

@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .config import Settings
 from .engines import Engine, EngineUnavailable, get_engine
 from .intake import Intake
+from .last_good import record_path
 from .publish import sweep_temporaries
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
@@ -48,7 +49,7 @@ class Service:
         self.stop_event = threading.Event()
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}"
-        self.ruleset = RuleSet(settings.rules_dir)
+        self.ruleset = RuleSet(settings.rules_dir, record=record_path(settings.state_dir))
         # Engines built only to check that rules' engines can run here (never rendered
         # with), kept so a reload does not build them again.
         self._engine_checks: dict[str, Engine] = {}

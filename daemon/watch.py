@@ -24,7 +24,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+
+from .observer import FolderObserver, ObserverKind
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class _Recorder(FileSystemEventHandler):
 
 
 class InboxWatcher:
-    """One watchdog observer over every inbox root, with fallback to polling."""
+    """One watchdog observer over every inbox root, in the settings' ``watch_mode``."""
 
     def __init__(
         self,
@@ -178,49 +179,32 @@ class InboxWatcher:
         event_observer: Callable[[], BaseObserver] = Observer,
     ) -> None:
         self.tracker = tracker
-        self.mode = mode
-        self.poll_interval = poll_interval
-        # Injectable so tests can stand in for inotify failing (watch limit reached).
-        self.event_observer = event_observer
-        self.observer: BaseObserver | None = None
-        self.kind = ""
         self._folder_rescans: list[Path] = []
         self._lock = threading.Lock()
+        self._observer = FolderObserver(
+            _Recorder(self.tracker.note, self._queue_folder_rescan),
+            mode,
+            recursive=True,
+            subject="the inbox",
+            otherwise="it is still rescanned every rescan_seconds",
+            poll_interval=poll_interval,
+            event_observer=event_observer,
+        )
+
+    @property
+    def kind(self) -> ObserverKind:
+        return self._observer.kind
+
+    @property
+    def observer(self) -> BaseObserver | None:
+        return self._observer.observer
 
     def start(self) -> None:
-        recorder = _Recorder(self.tracker.note, self._queue_folder_rescan)
-        if self.mode in ("auto", "events"):
-            try:
-                self.observer = self._start(self.event_observer(), recorder)
-                self.kind = "events"
-                return
-            except OSError as exc:
-                if self.mode == "events":
-                    raise
-                # Typically ENOSPC: fs.inotify.max_user_watches is exhausted.
-                log.warning(
-                    "file events unavailable (%s); watching by polling every %.1fs. Raise "
-                    "fs.inotify.max_user_watches, or set watch_mode: polling to silence this",
-                    exc,
-                    self.poll_interval,
-                )
-        self.observer = self._start(PollingObserver(timeout=self.poll_interval), recorder)
-        self.kind = "polling"
-
-    def _start(self, observer: BaseObserver, recorder: _Recorder) -> BaseObserver:
-        try:
-            for root in self.tracker.roots:
-                observer.schedule(recorder, str(root), recursive=True)
-            observer.start()
-        except OSError:
-            observer.stop()
-            raise
-        return observer
+        """Raises OSError in ``events`` mode when the kernel refuses file events."""
+        self._observer.watch(self.tracker.roots)
 
     def stop(self) -> None:
-        if self.observer is not None:
-            self.observer.stop()
-            self.observer.join(timeout=5)
+        self._observer.stop()
 
     def _queue_folder_rescan(self, folder: Path) -> None:
         with self._lock:

@@ -103,10 +103,16 @@ def test_name_defaults_to_file_stem_and_defaults_apply(tmp_path: Path) -> None:
     assert rule.motion.effect == "zoom_in"
 
 
-def test_empty_file_is_a_default_rule(tmp_path: Path) -> None:
-    rule = load_rule_file(write(tmp_path, "empty.yaml", "")).rule
-    assert rule.name == "empty"
-    assert rule.engine == "motion"
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_an_empty_file_is_a_problem_not_a_rule_of_defaults(tmp_path: Path, text: str) -> None:
+    """Far more often a save caught half-way than a wish for every default."""
+    path = write(tmp_path, "empty.yaml", text)
+    with pytest.raises(RuleFileError) as raised:
+        load_rule_file(path)
+    assert [str(p) for p in raised.value.problems] == [
+        f"{path}:1:1: (file): the file is empty; write the rule's fields or remove it"
+    ]
+    assert raised.value.problems[0].kind == "read"
 
 
 @pytest.mark.parametrize(

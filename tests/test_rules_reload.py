@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from watchdog.observers import Observer
 
+import daemon.ruleset
 from conftest import MOTION_RULE, DaemonProcess, Layout, make_image, wait_for
 from daemon.engines import Clip, RenderRequest
 from daemon.rules import LoadedRule
@@ -288,21 +289,44 @@ def test_an_editors_atomic_rename_save_is_picked_up(folder: Folder) -> None:
     assert folder.take() == (["rule motion updated: motion.effect 'zoom_in' -> 'zoom_out'"], [])
 
 
-def test_an_unchanged_folder_is_neither_read_nor_parsed(folder: Folder) -> None:
+class Spy:
+    """Counts the calls the RuleSet makes to the shared loader's read and parse steps."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads = self.parses = 0
+        for name in ("read_file", "parse_rule", "parse_preset"):
+            live = daemon.ruleset
+            monkeypatch.setattr(live, name, self._counting(name, getattr(live, name)))
+
+    def _counting(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            if name == "read_file":
+                self.reads += 1
+            else:
+                self.parses += 1
+            return function(*args, **kwargs)
+
+        return counted
+
+
+def test_an_unchanged_folder_is_neither_read_nor_parsed(
+    folder: Folder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = Spy(monkeypatch)
     for name, text in (("motion.yaml", MOTION_RULE), ("wave.yml", WAVE)):
         os.utime(folder.write(name, text), OLD)
     os.utime(folder.write("presets/p.yaml", PRESET.format(frames=8)), OLD)
     folder.set.reload()
-    reads, parses = folder.set.reads, folder.set.parses
+    reads, parses = spy.reads, spy.parses
     assert (reads, parses) == (3, 3)
     for _ in range(5):
         assert folder.set.reload() == ReloadResult()
-    assert (folder.set.reads, folder.set.parses) == (reads, parses)
+    assert (spy.reads, spy.parses) == (reads, parses)
 
     # Touched but the same bytes: read again, not parsed again.
     os.utime(folder.dir / "motion.yaml", (time.time() - 60, time.time() - 60))
     folder.set.reload()
-    assert (folder.set.reads, folder.set.parses) == (reads + 1, parses)
+    assert (spy.reads, spy.parses) == (reads + 1, parses)
 
 
 def test_an_edit_keeping_size_and_mtime_is_still_noticed(folder: Folder) -> None:
@@ -348,7 +372,7 @@ def test_a_rules_folder_made_after_start_is_read_and_watched(
         rules_dir.mkdir()
         (rules_dir / "motion.yaml").write_text(MOTION_RULE, encoding="utf-8")
         wait_for(lambda: [r.rule.name for r in ruleset.rules()] == ["motion"], 5)
-        wait_for(lambda: rules_dir in watcher._watches, 5)
+        wait_for(lambda: rules_dir in watcher.watched, 5)
     finally:
         watcher.stop()
     assert f"rules folder {rules_dir} can be read now" in caplog.text

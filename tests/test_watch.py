@@ -10,10 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from conftest import make_image, wait_for
+from daemon.observer import FolderObserver
 from daemon.watch import InboxWatcher, SettleTracker, is_candidate_name, scan
 
 # watchdog's own inotify bookkeeping warns when nested folders appear quickly; harmless here.
@@ -220,6 +222,50 @@ def test_events_mode_does_not_hide_an_inotify_failure(inbox: Path) -> None:
         watcher.start()
     assert raised.value.errno == errno.ENOSPC
     watcher.stop()
+
+
+class FakeRefusingSchedules(Observer):  # type: ignore[misc,valid-type]
+    """Fake: a real inotify observer that starts, then refuses every watch the way the
+    kernel does once fs.inotify.max_user_watches is reached."""
+
+    def schedule(self, *args: object, **kwargs: object) -> object:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+
+def test_the_observer_falls_back_once_and_keeps_watching_new_folders(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The helper both watchers use: called again after every rules reload, it warns
+    once, polls from then on, and picks up a folder made later."""
+    seen: list[str] = []
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            seen.append(os.fsdecode(event.src_path))
+
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    observer = FolderObserver(
+        Handler(),
+        "auto",
+        recursive=False,
+        subject="the test folders",
+        otherwise="nothing else",
+        poll_interval=0.1,
+        event_observer=FakeRefusingSchedules,
+    )
+    try:
+        for _ in range(3):
+            observer.watch([first, later])
+        assert (observer.kind, observer.watched) == ("polling", [first])
+        later.mkdir()
+        observer.watch([first, later])
+        assert observer.watched == [first, later]
+        (later / "a.yaml").write_text("x", encoding="utf-8")
+        wait_for(lambda: str(later / "a.yaml") in seen, 5)
+    finally:
+        observer.stop()
+    assert caplog.text.count("file events unavailable for the test folders") == 1
 
 
 @pytest.mark.parametrize("mode", ["events", "polling"])

@@ -1,32 +1,18 @@
-"""Rule files: pydantic models, YAML loading with file:line errors, matching.
+"""Rule files' models: rules, presets, variants and an image's overrides.
 
-Pure: nothing here touches the queue, and the only files read are rule files, preset
-files (``<rules_dir>/presets/*.yaml``) and an image's ``<stem>.yaml`` overrides.
+Pure data with their own validation; reading files is ``loading``'s job. The README's
+rules reference is generated from these models (``daemon.rules_reference``).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
-import logging
-import re
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    model_validator,
-)
-
-log = logging.getLogger(__name__)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 DEFAULT_PATTERNS = ("*.jpg", "*.jpeg", "*.png", "*.webp", "*.bmp", "*.tif", "*.tiff")
 
@@ -135,14 +121,17 @@ class DiffusionSettings(_Strict):
     """How the diffusion engine loads and calls the model; ignored by ``motion``."""
 
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        "auto", description="auto: float16 on CUDA (bfloat16 where the family needs it), "
-        "float32 on CPU"
+        "auto",
+        description="auto: float16 on CUDA (bfloat16 where the family needs it), float32 on CPU",
     )
     variant: str | None = Field(
         "auto", description="weights variant; auto: fp16 where the checkpoint has it"
     )
     decode_chunk_size: int | None = Field(
-        None, ge=1, le=64, description="frames the VAE decodes at once (default: the model's own: "
+        None,
+        ge=1,
+        le=64,
+        description="frames the VAE decodes at once (default: the model's own: "
         "1 for I2VGen-XL, all for the others)",
     )
     motion_bucket_id: int = Field(
@@ -331,259 +320,3 @@ class ResolvedParams(_Strict):
 class LoadedRule:
     rule: Rule
     file: Path
-
-
-ProblemKind = Literal["read", "yaml", "schema", "conflict"]
-
-
-@dataclass(frozen=True)
-class RuleProblem:
-    file: Path
-    line: int
-    column: int
-    field: str
-    message: str
-    kind: ProblemKind = "schema"
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.field}: {self.message}"
-
-
-class RuleFileError(Exception):
-    def __init__(self, problems: list[RuleProblem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
-
-
-# --- loading -----------------------------------------------------------------
-
-
-def _read_yaml(path: Path, what: str) -> tuple[yaml.Node | None, dict[str, Any]]:
-    """The file's YAML node tree (for line numbers) and its mapping."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problem = RuleProblem(path, 1, 1, "(file)", f"cannot read: {exc}", "read")
-        raise RuleFileError([problem]) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.reader.ReaderError as exc:
-        # A character YAML forbids: no mark, only a position in the text.
-        before = text[: exc.position]
-        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
-        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
-        message = f"character U+{code:04X} is not allowed in YAML ({exc.reason})"
-        raise RuleFileError([RuleProblem(path, line, col, "(yaml)", message, "yaml")]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise RuleFileError([RuleProblem(path, line, col, "(yaml)", reason, "yaml")]) from None
-    except (ValueError, LookupError, AttributeError, TypeError, RecursionError) as exc:
-        # PyYAML builds tagged values with Python's constructors: "2024-13-01" raises
-        # ValueError, "!!int" with no value IndexError, deep nesting RecursionError.
-        problem = RuleProblem(path, 1, 1, "(yaml)", f"unreadable value: {exc!r}", "yaml")
-        raise RuleFileError([problem]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RuleFileError(
-            [RuleProblem(path, 1, 1, "(file)", f"{what} holds a mapping (key: value lines)")]
-        )
-    return node, data
-
-
-def load_rule_file(path: Path, presets: Mapping[str, Preset] = BUILTIN_PRESETS) -> LoadedRule:
-    """Parse and validate one rule file; raise RuleFileError naming file, line and field."""
-    node, data = _read_yaml(path, "a rule file")
-    if "preset_values" in data:
-        # Filled in by the loader from the named preset; never taken from a file.
-        raise RuleFileError(
-            [RuleProblem(path, 1, 1, "preset_values", "unknown field; use 'preset' and 'params'")]
-        )
-    data.setdefault("name", path.stem)
-    return LoadedRule(_validate(Rule, data, path, node, {"presets": presets}), path)
-
-
-def load_preset_file(path: Path) -> Preset:
-    """One user preset: ``<rules_dir>/presets/<name>.yaml`` holding every Preset field."""
-    node, data = _read_yaml(path, "a preset file")
-    return _validate(Preset, data, path, node)
-
-
-def load_overrides(path: Path) -> ImageOverrides:
-    """An image's ``<stem>.yaml``: raise RuleFileError naming file, line and field."""
-    node, data = _read_yaml(path, "an image's .yaml")
-    return _validate(ImageOverrides, data, path, node)
-
-
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-def _validate(
-    model: type[_Model],
-    data: dict[str, Any],
-    path: Path,
-    node: yaml.Node | None,
-    context: dict[str, Any] | None = None,
-) -> _Model:
-    """``model`` from a file's mapping, or RuleFileError naming file, line and field."""
-    try:
-        return model.model_validate(data, context=context)
-    except ValidationError as exc:
-        raise RuleFileError(_problems(path, node, exc)) from None
-
-
-def is_rule_file_name(name: str) -> bool:
-    """Rule and preset files: ``*.yaml``/``*.yml``, not hidden. Hidden names are editors'
-    temporaries and locks (``.#x.yaml``) and macOS metadata on shares (``._x.yaml``)."""
-    return name.lower().endswith((".yaml", ".yml")) and not name.startswith(".")
-
-
-def _yaml_files(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if is_rule_file_name(p.name) and p.is_file())
-    except OSError:
-        return []
-
-
-def preset_files(rules_dir: Path) -> list[Path]:
-    return _yaml_files(rules_dir / "presets")
-
-
-def rule_files(rules_dir: Path) -> list[Path]:
-    return _yaml_files(rules_dir)
-
-
-def load_presets(rules_dir: Path) -> tuple[dict[str, Preset], list[RuleProblem]]:
-    """The built-in presets plus the user's, each named by its file's stem."""
-    presets = dict(BUILTIN_PRESETS)
-    problems: list[RuleProblem] = []
-    for path in preset_files(rules_dir):
-        name = path.stem
-        if not re.match(PRESET_NAME, name):
-            problems.append(
-                RuleProblem(path, 1, 1, "(file)", "preset names use letters, digits, _ . -")
-            )
-            continue
-        if name in presets:
-            owner = "built in" if name in BUILTIN_PRESETS else "defined twice (.yaml and .yml)"
-            problems.append(
-                RuleProblem(
-                    path, 1, 1, "(file)", f"preset {name!r} is {owner}; rename the file", "conflict"
-                )
-            )
-            continue
-        try:
-            presets[name] = load_preset_file(path)
-        except RuleFileError as exc:
-            problems.extend(exc.problems)
-    return presets, problems
-
-
-def load_rules(rules_dir: Path) -> tuple[list[LoadedRule], list[RuleProblem]]:
-    """Every valid rule in ``rules_dir``; invalid files are returned as problems, not raised."""
-    presets, problems = load_presets(rules_dir)
-    loaded = []
-    for path in rule_files(rules_dir):
-        try:
-            loaded.append(load_rule_file(path, presets))
-        except RuleFileError as exc:
-            problems.extend(exc.problems)
-    rules, conflicts = drop_conflicts(loaded)
-    return rules, problems + conflicts
-
-
-def drop_conflicts(loaded: Iterable[LoadedRule]) -> tuple[list[LoadedRule], list[RuleProblem]]:
-    """Rules in file order, each name once: a later file reusing a name is a problem."""
-    rules: list[LoadedRule] = []
-    problems: list[RuleProblem] = []
-    seen: dict[str, Path] = {}
-    for item in sorted(loaded, key=lambda r: r.file):
-        name = item.rule.name
-        if name in seen:
-            message = f"rule name {name!r} is already used by {seen[name]}"
-            problems.append(RuleProblem(item.file, 1, 1, "name", message, "conflict"))
-            continue
-        seen[name] = item.file
-        rules.append(item)
-    return rules, problems
-
-
-def _problems(path: Path, root: yaml.Node | None, exc: ValidationError) -> list[RuleProblem]:
-    out = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        # Model-level validators report at the mapping they validate.
-        # Keys come from the user's file: one that is not plain text is shown quoted,
-        # so a problem stays one line and no control character reaches a terminal.
-        field = ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc) or "(rule)"
-        node = _node_at(root, loc)
-        line, col = (node.start_mark.line + 1, node.start_mark.column + 1) if node else (1, 1)
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling against the README's rule schema)"
-        elif "input" in err and not isinstance(err["input"], dict | list):
-            message = f"{message} (got {err['input']!r})"
-        out.append(RuleProblem(path, line, col, field, message))
-    return out
-
-
-def _node_at(node: yaml.Node | None, loc: Sequence[int | str]) -> yaml.Node | None:
-    """The YAML node a pydantic error location points at, or the deepest ancestor that
-    exists when the location is missing from the file."""
-    for index, part in enumerate(loc):
-        last = index == len(loc) - 1
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                if key.value == part:
-                    # A scalar is pointed at itself; a block value at its key, since
-                    # the block may only begin on a later line.
-                    node = value if not last or isinstance(value, yaml.ScalarNode) else key
-                    break
-            else:
-                return node
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                return node
-            node = node.value[part]
-        else:
-            return node
-    return node
-
-
-# --- matching ----------------------------------------------------------------
-
-
-def folder_matches(glob: str, folder: str) -> bool:
-    """Match an inbox-relative folder against a glob where ``**`` spans any number of
-    folders, none included (so ``people/**`` matches ``people`` and all below it)."""
-    return _segments_match(
-        [p.lower() for p in glob.split("/") if p], [p.lower() for p in folder.split("/") if p]
-    )
-
-
-def _segments_match(globs: list[str], parts: list[str]) -> bool:
-    if not globs:
-        return not parts
-    head, rest = globs[0], globs[1:]
-    if head == "**":
-        return any(_segments_match(rest, parts[i:]) for i in range(len(parts) + 1))
-    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _segments_match(rest, parts[1:])
-
-
-def rule_matches(rule: Rule, relative: PurePosixPath) -> bool:
-    folder = "" if str(relative.parent) == "." else relative.parent.as_posix()
-    name = relative.name.lower()
-    return any(folder_matches(g, folder) for g in rule.match.folders) and any(
-        fnmatch.fnmatchcase(name, p.lower()) for p in rule.match.patterns
-    )
-
-
-def pick_rule(rules: Iterable[LoadedRule], relative: PurePosixPath) -> LoadedRule | None:
-    """The matching rule with the highest priority; ties go to the name that sorts first."""
-    matching = [r for r in rules if rule_matches(r.rule, relative)]
-    if not matching:
-        return None
-    return min(matching, key=lambda r: (-r.rule.priority, r.rule.name))

@@ -1,0 +1,90 @@
+"""Rule files: the models (``models``), reading them with file:line errors
+(``loading``) and choosing an image's rule (``matching``).
+
+Pure: nothing here touches the queue, and the only files read are rule files, preset
+files (``<rules_dir>/presets/*.yaml``) and an image's ``<stem>.yaml`` overrides. The
+rules in force while the daemon runs (a cache with a last good version per file) are
+``daemon.ruleset``'s.
+"""
+
+from .loading import (
+    EMPTY_RULE_FILE,
+    ProblemKind,
+    RuleFileError,
+    RuleProblem,
+    drop_conflicts,
+    is_rule_file_name,
+    load_overrides,
+    load_preset_file,
+    load_presets,
+    load_rule_file,
+    load_rules,
+    parse_preset,
+    parse_rule,
+    preset_files,
+    preset_name_problem,
+    read_file,
+    rule_files,
+)
+from .matching import folder_matches, pick_rule, rule_matches
+from .models import (
+    BUILTIN_PRESETS,
+    DEFAULT_LADDER,
+    DEFAULT_PATTERNS,
+    PRESET_NAME,
+    DiffusionSettings,
+    Easing,
+    Effect,
+    ImageOverrides,
+    LoadedRule,
+    Match,
+    MotionSettings,
+    OutputSettings,
+    ParamOverrides,
+    Preset,
+    ResolvedParams,
+    Rule,
+    Rung,
+    Variant,
+)
+
+__all__ = [
+    "BUILTIN_PRESETS",
+    "DEFAULT_LADDER",
+    "DEFAULT_PATTERNS",
+    "EMPTY_RULE_FILE",
+    "PRESET_NAME",
+    "DiffusionSettings",
+    "Easing",
+    "Effect",
+    "ImageOverrides",
+    "LoadedRule",
+    "Match",
+    "MotionSettings",
+    "OutputSettings",
+    "ParamOverrides",
+    "Preset",
+    "ProblemKind",
+    "ResolvedParams",
+    "Rule",
+    "RuleFileError",
+    "RuleProblem",
+    "Rung",
+    "Variant",
+    "drop_conflicts",
+    "folder_matches",
+    "is_rule_file_name",
+    "load_overrides",
+    "load_preset_file",
+    "load_presets",
+    "load_rule_file",
+    "load_rules",
+    "parse_preset",
+    "parse_rule",
+    "pick_rule",
+    "preset_files",
+    "preset_name_problem",
+    "read_file",
+    "rule_files",
+    "rule_matches",
+]
