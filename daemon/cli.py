@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -140,6 +141,13 @@ def run(settings: Settings, once: bool) -> int:
     except StartupError as exc:
         print(f"i2vd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    finally:
+        # The process is ending: from here until it is gone (interpreter teardown takes
+        # a moment, and puts back the default handlers that kill), a late SIGTERM or
+        # SIGHUP is ignored, so the exit code stays the service's own.
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _missing_rules_dir(rules_dir: Path) -> bool:

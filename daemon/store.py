@@ -13,9 +13,11 @@ from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Index, case, event, text, update
+from sqlalchemy import Index, String, TypeDecorator, case, event, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
+
+from .names import from_db, to_db
 
 
 class JobState(StrEnum):
@@ -30,6 +32,20 @@ class JobState(StrEnum):
 PENDING = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
 
 
+class FileName(TypeDecorator[str]):
+    """A path or name as text, any bytes a file system allows included: a name that is
+    not valid UTF-8 is stored in the escaped form of ``names.to_db`` (same column type)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else to_db(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else from_db(value)
+
+
 class Job(SQLModel, table=True):
     __table_args__ = (
         Index("ix_job_claim", "state", "not_before"),
@@ -38,9 +54,9 @@ class Job(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    source: str  # absolute path where the image was found
-    inbox_root: str
-    relative: str  # inbox-relative, POSIX separators
+    source: str = Field(sa_type=FileName)  # absolute path where the image was found
+    inbox_root: str = Field(sa_type=FileName)
+    relative: str = Field(sa_type=FileName)  # inbox-relative, POSIX separators
     sha256: str
     size_bytes: int = 0
     rule_name: str
@@ -72,9 +88,9 @@ class Job(SQLModel, table=True):
     duplicate_of: int | None = None
     # Output paths are recorded before they are written, so a retry after a crash
     # knows exactly which half-published files are its own to remove.
-    video_path: str | None = None
-    sidecar_path: str | None = None
-    source_dest: str | None = None
+    video_path: str | None = Field(default=None, sa_type=FileName)
+    sidecar_path: str | None = Field(default=None, sa_type=FileName)
+    source_dest: str | None = Field(default=None, sa_type=FileName)
     # The published video's inode, recorded around placing it: only a file with this
     # inode is this job's to remove after a failure, or to reuse for a duplicate.
     video_inode: int | None = None
