@@ -145,7 +145,6 @@ def test_pictures_with_odd_names_are_not_refused(layout: Layout, daemon: Daemons
 # --- 5. smaller faults ----------------------------------------------------------------
 
 
-@until_fixed
 @needs_mounts
 def test_a_full_state_disk_is_said_once_without_tracebacks(tmp_path: Path) -> None:
     with mounts() as made:
@@ -184,7 +183,6 @@ def test_a_full_outbox_is_named_not_its_temporary(tmp_path: Path) -> None:
     assert tally.bad() == {}
 
 
-@until_fixed
 def test_signals_after_stopping_do_not_kill_the_process(tmp_path: Path) -> None:
     with mounts() as made:
         tally = signal_storm(tmp_path, made, rounds=2)
@@ -240,7 +238,6 @@ def test_a_remounted_inbox_is_watched_again_at_once(tmp_path: Path) -> None:
     assert tally.bad() == {}, tally.notes
 
 
-@until_fixed
 def test_a_bad_png_checksum_is_called_damaged() -> None:
     with pytest.raises(BadImage) as caught:
         check_image(_bad_crc_png(7))
