@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Settings, SettingsError, load_settings
+from .names import ReadableFormatter
 from .rules import ProblemKind
 
 # 0 and 1 come from the service (1: --once saw a failure); the others are decided here.
@@ -122,11 +123,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(settings: Settings, once: bool) -> int:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(ReadableFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
     # APScheduler logs every timer tick at INFO and skipped overlaps at WARNING.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # At DEBUG, watchdog logs every raw inotify event, the daemon's own reads included.

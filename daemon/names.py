@@ -14,6 +14,7 @@ three places, all here:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 
@@ -100,3 +101,10 @@ def cut(text: str, limit: int) -> str:
         if lead & 0xC0 != 0x80:
             break
     return os.fsdecode(head)
+
+
+class ReadableFormatter(logging.Formatter):
+    """Log lines with undecodable bytes of file names shown as ``\\xe9``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return readable(super().format(record))
