@@ -17,6 +17,7 @@ from sqlalchemy import Index, String, TypeDecorator, case, event, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
+from .attempts import after_crash
 from .names import from_db, to_db
 
 
@@ -271,8 +272,9 @@ class JobStore:
         ``host``, at start-up) they were leased on ``host`` by a process that ``alive``
         says no longer runs.
 
-        Attempts are not refunded: a file that kills the daemon every time must still
-        reach its ``max_attempts`` instead of looping forever.
+        The attempt counts only if the crash fell while the picture was decoded or
+        rendered (``attempts.after_crash``): a file that kills the daemon every time
+        must still reach its ``max_attempts`` instead of looping forever.
         """
         gone = (col(Job.lease_expires) < now) | col(Job.lease_expires).is_(None)
         if host is not None:
@@ -293,7 +295,12 @@ class JobStore:
             statement = (
                 update(Job)
                 .where(col(Job.id) == job.id, col(Job.state) == JobState.RUNNING, still_gone)
-                .values(state=JobState.QUEUED, lease_owner=None, lease_expires=None)
+                .values(
+                    state=JobState.QUEUED,
+                    lease_owner=None,
+                    lease_expires=None,
+                    attempts=after_crash(col(Job.attempts), col(Job.progress)),
+                )
             )
             with self._session() as session:
                 changed = session.execute(statement).rowcount  # type: ignore[attr-defined]
