@@ -39,7 +39,7 @@ def test_a_crash_counts_only_while_the_picture_was_worked_on(
         store.claim("host:1", 100.0, 1000)
         if progress is not None:
             store.heartbeat(queued, "host:1", 100.0, 1000, progress=progress)
-        [recovered] = store.recover("host", now=101.0)
+        assert len(store.recover("host", now=101.0)) == 1
         again = store.get(queued)
         assert again is not None and again.state == "queued"
         assert again.attempts == attempts
