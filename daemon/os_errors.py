@@ -57,10 +57,14 @@ def describe(exc: BaseException, path: Path, roots: list[Path]) -> tuple[str, st
         detail = str(exc.orig) if exc.orig is not None else str(exc)
         database = folder_of(path, roots)
         if "full" in detail:
-            return (f"the queue database cannot grow: the disk holding {database} is full",
-                    "free disk space there")
-        return (f"the queue database cannot be written ({detail})",
-                "check the database (state_dir or database_url) and its disk")
+            return (
+                f"the queue database cannot grow: the disk holding {database} is full",
+                "free disk space there",
+            )
+        return (
+            f"the queue database cannot be written ({detail})",
+            "check the database (state_dir or database_url) and its disk",
+        )
     if isinstance(exc, OSError) and exc.errno in _BY_ERRNO:
         where = exc.filename2 or exc.filename
         folder = folder_of(Path(where), roots) if where else folder_of(path, roots)
@@ -87,5 +91,9 @@ def report_intake_problem(
     if described is None:
         log.exception("intake of %s failed; it stays in the inbox", name)
         return
-    log.error("cannot queue %s: %s; %s. It stays in the inbox and is tried again at "
-              "the next rescan", name, reason, described[1])
+    log.error(
+        "cannot queue %s: %s; %s. It stays in the inbox and is tried again at the next rescan",
+        name,
+        reason,
+        described[1],
+    )
