@@ -34,11 +34,18 @@ from pathlib import Path
 from typing import Any
 
 from .names import readable
+from .problems import RetryableProblem
 
 log = logging.getLogger(__name__)
 
 MARKER = ".i2vd-root"
 STATE_FILE = "roots.json"
+
+
+class ShareUnavailable(RetryableProblem):
+    """A folder a job needs is unavailable: the job waits for it, no attempt counted."""
+
+    default_hint = "check that the share is mounted and reachable"
 
 
 @dataclass

@@ -265,6 +265,17 @@ class JobStore:
             attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
         )
 
+    def postpone(self, job_id: int, until: float, owner: str | None = None) -> bool:
+        """Back to the queue until ``until``, the attempt handed back: a folder the job
+        needs is unavailable (an unmounted share), which is no fault of the job's."""
+        return self._end_lease(
+            job_id,
+            owner,
+            state=JobState.QUEUED,
+            not_before=until,
+            attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
+        )
+
     def recover(
         self, host: str | None, now: float, alive: Callable[[int], bool] = lambda pid: False
     ) -> list[Job]:
