@@ -33,8 +33,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import Settings
 from .names import readable
 from .problems import RetryableProblem
+from .store import Job
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +245,12 @@ def _write_marker(root: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def job_roots(job: Job, settings: Settings) -> list[Path]:
+    """What a job needs to be there: its picture (so its inbox), the outbox and the
+    failed folder."""
+    return [Path(job.source), settings.outbox, settings.failed_dir]
 
 
 def read_status(state_dir: Path) -> list[RootStatus]:
