@@ -51,6 +51,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import picture  # noqa: E402 - the tests' picture, so both measure the same images
+from daemon import original as original_module  # noqa: E402
+from daemon import outputs as outputs_module  # noqa: E402
+from daemon import plan as plan_module  # noqa: E402
+from daemon import render as render_module  # noqa: E402
 from daemon import video  # noqa: E402
 from daemon import worker as worker_module  # noqa: E402
 from daemon.engines import RenderRequest  # noqa: E402
@@ -322,19 +326,22 @@ def timed_phases(acc: dict[str, float], calls: dict[str, int]) -> Iterator[None]
         patched.append((owner, name, original))
         setattr(owner, name, timed)
 
-    for name in (
-        "encode_mp4",
-        "verify",
-        "decode_image",
-        "sha256_of",
-        "render",
-        "build_sidecar",
-        "write_json",
-        "place",
-        "free_stem",
-        "free_path",
+    # Each collaborator is wrapped where the job's code looks it up (the module that
+    # imported it), under one label however many modules use it.
+    for module, name, label in (
+        (render_module, "encode_mp4", "encode_mp4"),
+        (render_module, "verify", "verify"),
+        (render_module, "decode_image", "decode_image"),
+        (worker_module, "sha256_of", "sha256_of"),
+        (plan_module, "render", "templates (jinja)"),
+        (worker_module, "build_sidecar", "build_sidecar"),
+        (outputs_module, "write_json", "write_json"),
+        (outputs_module, "place", "place"),
+        (original_module, "place", "place"),
+        (plan_module, "free_stem", "free_stem"),
+        (plan_module, "free_path", "free_path"),
     ):
-        wrap(worker_module, name, name if name != "render" else "templates (jinja)")
+        wrap(module, name, label)
     for name in ("claim", "get", "plan_outputs", "find_done", "finish", "heartbeat"):
         wrap(JobStore, name, f"store.{name}")
     wrap(MotionEngine, "render", "MotionEngine.render (incl. heartbeats)")

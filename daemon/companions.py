@@ -9,6 +9,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .problems import Problem
 from .prompts import MAX_TEXT_CHARS, clean_text
 from .rules import ImageOverrides, Rule, RuleFileError, load_overrides
 
@@ -17,12 +18,8 @@ COMPANION_SUFFIXES = (".txt", ".yaml", ".yml")
 MAX_TEXT_BYTES = 64 * 1024
 
 
-class CompanionProblem(Exception):
+class CompanionProblem(Problem):
     """A file beside the image is unusable; the image fails with this message."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 def is_companion(path: Path) -> bool:

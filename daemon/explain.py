@@ -1,19 +1,20 @@
 """What the rules would do, without doing it: ``i2vd rules check`` and ``rules explain``.
 
 Both read the same rule files as the daemon, through the same loaders, and pick rules
-with the same ``pick_rule``; nothing here queues, renders or moves a file. Heavy engine
-packages (torch, diffusers) are never imported: a family's size rounding is read from
-the model's ``model_index.json`` and the engine's torch-free table, where it has one.
+with the same ``pick_rule``; nothing here queues, renders or moves a file. What a job
+would produce (names, prompts, frame size and count, the original's fate) comes from
+``plan.py``, the worker's own planning. Heavy engine packages (torch, diffusers) are
+never imported: a model's family is read from its ``model_index.json``
+(``model_info.py``), and whether its engine can run here from the installed packages.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import importlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -23,16 +24,27 @@ from jinja2 import TemplateAssertionError, TemplateSyntaxError, meta
 
 from .companions import CompanionProblem, Companions, is_companion, read_companions
 from .config import Settings
+from .engines import EngineUnavailable, check_engine
 from .images import BadImage, check_image, read_facts
+from .model_info import MEMORY_BY_RESOLUTION, memory_class, model_family
+from .plan import (
+    SourceAction,
+    context_for,
+    family_rounding,
+    negative_prompt_of,
+    original_fate,
+    output_files,
+    output_stem,
+    plan_frames,
+    prompt_of,
+)
+from .problems import Problem
 from .prompts import (
     ImageFacts,
     TemplateProblem,
-    render,
-    safe_output_name,
     template_context,
     template_environment,
 )
-from .publish import free_path, free_stem
 from .rules import (
     ImageOverrides,
     LoadedRule,
@@ -48,18 +60,8 @@ from .rules import (
     rule_matches,
 )
 from .ruleset import rules_in_force
-from .sizing import frame_size
 from .watch import is_candidate_name
 
-# GPU memory the reference I2VGen-XL tool needs per resolution (its own table); other
-# diffusion families differ, so explain names where the figures come from.
-MEMORY_BY_RESOLUTION = {
-    256: "< 8 GB",
-    512: "12–14 GB",  # noqa: RUF001 - the reference tool's en dash
-    768: "16–18 GB",  # noqa: RUF001
-    1024: "> 20 GB",
-}
-MEMORY_SOURCE = "I2VGen-XL figures from the reference tool"
 NO_RULE = "no rule matches: the image would stay in the inbox"
 # Template variables that only the image itself can tell.
 IMAGE_FACTS = (*(f.name for f in dataclasses.fields(ImageFacts)), "orientation")
@@ -182,7 +184,7 @@ def _count(n: int, noun: str) -> str:
 # --- rules explain: where a path is ------------------------------------------------
 
 
-class PathProblem(Exception):
+class PathProblem(Problem):
     """The path cannot be placed in any inbox."""
 
 
@@ -404,21 +406,19 @@ class Explainer:
     ) -> dict[str, Any]:
         rule = loaded.rule
         folder = self.settings.outbox / place.relative.parent
-        original: dict[str, str | None]
-        if rule.source == "move":
-            original = {
-                "action": "move",
-                "path": str(free_path(folder, place.relative.name)),
-                "text": "moves beside its video",
-            }
-        elif rule.source == "keep":
-            original = {"action": "keep", "path": str(place.path), "text": "stays in the inbox"}
-        else:
-            original = {
-                "action": "delete",
-                "path": None,
-                "text": "is deleted once its video is published",
-            }
+        # The drop's fate, as its last job applies it (variants leave it until then).
+        fate = original_fate(rule, "", folder, place.relative.name, Path.exists)
+        path = {SourceAction.MOVE: fate.dest, SourceAction.KEEP: place.path}.get(fate.action)
+        original = {
+            "action": str(fate.action),
+            "path": str(path) if path is not None else None,
+            "text": _FATE_TEXT[fate.action],
+        }
+        try:
+            check_engine(rule.engine)
+        except EngineUnavailable as exc:
+            # The daemon's own start-up check: every image of this rule would fail.
+            report["errors"].append(f"{exc}: every image of this rule would fail ({exc.hint})")
         outputs = []
         for index, (variant, variant_rule) in enumerate(companions.apply(rule)):
             output = self._output(variant, variant_rule, place, folder, facts, companions)
@@ -451,9 +451,7 @@ class Explainer:
         facts: ImageFacts | None,
         companions: Companions,
     ) -> dict[str, Any]:
-        context = template_context(
-            place.relative, rule.name, self.now, facts, companions.text, variant
-        )
+        context = context_for(rule, place.relative, self.now, facts, companions.text, variant)
         if facts is None:
             # Unknown, not empty: a template that needs them fails here, naming them,
             # instead of showing "None" where the image's size would be.
@@ -461,29 +459,25 @@ class Explainer:
                 context.pop(key, None)
         errors: list[str] = []
 
-        def attempt(template: str, what: str) -> str | None:
+        def attempt(step: Callable[[Rule, dict[str, Any]], str], what: str) -> str | None:
             try:
-                return render(template, context, what)
+                return step(rule, context)
             except TemplateProblem as exc:
                 errors.append(str(exc))
             except Exception as exc:  # e.g. arithmetic on a width that is unknown (None)
+                template = getattr(rule, what) if what != "output.name" else rule.output.name
                 errors.append(f"{what} template {template!r}: {type(exc).__name__}: {exc}")
             return None
 
-        prompt = attempt(rule.prompt, "prompt")
-        negative = attempt(rule.negative_prompt, "negative_prompt")
+        prompt = attempt(prompt_of, "prompt")
+        negative = attempt(negative_prompt_of, "negative_prompt")
         video = sidecar = None
         taken = False
-        name = attempt(rule.output.name, "output.name")
-        if name is not None:
-            try:
-                stem = safe_output_name(name)
-            except TemplateProblem as exc:
-                errors.append(str(exc))
-            else:
-                free = free_stem(folder, stem, [".mp4", ".json"])
-                taken = free != stem
-                video, sidecar = str(folder / f"{free}.mp4"), str(folder / f"{free}.json")
+        stem = attempt(output_stem, "output.name")
+        if stem is not None:
+            video_path, sidecar_path = output_files(folder, stem, Path.exists)
+            taken = video_path.stem != stem
+            video, sidecar = str(video_path), str(sidecar_path)
         return {
             "variant": variant,
             "prompt": prompt,
@@ -492,7 +486,7 @@ class Explainer:
             "param_sources": {},
             "aspect": rule.aspect,
             "frame": self._frame(rule, facts),
-            "memory": _memory(rule),
+            "memory": memory_class(rule),
             "video": video,
             "sidecar": sidecar,
             "name_taken": taken,
@@ -500,60 +494,17 @@ class Explainer:
         }
 
     def _frame(self, rule: Rule, facts: ImageFacts | None) -> dict[str, Any]:
-        params = rule.resolved()
+        family = self._family(rule)
+        rounding = family_rounding(family["pipeline"]) if family is not None else None
         width = facts.width if facts else None
         height = facts.height if facts else None
-        frames, fps = params.frames, params.fps
-        notes = []
-        family = self._family(rule) if rule.engine == "diffusion" else None
-        multiple = 2
-        if family is not None and family["size_multiple"]:
-            multiple = int(family["size_multiple"])
-        if rule.aspect == "source" and (width is None or height is None):
-            size: tuple[int, int] | None = None
-            notes.append(
-                f"aspect: source: the size depends on the image (about {params.resolution}x"
-                f"{params.resolution} pixels in its aspect ratio)"
-            )
-        else:
-            size = frame_size(params.resolution, rule.aspect, width or 1, height or 1, multiple)
-        if rule.engine == "motion":
-            notes.append(
-                f"motion: {rule.motion.effect}, zoom {rule.motion.zoom} (steps, "
-                "guidance and seed are for diffusion only)"
-            )
-            target = rule.motion.interpolate_fps
-            if target and target > fps:
-                notes.append(f"re-timed from {fps} to {target} fps by frame interpolation")
-                fps = target
-        elif family is None or family["family"] is None:
-            known = f" ({family['pipeline']})" if family and family["pipeline"] else ""
-            notes.append(
-                f"the model family{known} is not known here: its rounding of size and "
-                "frames is applied at run time"
-            )
-        else:
-            label = family["family"]
-            if family["size_multiple"]:
-                notes.append(f"sides rounded to multiples of {multiple} for {label}")
-            else:
-                notes.append(f"{label} rounds the sides once the model is loaded")
-            if family["frame_step"]:
-                rounded = _round_frames(frames, family["frame_step"])
-                if rounded != frames:
-                    notes.append(
-                        f"frames rounded from {frames} to {rounded} ({label} takes "
-                        f"{family['frame_form']} frames)"
-                    )
-                frames = rounded
-            else:
-                notes.append(f"{label} rounds the frame count once the model is loaded")
+        frame = plan_frames(rule, width, height, rounding)
         return {
-            "width": size[0] if size else None,
-            "height": size[1] if size else None,
-            "frames": frames,
-            "fps": fps,
-            "notes": notes,
+            "width": frame.width,
+            "height": frame.height,
+            "frames": frame.frames,
+            "fps": frame.fps,
+            "notes": list(frame.notes),
         }
 
     def _family(self, rule: Rule) -> dict[str, Any] | None:
@@ -562,11 +513,11 @@ class Explainer:
         return model_family(rule.model, self.settings.base_dir)
 
 
-def _round_frames(frames: int, step: int) -> int:
-    """The family's frame form: ``k * step + 1`` (any count where ``step`` is 1)."""
-    if step <= 1:
-        return frames
-    return max(1, round((frames - 1) / step)) * step + 1
+_FATE_TEXT = {
+    SourceAction.MOVE: "moves beside its video",
+    SourceAction.KEEP: "stays in the inbox",
+    SourceAction.DELETE: "is deleted once its video is published",
+}
 
 
 def _mismatch(rule: Rule, relative: PurePosixPath) -> str:
@@ -597,110 +548,6 @@ def _sources(
         if variant.seed is not None:
             sources["seed"] = f"variant {variant_name}"
     return sources
-
-
-def _memory(rule: Rule) -> str:
-    if rule.engine == "motion":
-        return "CPU only, no GPU memory"
-    resolution = rule.resolved().resolution
-    return f"{MEMORY_BY_RESOLUTION[resolution]} of GPU memory at {resolution} ({MEMORY_SOURCE})"
-
-
-def model_family(model: str, base_dir: Path) -> dict[str, Any]:
-    """What is known about a diffusion model without loading it: its pipeline class (from
-    a local folder's or the Hugging Face cache's ``model_index.json``, else from the hub
-    id of a family's reference model) and, where the engine's torch-free families table
-    can say so without the loaded model, the family's size multiple and frame form."""
-    info: dict[str, Any] = {
-        "local": False,
-        "pipeline": None,
-        "family": None,
-        "size_multiple": None,
-        "frame_step": None,
-        "frame_form": None,
-        "known_from": None,
-    }
-    folder = Path(model).expanduser()
-    if not folder.is_absolute():
-        folder = base_dir / folder
-    info["local"] = folder.is_dir()
-    families = _families_table()
-    candidates = [folder] if info["local"] else _hub_snapshots(model)
-    for candidate in candidates:
-        pipeline = _pipeline_class(candidate / "model_index.json")
-        if pipeline is not None:
-            info["pipeline"], info["known_from"] = pipeline, str(candidate / "model_index.json")
-            break
-    if families is None:
-        return info
-    try:
-        _apply_family(info, model, families)
-    except Exception:
-        # The table is the engine's, still growing: if its shape changes, explain only
-        # loses this detail (and says rounding happens at run time); it never fails.
-        info.update(family=None, size_multiple=None, frame_step=None, frame_form=None)
-    return info
-
-
-def _apply_family(info: dict[str, Any], model: str, families: Any) -> None:
-    if info["pipeline"] is None:
-        for family in families.FAMILIES:
-            if family.example == model:
-                info["pipeline"], info["known_from"] = family.class_name, "hub id"
-    family = families.BY_CLASS.get(info["pipeline"])
-    if family is None:
-        return
-    info["family"] = family.label
-    # The table's rules read the loaded pipeline; given none, a rule that falls back to
-    # the family's usual value answers, and one that needs the model says so by failing.
-    for key, rule in (
-        ("size_multiple", family.spatial_multiple),
-        ("frame_step", family.frame_step),
-    ):
-        try:
-            info[key] = int(rule(_NO_PIPELINE))
-        except Exception:
-            info[key] = None
-    if info["frame_step"] is not None:
-        info["frame_form"] = families.form_of(info["frame_step"])
-
-
-class _Unloaded:
-    """Stands in for a pipeline that is not loaded: it has no attributes at all."""
-
-
-_NO_PIPELINE = _Unloaded()
-
-
-def _families_table() -> Any:
-    """The diffusion engine's families table (torch-free), or None where it is missing."""
-    try:
-        return importlib.import_module(".engines.diffusion.families", __package__)
-    except ImportError:
-        return None
-
-
-def _pipeline_class(index: Path) -> str | None:
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    name = data.get("_class_name") if isinstance(data, dict) else None
-    return name if isinstance(name, str) else None
-
-
-def _hub_snapshots(model: str) -> list[Path]:
-    """Downloaded snapshots of a hub id in the Hugging Face cache, newest first."""
-    if model.count("/") != 1:
-        return []
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
-    snapshots = cache / f"models--{model.replace('/', '--')}" / "snapshots"
-    try:
-        found = [p for p in snapshots.iterdir() if p.is_dir()]
-    except OSError:
-        return []
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 # --- rendering the report ----------------------------------------------------------

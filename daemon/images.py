@@ -10,18 +10,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .problems import Problem
 from .prompts import ImageFacts, clean_text
 
 # Decompression bombs are refused rather than allowed to eat the host's memory.
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
 
-class BadImage(Exception):
-    """The file is not a usable image. ``hint`` tells the user what to do about it."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+class BadImage(Problem):
+    """The file is not a usable image. ``hint`` tells the user what to do about it.
+    Permanent: the same bytes fail the same way."""
 
 
 def sha256_of(data: bytes) -> str:

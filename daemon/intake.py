@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 
 from .companions import (
@@ -22,16 +23,28 @@ from .companions import (
     read_companions,
 )
 from .images import BadImage, check_image, sha256_file, sha256_of
-from .publish import move_companions, quarantine
+from .reports import failure_report, quarantine_original
 from .rules import LoadedRule, Rule, pick_rule
 from .store import PENDING, Job, JobState, JobStore
 
 log = logging.getLogger(__name__)
 
 
+class Outcome(StrEnum):
+    """What intake made of a path."""
+
+    QUEUED = "queued"  # one job per output, queued now
+    KNOWN = "known"  # already queued or handled: nothing new
+    UNMATCHED = "unmatched"  # no rule matches: it stays in the inbox
+    UNREADABLE = "unreadable"  # the service user cannot read it
+    REJECTED = "rejected"  # not a usable image (or companion file): reported in failed/
+    VANISHED = "vanished"  # gone before it could be read
+    COMPANION = "companion"  # a .txt/.yaml, read with its image, never on its own
+
+
 @dataclass(frozen=True)
 class IntakeResult:
-    outcome: str  # queued | known | unmatched | unreadable | rejected | vanished | companion
+    outcome: Outcome
     job: Job | None = None
     jobs: tuple[Job, ...] = ()  # every job queued (one per variant)
 
@@ -75,27 +88,27 @@ class Intake:
         try:
             stat = path.stat()
         except OSError:
-            return IntakeResult("vanished")
+            return IntakeResult(Outcome.VANISHED)
         fingerprint = (stat.st_size, stat.st_mtime_ns)
         cached = self._handled.get(path)
         if cached is not None and cached[0] == fingerprint:
             job = self.store.get(cached[1]) if cached[1] is not None else None
             if cached[1] is None or still_in_inbox(job):
-                return IntakeResult("known", job)
+                return IntakeResult(Outcome.KNOWN, job)
         if is_companion(path):
-            return IntakeResult("companion")  # read with its image, never on its own
+            return IntakeResult(Outcome.COMPANION)  # read with its image, never on its own
         relative = PurePosixPath(path.relative_to(root).as_posix())
 
         loaded = pick_rule(self.rules(), relative)
         if loaded is None:
             self._handled[path] = (fingerprint, None)
             log.info("no rule matches %s; it stays in the inbox (add or widen a rule)", relative)
-            return IntakeResult("unmatched")
+            return IntakeResult(Outcome.UNMATCHED)
 
         try:
             sha256 = sha256_file(path)
         except FileNotFoundError:
-            return IntakeResult("vanished")
+            return IntakeResult(Outcome.VANISHED)
         except OSError as exc:
             self._handled[path] = (fingerprint, None)
             log.warning(
@@ -104,30 +117,30 @@ class Intake:
                 relative,
                 exc.strerror,
             )
-            return IntakeResult("unreadable")
-        known = self.store.seen(str(path), sha256)
+            return IntakeResult(Outcome.UNREADABLE)
+        known = self.store.job_for_file(str(path), sha256)
         kept = known is not None and known.state == JobState.DONE and known.source_stuck
         if still_in_inbox(known) and not kept:
             self._handled[path] = (fingerprint, known.id if known else None)
-            return IntakeResult("known", known)
+            return IntakeResult(Outcome.KNOWN, known)
 
         job = self._new_job(root, path, relative, sha256, stat.st_size, loaded)
         try:
             check_image(path)
             companions = read_companions(path)
         except FileNotFoundError:
-            return IntakeResult("vanished")
+            return IntakeResult(Outcome.VANISHED)
         except (BadImage, CompanionProblem) as exc:
             job = self._reject(job, path, exc)
             self._handled[path] = (fingerprint, job.id)
-            return IntakeResult("rejected", job)
+            return IntakeResult(Outcome.REJECTED, job)
 
         planned = self._variants(job, loaded.rule, companions)
         if kept and known is not None and self._same_work(known, planned):
             # A kept original (`source: keep`) is remembered by content; it is new work
             # only once its rule or its .txt/.yaml changed.
             self._handled[path] = (fingerprint, known.id)
-            return IntakeResult("known", known)
+            return IntakeResult(Outcome.KNOWN, known)
         jobs = tuple(self.store.enqueue(j) for j in planned)
         self._handled[path] = (fingerprint, jobs[0].id)
         for queued in jobs:
@@ -141,7 +154,7 @@ class Intake:
                 queued.engine,
             )
             self.on_queued(queued)
-        return IntakeResult("queued", jobs[0], jobs)
+        return IntakeResult(Outcome.QUEUED, jobs[0], jobs)
 
     def _same_work(self, known: Job, planned: list[Job]) -> bool:
         done = {known.rule_hash, *(j.rule_hash for j in self.store.siblings(known))}
@@ -202,32 +215,8 @@ class Intake:
         job.state, job.attempts, job.finished_at = JobState.FAILED, 1, now
         job.error, job.hint = str(exc), exc.hint
         job = self.store.enqueue(job)
-        relative = PurePosixPath(job.relative)
-        report = {
-            "error": str(exc),
-            "hint": exc.hint,
-            "attempts": 1,
-            "rule": job.rule_name,
-            "source": job.relative,
-            "sha256": job.sha256,
-            "job": job.id,
-        }
-        try:
-            dest = quarantine(path, self.failed_dir / relative.parent, report)
-            move_companions(companion_paths(path), dest)
-        except OSError as move_error:
-            assert job.id is not None
-            self.store.mark_source_stuck(job.id)
-            job.source_stuck = True
-            log.error(
-                "job %d failed: %s: %s; could not move it to %s either (%s); it stays in "
-                "the inbox and is not retried until it changes",
-                job.id,
-                relative,
-                exc,
-                self.failed_dir,
-                move_error,
-            )
-            return job
-        log.warning("job %d failed: %s: %s -> %s", job.id, relative, exc, dest)
+        report = failure_report(job, str(exc), exc.hint)
+        dest = quarantine_original(self.store, job, self.failed_dir, report, companion_paths(path))
+        if dest is not None:
+            log.warning("job %d failed: %s: %s -> %s", job.id, job.relative, exc, dest)
         return job

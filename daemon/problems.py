@@ -43,6 +43,12 @@ class Problem(Exception):
         self.detail = detail
         self.extra: dict[str, Any] = dict(extra or {})
 
+    def report_extra(self) -> dict[str, Any]:
+        """The fields beyond message and hint this problem adds to a failure report."""
+        fields: dict[str, Any] = {"detail": self.detail} if self.detail else {}
+        fields.update(self.extra)
+        return fields
+
     def report(self) -> dict[str, Any]:
         """The fields this problem contributes to a failure report."""
         fields: dict[str, Any] = {"error": self.message, "hint": self.hint}

@@ -20,6 +20,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from .names import safe_stem
+from .problems import Problem
 
 _TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 
@@ -28,14 +29,17 @@ def template_environment() -> SandboxedEnvironment:
     """The environment every template renders in (``rules check`` parses with it)."""
     return _TEMPLATES
 
+
 # Longest text taken from a `<stem>.txt` or an EXIF field: a prompt, not a document.
 MAX_TEXT_CHARS = 2000
 
 
-class TemplateProblem(Exception):
+class TemplateProblem(Problem):
     """A prompt or output-name template could not be rendered for this image."""
 
-    hint = "fix the template in the rule file (README: Templates), then drop the image again"
+    default_hint = (
+        "fix the template in the rule file (README: Templates), then drop the image again"
+    )
 
 
 @dataclass(frozen=True)

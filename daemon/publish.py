@@ -12,30 +12,36 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .names import cut
+from .problems import RetryableProblem
+
 TEMP_MARK = ".i2vd-tmp"
 NAME_MAX = 255  # bytes in one file name on Linux filesystems and SMB shares
+# Whether a name is in use; the disk by default, any answer for a plan made ahead.
+Taken = Callable[[Path], bool]
 
 
-class PublishError(Exception):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+class PublishError(RetryableProblem):
+    """A file could not be read, written or moved (full disk, permissions, a share gone):
+    retryable, since the folder may be fixed or come back meanwhile."""
 
 
 def temp_name(dest: Path) -> Path:
     """A hidden sibling of ``dest`` that watchers and users ignore, and sweeps can find.
     Only a prefix of the name is kept, so long names stay within the 255-byte limit."""
-    prefix = dest.name.encode()[:150].decode(errors="ignore")
-    return dest.with_name(f".{prefix}.{secrets.token_hex(4)}{TEMP_MARK}")
+    return dest.with_name(f".{cut(dest.name, 150)}.{secrets.token_hex(4)}{TEMP_MARK}")
 
 
 def write_json(dest: Path, data: dict[str, Any]) -> None:
     """Write a new JSON file whole or not at all; an existing ``dest`` is never replaced."""
-    payload = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+    # A name that is not UTF-8 is written as a \\udcXX escape: still valid JSON, and
+    # read back to the very same name.
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    payload = text.encode("utf-8", errors="backslashreplace")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(dest)
     try:
@@ -107,26 +113,26 @@ def _rename_no_replace(src: Path, dest: Path) -> None:
     os.unlink(src)
 
 
-def free_stem(folder: Path, stem: str, suffixes: Iterable[str]) -> str:
+def free_stem(folder: Path, stem: str, suffixes: Iterable[str], taken: Taken = Path.exists) -> str:
     """``stem``, or ``stem-2``, ``stem-3``…: the first for which no ``stem+suffix`` exists.
 
     A stem too long for the filesystem's 255-byte names (once a suffix and a counter are
     added) is shortened, so a long file name can always be published or quarantined.
     """
     suffixes = list(suffixes)
-    room = NAME_MAX - max(len(s.encode()) for s in suffixes) - len("-999")
-    stem = stem.encode()[:room].decode(errors="ignore")
+    room = NAME_MAX - max(len(os.fsencode(s)) for s in suffixes) - len("-999")
+    stem = cut(stem, room)
     candidate, n = stem, 1
-    while any((folder / f"{candidate}{s}").exists() for s in suffixes):
+    while any(taken(folder / f"{candidate}{s}") for s in suffixes):
         n += 1
         candidate = f"{stem}-{n}"
     return candidate
 
 
-def free_path(folder: Path, name: str) -> Path:
+def free_path(folder: Path, name: str, taken: Taken = Path.exists) -> Path:
     """``folder/name``, or ``name`` with ``-2``, ``-3``… before its extension if taken."""
     path = Path(name)
-    stem = free_stem(folder, path.stem, [path.suffix])
+    stem = free_stem(folder, path.stem, [path.suffix], taken)
     return folder / f"{stem}{path.suffix}"
 
 
@@ -173,6 +179,8 @@ def sweep_temporaries(roots: Iterable[Path]) -> list[Path]:
 
 def describe_os_error(exc: OSError, path: Path) -> PublishError:
     """Turn a failed file operation into a message and a hint a user can act on."""
+    if path.name.endswith(TEMP_MARK):
+        path = path.parent  # the folder to act on, never a hidden temporary
     if exc.errno == errno.ENOSPC:
         return PublishError(f"no space left on the device holding {path}", "free disk space there")
     if exc.errno in (errno.EACCES, errno.EPERM):

@@ -153,7 +153,7 @@ class Service:
             s.max_attempts,
             on_queued=lambda job: self._wake.set(),
         )
-        self.worker = Worker(s, self.store, self.owner, stop=self.stop_event)
+        self.worker = Worker(s, self.store, self.owner, stop=self.stop_event, gate=self.gate)
         self.watcher = InboxWatcher(self.tracker, s.watch_mode)
         if not self.once:
             try:
@@ -308,7 +308,7 @@ class Service:
         with self._intake_lock:
             for root, path in self.tracker.poll(time.time()):
                 try:
-                    outcome = self.intake.take(root, path).outcome
+                    outcome: str = self.intake.take(root, path).outcome
                     self.intake_problems.pop(path, None)
                 except Exception as exc:
                     # One file that cannot be taken must not stop intake of the others.

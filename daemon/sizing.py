@@ -2,7 +2,8 @@
 
 ``resolution`` N is a pixel budget of NxN. ``square`` centre-crops to NxN; ``source``
 keeps the image's aspect ratio at about NxN pixels. Sides are rounded to ``multiple``
-(2 for H.264's 4:2:0 chroma; diffusion families need 8, 16 or 32).
+(2 for H.264's 4:2:0 chroma; diffusion families need 8, 16 or 32). Frame counts of
+diffusion families take a form ``k * step + 1`` where the VAE compresses time.
 """
 
 from __future__ import annotations
@@ -38,6 +39,24 @@ def crop_box(
     left = (source_width - crop_w) / 2
     top = (source_height - crop_h) / 2
     return left, top, left + crop_w, top + crop_h
+
+
+def round_frames(frames: int, step: int) -> int:
+    """The nearest count of the form k * step + 1 (any count where step is 1)."""
+    if step <= 1:
+        return max(1, frames)
+    return max(1, round((frames - 1) / step)) * step + 1
+
+
+def lowest_frames(minimum: int, step: int) -> int:
+    """The smallest count of the family's form that is at least ``minimum``."""
+    if step <= 1:
+        return max(1, minimum)
+    return max(1, -(-(minimum - 1) // step)) * step + 1
+
+
+def form_of(step: int) -> str:
+    return "any count" if step <= 1 else f"{step}k+1"
 
 
 def _round_to(value: float, multiple: int) -> int:

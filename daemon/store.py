@@ -242,11 +242,10 @@ class JobStore:
             job_id, owner, state=JobState.CANCELLED, finished_at=now, error=reason
         )
 
-    def mark_source_stuck(self, job_id: int) -> None:
-        self._update(job_id, source_stuck=True)
-
-    def mark_source_left(self, source: str, sha256: str) -> None:
-        """The original stays in the inbox for good: every job of it says so."""
+    def keep_in_inbox(self, source: str, sha256: str) -> None:
+        """The original stays in the inbox for good (kept, or it could not be moved or
+        deleted): every job of it says so, and intake takes it again only once it
+        changes."""
         statement = (
             update(Job)
             .where(col(Job.source) == source, col(Job.sha256) == sha256)
@@ -341,7 +340,7 @@ class JobStore:
         with self._session() as session:
             return session.get(Job, job_id)
 
-    def seen(self, source: str, sha256: str) -> Job | None:
+    def job_for_file(self, source: str, sha256: str) -> Job | None:
         """The job for this exact file content at this path, whatever its state: a
         pending one first (an image with variants has several), else the newest."""
         pending_first = case((col(Job.state).in_(PENDING), 0), else_=1)
@@ -352,7 +351,7 @@ class JobStore:
                 .order_by(pending_first, col(Job.id).desc())
             ).first()
 
-    def settle_drop(self, drop: str) -> bool:
+    def claim_drop_end(self, drop: str) -> bool:
         """True for exactly one caller: the first to ask once no job of ``drop`` is
         pending. Each job commits its own end first, so the last to end always wins,
         also with several daemons on one queue."""

@@ -13,11 +13,16 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 
+from .problems import RetryableProblem
+
 Frame = np.ndarray  # HxWx3 uint8, RGB
 
 
-class VideoError(Exception):
-    """Encoding failed, or the written file is not what was asked for."""
+class VideoError(RetryableProblem):
+    """Encoding failed, or the written file is not what was asked for. Retryable: an
+    encoder hiccup or a full scratch disk may be gone next time."""
+
+    default_hint = "ffmpeg failed; its message is above and in the log"
 
 
 @dataclass(frozen=True)

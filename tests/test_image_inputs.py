@@ -340,11 +340,11 @@ def test_only_one_job_of_a_drop_settles_the_original(layout: Layout) -> None:
     intake = Intake(bench.store, lambda: rules, bench.settings.failed_dir, 3)
     first, second = intake.take(bench.settings.inbox[0], make_image(layout.inbox / "a.jpg")).jobs
     assert first.id is not None and second.id is not None
-    assert not bench.store.settle_drop(first.drop), "both jobs are still queued"
+    assert not bench.store.claim_drop_end(first.drop), "both jobs are still queued"
     bench.store.finish(first.id, time.time(), {})
-    assert not bench.store.settle_drop(first.drop), "the second is still queued"
+    assert not bench.store.claim_drop_end(first.drop), "the second is still queued"
     bench.store.fail(second.id, time.time(), "x", "y", retry_at=None)
-    assert [bench.store.settle_drop(first.drop) for _ in range(3)] == [True, False, False]
+    assert [bench.store.claim_drop_end(first.drop) for _ in range(3)] == [True, False, False]
 
 
 def test_a_new_picture_under_a_variant_name_is_never_moved_or_deleted(layout: Layout) -> None:

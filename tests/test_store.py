@@ -195,10 +195,10 @@ def test_seen_and_find_done(store: JobStore) -> None:
     first = store.enqueue(make_job(1, sha="a" * 64, source="/in/x.jpg"))
     second = store.enqueue(make_job(2, sha="a" * 64, source="/in/x.jpg", rule="other"))
     store.enqueue(make_job(3, sha="b" * 64, source="/in/x.jpg"))
-    seen = store.seen("/in/x.jpg", "a" * 64)
+    seen = store.job_for_file("/in/x.jpg", "a" * 64)
     assert seen is not None and seen.id == second.id  # newest first
-    assert store.seen("/in/x.jpg", "c" * 64) is None
-    assert store.seen("/in/y.jpg", "a" * 64) is None
+    assert store.job_for_file("/in/x.jpg", "c" * 64) is None
+    assert store.job_for_file("/in/y.jpg", "a" * 64) is None
 
     assert store.find_done("a" * 64, "motion", "h1") == []  # not done yet
     for _ in range(2):
@@ -319,7 +319,9 @@ def test_source_stuck_flag(store: JobStore) -> None:
     store.claim("h:1", 100.0, 60)
     store.fail(job, 101.0, "e", "h", retry_at=None)
     assert store.get(job).source_stuck is False  # type: ignore[union-attr]
-    store.mark_source_stuck(job)
+    row = store.get(job)
+    assert row is not None
+    store.keep_in_inbox(row.source, row.sha256)
     assert store.get(job).source_stuck is True  # type: ignore[union-attr]
 
 

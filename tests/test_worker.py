@@ -14,12 +14,8 @@ from typing import Any
 import pytest
 
 from conftest import NEEDS_PERMISSIONS, Layout, make_image
-from daemon.config import Settings
-from daemon.intake import Intake
-from daemon.rules import load_rules
-from daemon.store import Job, JobStore
 from daemon.video import probe
-from daemon.worker import Worker
+from worker_bench import Bench
 
 CUSTOM_RULE = """\
 name: motion
@@ -50,38 +46,6 @@ SIDECAR_KEYS = {
     "versions",
     "outputs",
 }
-
-
-class Bench:
-    """Intake and Worker wired the way the service wires them, minus the timers."""
-
-    def __init__(self, layout: Layout, **settings: Any) -> None:
-        self.layout = layout
-        self.settings: Settings = layout.load(retry_delay_seconds=0, **settings)
-        self.store = JobStore(self.settings.database_url)
-        self.worker = Worker(self.settings, self.store, owner="test-host:1")
-
-    def queue(self, path: Path) -> Job:
-        rules, problems = load_rules(self.settings.rules_dir)
-        assert problems == []
-        intake = Intake(
-            self.store, lambda: rules, self.settings.failed_dir, self.settings.max_attempts
-        )
-        result = intake.take(self.settings.inbox[0], path)
-        assert result.outcome == "queued", result
-        assert result.job is not None
-        return result.job
-
-    def run(self) -> Job:
-        job = self.worker.run_once(time.time())
-        assert job is not None, "nothing was runnable"
-        return job
-
-    def assert_clean(self) -> None:
-        """Nothing half-written anywhere, and no scratch files left in state/work."""
-        temporaries = [p for p in self.layout.root.rglob("*") if p.name.endswith(".i2vd-tmp")]
-        assert temporaries == []
-        assert self.layout.files(self.settings.work_dir) == []
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..problems import Problem
 from .base import Clip, Engine, EngineOptions, JobInterrupted, RenderRequest
 
 __all__ = [
@@ -17,15 +18,30 @@ __all__ = [
 ]
 
 
-class EngineUnavailable(Exception):
-    """The rule names an engine this installation cannot run. ``hint`` says how to fix it."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+class EngineUnavailable(Problem):
+    """The rule names an engine this installation cannot run. ``hint`` says how to fix it.
+    Permanent until the installation changes."""
 
 
 _DIFFUSION_PACKAGES = ("torch", "diffusers", "transformers", "accelerate")
+
+
+def check_engine(name: str) -> None:
+    """Raise EngineUnavailable when this host cannot run the engine ``name``, without
+    importing its heavy packages: the daemon's start-up warning, its jobs and
+    ``rules explain`` all ask this."""
+    if name == "motion":
+        return
+    if name != "diffusion":
+        raise EngineUnavailable(f"unknown engine {name!r}", "use 'motion' or 'diffusion'")
+    missing = [p for p in _DIFFUSION_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        raise EngineUnavailable(
+            f"engine 'diffusion' needs {', '.join(missing)}, which this host does not have",
+            "install it with: pip install 'i2vd[diffusion]' (GPU hosts: install the CUDA "
+            "build of torch first), restart i2vd, then move the image back into the inbox; "
+            "or drop it into a folder served by a 'motion' rule",
+        )
 
 
 def get_engine(name: str, cache: dict[str, Engine], options: EngineOptions) -> Engine:
@@ -36,20 +52,11 @@ def get_engine(name: str, cache: dict[str, Engine], options: EngineOptions) -> E
         from .motion import MotionEngine
 
         engine: Engine = MotionEngine()
-    elif name == "diffusion":
-        missing = [p for p in _DIFFUSION_PACKAGES if importlib.util.find_spec(p) is None]
-        if missing:
-            raise EngineUnavailable(
-                f"engine 'diffusion' needs {', '.join(missing)}, which this host does not have",
-                "install it with: pip install 'i2vd[diffusion]' (GPU hosts: install the CUDA "
-                "build of torch first), restart i2vd, then move the image back into the inbox; "
-                "or drop it into a folder served by a 'motion' rule",
-            )
+    else:
+        check_engine(name)
         # The package imports no torch: that happens in the first render.
         from .diffusion import DiffusionEngine
 
         engine = DiffusionEngine(options)
-    else:
-        raise EngineUnavailable(f"unknown engine {name!r}", "use 'motion' or 'diffusion'")
     cache[name] = engine
     return engine

@@ -12,6 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+# The frame-count forms live with the other pure size rules, so `rules explain` and the
+# worker's plan round exactly as the engine does without importing the engine.
+from ...sizing import form_of as form_of
+from ...sizing import lowest_frames as lowest_frames
+from ...sizing import round_frames as round_frames
+
 # text: the pipeline encodes the prompt itself; embeds: i2vd encodes it (see prompts.py);
 # none: the model takes no prompt at all.
 PromptMode = Literal["text", "embeds", "none"]
@@ -136,24 +142,6 @@ BY_CLASS: dict[str, Family] = {family.class_name: family for family in FAMILIES}
 
 def supported() -> str:
     return ", ".join(f"{f.class_name} ({f.label})" for f in FAMILIES)
-
-
-def round_frames(frames: int, step: int) -> int:
-    """The nearest count of the form k * step + 1 (any count where step is 1)."""
-    if step <= 1:
-        return max(1, frames)
-    return max(1, round((frames - 1) / step)) * step + 1
-
-
-def lowest_frames(minimum: int, step: int) -> int:
-    """The smallest count of the family's form that is at least ``minimum``."""
-    if step <= 1:
-        return max(1, minimum)
-    return max(1, -(-(minimum - 1) // step)) * step + 1
-
-
-def form_of(step: int) -> str:
-    return "any count" if step <= 1 else f"{step}k+1"
 
 
 @dataclass(frozen=True)

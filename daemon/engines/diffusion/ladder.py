@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ...problems import Problem
 from ...sizing import frame_size
 from .families import Family, lowest_frames, round_frames
 from .loading import is_accelerator
@@ -33,16 +34,16 @@ SAVERS = ("vae_slicing", "vae_tiling", "forward_chunking", "cpu_offload")
 MEMORY_FILE = "oom-ladder.json"
 
 
-class OutOfMemory(Exception):
+class OutOfMemory(Problem):
     """Every rung of the ladder ran out of memory too. Permanent: the same job on the
     same device would fail the same way. ``hint`` says what to change."""
 
     def __init__(
         self, message: str, hint: str, backoff: list[dict[str, Any]] | None = None
     ) -> None:
-        super().__init__(message)
-        self.hint = hint
-        # Every attempt, as Clip.backoff would have listed them, for the failure report.
+        # Every attempt, as Clip.backoff would have listed them, goes into the failure
+        # report: what the ladder tried is the user's next step.
+        super().__init__(message, hint, extra={"backoff": backoff} if backoff else None)
         self.backoff = backoff or []
 
 

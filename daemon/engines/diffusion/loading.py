@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...problems import RetryableProblem
 from .. import EngineUnavailable
 from .families import BY_CLASS, Family, supported
 
@@ -26,14 +27,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?
 _VARIANT_FILES = ("*.{variant}.safetensors", "*.{variant}.bin", "*.{variant}-*.safetensors")
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(RetryableProblem):
     """The model cannot be had right now (folder missing, not in the hub cache while
     offline, network down). Retryable: the folder may be mounted or the model fetched
     meanwhile. ``hint`` says how to fix it."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
 
 
 @dataclass(frozen=True)
