@@ -2,17 +2,18 @@
 
 Claiming a job counts an attempt. A job that ends in an error keeps it. A job caught
 running by a crash (``kill -9``, power loss, a segfault) keeps it only if the crash
-fell while its picture was being worked on: from the start of its decode to the end
-of its render, the steps where the picture itself can bring the daemon down (a
-decoder crash, memory exhausted). A crash before that (moments after start-up, say)
-or after it (encoding, which ffmpeg does in a process of its own, or publishing) is
-not the picture's doing: the attempt is handed back when the job is recovered.
+fell during the job's real work: from the start of its picture's decode to the end
+of its encode, where the picture itself can bring the daemon down (a decoder crash,
+memory exhausted by its frames). A crash before that (moments after start-up, while
+the job was only claimed) or after it (publishing, which recovery completes or
+redoes) is not the picture's doing: the attempt is handed back when the job is
+recovered.
 
-The worker marks those steps in the job row's ``progress``: ``RENDER_STARTED`` just
+The worker marks that window in the job row's ``progress``: ``RENDER_STARTED`` just
 before decoding, the engine's fraction while rendering (kept above 0 and below 1),
-``RENDER_DONE`` once the render is over. Recovery reads the mark in the same
-statement that re-queues the job. A picture that crashes the daemon while it is
-rendered, every time, still reaches ``max_attempts`` and ends in failed/.
+``RENDER_DONE`` once the video is encoded and verified. Recovery reads the mark in
+the same statement that re-queues the job. A picture that crashes the daemon every
+time it is worked on still reaches ``max_attempts`` and ends in failed/.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ RENDER_DONE = 1.0
 
 
 def rendering(done: float) -> float:
-    """Progress to record while rendering: within (0, 1), whatever the engine says."""
+    """Progress to record while rendering and encoding: within (0, 1), whatever the
+    engine says (its 1.0 comes before the encode)."""
     return min(max(done, RENDER_STARTED), 0.999)
 
 
 def after_crash(attempts: Any, progress: Any) -> Any:
     """The SQL expression for a recovered job's attempts: kept only if the crash fell
-    while its picture was being decoded or rendered."""
+    while its picture was being decoded, rendered or encoded."""
     charged = (progress > 0) & (progress < RENDER_DONE)
     return case((charged, attempts), (attempts > 0, attempts - 1), else_=0)

@@ -282,8 +282,8 @@ class JobStore:
         ``host``, at start-up) they were leased on ``host`` by a process that ``alive``
         says no longer runs.
 
-        The attempt counts only if the crash fell while the picture was decoded or
-        rendered (``attempts.after_crash``): a file that kills the daemon every time
+        The attempt counts only if the crash fell while the picture was decoded,
+        rendered or encoded (``attempts.after_crash``): a file that kills the daemon every time
         must still reach its ``max_attempts`` instead of looping forever.
         """
         gone = (col(Job.lease_expires) < now) | col(Job.lease_expires).is_(None)

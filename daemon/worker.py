@@ -182,6 +182,7 @@ class Worker:
                 work_file,
                 lambda progress: self._checkpoint(job, progress),
             )
+            self._mark_progress(job, RENDER_DONE)  # encoded: the crash window closes
             timings = {
                 "queued": started - job.created_at,
                 "load": rendered.clip.load_seconds,
@@ -221,9 +222,7 @@ class Worker:
             raise JobInterrupted()
         assert job.id is not None
         now = time.monotonic()
-        if done >= 1.0:
-            self._mark_progress(job, RENDER_DONE)  # always written: ends the crash window
-        elif now - self._last_progress_write >= 1.0:
+        if now - self._last_progress_write >= 1.0:
             self._last_progress_write = now
             self._mark_progress(job, rendering(round(done, 3)))
         if now - self._last_progress_log >= PROGRESS_LOG_SECONDS:

@@ -1,4 +1,4 @@
-"""Crash recovery counts an attempt only if the picture was being decoded or rendered."""
+"""Crash recovery counts an attempt only if the picture was decoded, rendered or encoded."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def job(n: int) -> Job:
 @pytest.mark.parametrize(
     ("progress", "attempts"),
     [(None, 0), (RENDER_STARTED, 1), (0.5, 1), (rendering(1.0), 1), (RENDER_DONE, 0)],
-    ids=["claimed", "decoding", "rendering", "last-frame", "encoding-or-publishing"],
+    ids=["claimed", "decoding", "rendering", "encoding", "publishing"],
 )
 def test_a_crash_counts_only_while_the_picture_was_worked_on(
     tmp_path: Path, progress: float | None, attempts: int
