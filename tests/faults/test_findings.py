@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -113,6 +114,9 @@ def test_names_that_are_not_utf8_are_processed(layout: Layout, daemon: Daemons) 
     )
     assert "Traceback" not in proc.log
     assert layout.files(layout.inbox) == []
+    sidecar = os.path.join(os.fsencode(layout.outbox), b"caf\xe9.motion.json")
+    assert json.loads(Path(os.fsdecode(sidecar)).read_bytes())["source"] == "caf\\xe9.jpg"
+    assert "caf\\xe9.jpg" in proc.log  # shown readably, not as a surrogate
 
 
 # --- 4. any name makes a safe output name -------------------------------------------------
