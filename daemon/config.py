@@ -67,10 +67,20 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100)
     retry_delay_seconds: float = Field(10.0, ge=0, le=86400)
     lease_seconds: float = Field(120.0, gt=5, le=86400)
+    # Motion jobs run at once (diffusion jobs: always one at a time, one GPU). 0: one
+    # per eight cores this process may use, at least one.
+    motion_jobs: int = Field(0, ge=0, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Directory that relative paths are resolved against: the config file's folder
     # when there is one, else the working directory.
     base_dir: Path = Field(default_factory=Path.cwd)
+
+    def motion_job_slots(self) -> int:
+        """``motion_jobs``, with 0 resolved for this host."""
+        if self.motion_jobs:
+            return self.motion_jobs
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // 8)
 
     @field_validator("device")
     @classmethod

@@ -1,4 +1,5 @@
-"""Reading a dropped still: full decode, EXIF orientation, and every mode to plain RGB."""
+"""Reading a dropped still: facts from its header, one full decode, EXIF orientation, and every
+mode to plain RGB."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def read_facts(source: bytes | Path) -> ImageFacts:
     with opened as image:
         width, height = image.size
         try:
-            exif = image.getexif()
+            exif = _header_exif(image, source)
             if exif.get(_ORIENTATION) in _SWAPS_SIDES:
                 width, height = height, width
             description = _exif_text(exif.get(_IMAGE_DESCRIPTION))
@@ -80,6 +81,43 @@ def read_facts(source: bytes | Path) -> ImageFacts:
         except Exception:  # EXIF in the wild is often malformed; it is only a hint
             description = comment = ""
     return ImageFacts(width, height, description, comment)
+
+
+def _header_exif(image: Image.Image, source: bytes | Path) -> Image.Exif:
+    """The image's EXIF without decoding its pixels. Pillow's PNG reader decodes the whole
+    picture when no eXIf chunk comes before the pixel data (most PNGs have none at all):
+    ~0.4 s for 12 MP. Here the chunks after the pixel data are walked instead."""
+    if image.format != "PNG" or "exif" in image.info:
+        return image.getexif()
+    exif = Image.Exif()
+    raw = _png_trailing_exif(source)
+    if raw:
+        exif.load(b"Exif\x00\x00" + raw)
+    return exif
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_PNG_CHUNKS = 100_000  # a real PNG has tens; anything past this is not worth reading
+
+
+def _png_trailing_exif(source: bytes | Path) -> bytes | None:
+    """The payload of a PNG's eXIf chunk, found by reading chunk headers and seeking
+    past their data (pixel data is skipped, never inflated); None if there is none."""
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as handle:
+        if handle.read(8) != _PNG_SIGNATURE:
+            return None
+        for _ in range(_MAX_PNG_CHUNKS):
+            header = handle.read(8)
+            if len(header) < 8:
+                return None
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind == b"eXIf":
+                data = handle.read(length)
+                return data if len(data) == length else None
+            if kind == b"IEND":
+                return None
+            handle.seek(length + 4, io.SEEK_CUR)  # the data and its CRC
+    return None
 
 
 def _exif_text(value: object) -> str:

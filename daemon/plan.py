@@ -121,10 +121,10 @@ def plan_frames(
             f"motion: {rule.motion.effect}, zoom {rule.motion.zoom} (steps, "
             "guidance and seed are for diffusion only)"
         )
-        target = rule.motion.interpolate_fps
-        if target and target > fps:
-            notes.append(f"re-timed from {fps} to {target} fps by frame interpolation")
-            fps = target
+        timed = rule.motion.timing(frames, fps)
+        if timed != (frames, fps):
+            notes.append(f"{timed[0]} frames at {timed[1]} fps, each one rendered")
+            frames, fps = timed
     elif rounding is None or rounding.label is None:
         known = f" ({rounding.pipeline})" if rounding and rounding.pipeline else ""
         notes.append(

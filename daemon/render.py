@@ -12,11 +12,12 @@ from typing import Any
 
 from .config import Settings
 from .engines import Clip, Engine, EngineOptions, RenderRequest, get_engine
+from .engines.base import Streaming
 from .images import decode_image
 from .plan import OutputPlan, plan_frames, source_pixels_needed
 from .rules import Rule
 from .sidecar import params_block
-from .video import encode_mp4, verify
+from .video import FrameStream, encode_mp4, verify
 
 
 def model_location(model: str | None, base_dir: Path) -> str | None:
@@ -81,15 +82,21 @@ def render_video(
         checkpoint=checkpoint,
     )
     t_generate = time.time()
-    clip = engine.render(request)
+    # A streaming engine makes each frame as the encoder takes it (rendering and
+    # encoding overlap); its FrameStream counts the time spent making frames.
+    if isinstance(engine, Streaming):
+        clip = engine.stream(request)
+    else:
+        clip = engine.render(request)
+        checkpoint(1.0)
     t_encode = time.time()
-    checkpoint(1.0)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
-    encode_mp4(clip.frames, work_file, clip.fps)
+    encode_mp4(clip.frames, work_file, clip.fps, settings=clip.encoder)
     verify(work_file, clip.width, clip.height, clip.fps, len(clip.frames))
+    made = clip.frames.seconds if isinstance(clip.frames, FrameStream) else 0.0
     return Rendered(
         clip,
         params_block(params, frame.width, frame.height),
-        t_encode - t_generate - clip.load_seconds,
-        time.time() - t_encode,
+        t_encode - t_generate - clip.load_seconds + made,
+        time.time() - t_encode - made,
     )

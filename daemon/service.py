@@ -154,6 +154,14 @@ class Service:
             on_queued=lambda job: self._wake.set(),
         )
         self.worker = Worker(s, self.store, self.owner, stop=self.stop_event, gate=self.gate)
+        # Further motion-only workers: several motion jobs at once on a many-core host.
+        # They share the engines (the motion engine holds no state); a diffusion job
+        # only ever runs on the first worker, one at a time.
+        self.workers = [self.worker] + [
+            Worker(s, self.store, self.owner, self.stop_event, self.worker.engines, "motion",
+                   gate=self.gate)
+            for _ in range(s.motion_job_slots() - 1)
+        ]
         self.watcher = InboxWatcher(self.tracker, s.watch_mode)
         if not self.once:
             try:
@@ -177,7 +185,7 @@ class Service:
             self._recover_expired, "interval", seconds=max(5.0, s.lease_seconds / 2)
         )
         self.scheduler.add_job(
-            lambda: self.worker.heartbeat(time.time()),
+            self._heartbeat,
             "interval",
             seconds=max(1.0, s.lease_seconds / 4),
         )
@@ -198,8 +206,12 @@ class Service:
         )
         self.rules_watcher.start()
 
-        self._worker_thread = threading.Thread(target=self._work_loop, name="worker")
-        self._worker_thread.start()
+        self._worker_threads = [
+            threading.Thread(target=self._work_loop, args=(worker,), name=f"worker-{index}")
+            for index, worker in enumerate(self.workers)
+        ]
+        for thread in self._worker_threads:
+            thread.start()
         log.info(
             "i2vd started: watching %s (%s), %d rule(s), outbox %s, database %s",
             ", ".join(map(str, s.inbox)),
@@ -216,7 +228,8 @@ class Service:
         self.rules_watcher.stop()
         self.scheduler.shutdown(wait=True)
         self.watcher.stop()
-        self._worker_thread.join()
+        for thread in self._worker_threads:
+            thread.join()
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:
@@ -345,10 +358,14 @@ class Service:
                 self.tracker.note(path)
         self._wake.set()
 
-    def _work_loop(self) -> None:
+    def _heartbeat(self) -> None:
+        for worker in self.workers:
+            worker.heartbeat(time.time())
+
+    def _work_loop(self, worker: Worker) -> None:
         while not self.stop_event.is_set():
             try:
-                job = self.worker.run_once(time.time())
+                job = worker.run_once(time.time())
                 if job is None:
                     self._wake.wait(self._idle_wait())
                     self._wake.clear()

@@ -138,14 +138,18 @@ class JobStore:
             session.refresh(job)
             return job
 
-    def claim(self, owner: str, now: float, lease_seconds: float) -> Job | None:
-        """Atomically take the oldest runnable job and lease it to ``owner``."""
+    def claim(
+        self, owner: str, now: float, lease_seconds: float, engine: str | None = None
+    ) -> Job | None:
+        """Atomically take the oldest runnable job (of ``engine``, if given) and lease it
+        to ``owner``."""
         lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
+        only = " AND engine = :engine" if engine is not None else ""
         statement = text(
             "UPDATE job SET state = :running, attempts = attempts + 1, lease_owner = :owner, "
             "lease_expires = :expires, started_at = :now, progress = 0 "
             "WHERE id = (SELECT id FROM job WHERE state IN (:queued, :retrying) "
-            f"AND not_before <= :now ORDER BY not_before, id LIMIT 1{lock}) RETURNING id"
+            f"AND not_before <= :now{only} ORDER BY not_before, id LIMIT 1{lock}) RETURNING id"
         )
         with self._session() as session:
             row = session.execute(
@@ -157,6 +161,7 @@ class JobStore:
                     "owner": owner,
                     "expires": now + lease_seconds,
                     "now": now,
+                    "engine": engine,
                 },
             ).first()
             session.commit()

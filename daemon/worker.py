@@ -61,6 +61,8 @@ class Worker:
     owner: str  # "host:pid", the lease holder's name
     stop: threading.Event = field(default_factory=threading.Event)
     engines: dict[str, Engine] = field(default_factory=dict)
+    # Only jobs of this engine: the extra workers that run motion jobs side by side.
+    only_engine: str | None = None
     current: Job | None = None
     # Whether each folder is there (an unmounted share is not "files deleted").
     gate: MountGate | None = None
@@ -73,7 +75,7 @@ class Worker:
 
     def run_once(self, now: float) -> Job | None:
         """Claim and run one job; None when nothing is runnable."""
-        job = self.store.claim(self.owner, now, self.settings.lease_seconds)
+        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self.only_engine)
         if job is None or job.id is None:
             return None
         self.current = job

@@ -7,13 +7,14 @@ import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from conftest import make_image, picture
-from daemon.images import BadImage, check_image, decode_image, sha256_of, to_rgb
+from daemon.images import BadImage, check_image, decode_image, read_facts, sha256_of, to_rgb
 
 
 def encode(image: Image.Image, fmt: str, **save: object) -> bytes:
@@ -289,3 +290,64 @@ def test_check_image_catches_a_cut_short_jpeg_at_reduced_scale(
     cut.write_bytes(full[:keep])
     with pytest.raises(BadImage, match="damaged or cut short"):
         check_image(cut)
+
+
+def _png_with_late_exif(array: np.ndarray, exif: Image.Exif) -> bytes:
+    """A PNG whose eXIf chunk comes after the pixel data (allowed, and what some tools write)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG", compress_level=1)
+    plain = buffer.getvalue()
+    raw = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    chunk = struct.pack(">I", len(raw)) + b"eXIf" + raw
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + raw))
+    return plain[:-12] + chunk + plain[-12:]  # the last 12 bytes are the IEND chunk
+
+
+@pytest.fixture
+def png_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records calls of Pillow's PNG pixel loader (a spy: it still decodes)."""
+    calls: list[int] = []
+    original = PngImagePlugin.PngImageFile.load
+
+    def load(self: PngImagePlugin.PngImageFile) -> Any:
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", load)
+    return calls
+
+
+def test_read_facts_of_a_png_without_exif_decodes_no_pixels(png_loads: list[int]) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(picture(400, 300)).save(buffer, "PNG")
+    facts = read_facts(buffer.getvalue())
+    assert (facts.width, facts.height, facts.description, facts.comment) == (400, 300, "", "")
+    assert png_loads == []
+    decode_image(buffer.getvalue())  # the one decode, for the engine (load() is re-entered)
+    assert png_loads
+
+
+def test_read_facts_finds_exif_after_the_pixels_without_decoding(
+    png_loads: list[int], tmp_path: Path
+) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned a quarter: displayed 300 wide, 400 high
+    exif[0x010E] = "written after the pixels"
+    data = _png_with_late_exif(picture(400, 300), exif)
+    path = tmp_path / "late.png"
+    path.write_bytes(data)
+    for source in (data, path):
+        facts = read_facts(source)
+        assert (facts.width, facts.height) == (300, 400)
+        assert facts.description == "written after the pixels"
+    assert png_loads == []
+    # The full decode finds the same chunk and turns the picture the same way.
+    assert decode_image(data).size == (300, 400)
+
+
+def test_read_facts_of_a_png_cut_short_in_its_chunks() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(picture(64, 48)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    facts = read_facts(data[: len(data) - 20])  # IEND and the end of the pixel data lost
+    assert (facts.width, facts.height, facts.description) == (64, 48, "")

@@ -250,8 +250,9 @@ def test_checkpoint_fractions() -> None:
     render(bright_image(), frames=8, checkpoint=seen.append)
     assert seen == [i / 8 for i in range(8)]
     seen.clear()
+    # interpolate_fps renders natively: 1 s at 16 fps is 16 frames, each one checked.
     render(bright_image(), frames=8, checkpoint=seen.append, interpolate_fps=16)
-    assert seen == [*(i / 8 for i in range(8)), 1.0]
+    assert seen == [i / 16 for i in range(16)]
     assert all(b > a for a, b in itertools.pairwise(seen))
 
 

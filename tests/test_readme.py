@@ -90,7 +90,8 @@ def test_daemon_runs_on_its_defaults(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0, log.read_text()
     sidecar = json.loads((tmp_path / "outbox" / "beach.motion.json").read_text())
-    assert sidecar["effective"]["width"] == 512 and sidecar["effective"]["frames"] == 16
+    # The shipped rule: 4 s at 24 fps.
+    assert sidecar["effective"]["width"] == 512 and sidecar["effective"]["frames"] == 96
     # Hidden entries (the .i2vd-root marker of a mounted root) are not outputs.
     outbox = (tmp_path / "outbox").iterdir()
     assert sorted(p.name for p in outbox if not p.name.startswith(".")) == [

@@ -696,7 +696,7 @@ def test_a_job_queued_before_an_edit_keeps_its_rule(layout: Layout, daemon: Daem
     layout.rule(
         "slow",
         'match: {patterns: ["big*"]}\npriority: 10\npreset: quick\n'
-        "params: {resolution: 256, frames: 32}\nmotion: {interpolate_fps: 60}\n",
+        "params: {resolution: 512}\nmotion: {duration: 30, fps: 60}\n",  # several seconds
     )
     make_image(layout.inbox / "big.jpg", 640, 480)
     proc = daemon()

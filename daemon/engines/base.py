@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
 from ..rules import DiffusionSettings, MotionSettings, ResolvedParams
-from ..video import Frame
+from ..video import EncoderSettings, Frame, FrameStream
 
 
 class JobInterrupted(Exception):
@@ -34,9 +34,10 @@ class RenderRequest:
 
 @dataclass
 class Clip:
-    """Frames ready to encode, and the parameters actually used to make them."""
+    """Frames ready to encode (or made as they are encoded: a FrameStream), and the
+    parameters actually used to make them."""
 
-    frames: list[Frame]
+    frames: list[Frame] | FrameStream
     fps: int
     width: int
     height: int
@@ -54,6 +55,7 @@ class Clip:
     # Plain-language remarks for the sidecar, e.g. "this model takes no prompt".
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,11 @@ class Engine(Protocol):
         """Free what has not been used for ``EngineOptions.idle_seconds`` (monotonic
         clock). Called on a timer from another thread than ``render``."""
         ...
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """An engine that can make its frames while they are encoded (``Clip.frames`` is a
+    FrameStream): the worker calls ``stream`` instead of ``render``."""
+
+    def stream(self, request: RenderRequest) -> Clip: ...

@@ -1,23 +1,28 @@
-"""The CPU engine: Ken Burns zoom and pan with easing and fades, optional minterpolate.
+"""The CPU engine: Ken Burns zoom and pan with easing and fades, rendered at any frame rate.
 
-Every frame is a float-precise window of the source resampled with Pillow's
-antialiasing resize, so motion is smooth at sub-pixel speeds and the window never
-leaves the picture (no black borders). No torch here: this engine must start fast.
+Every frame is a float-precise window of the source (no rounding to whole pixels, so
+motion is smooth at sub-pixel speeds), and the window never leaves the picture (no
+black borders). Frames are made one at a time as the encoder takes them
+(``stream``), as BT.709 I420 pictures (``motion_warp``). No torch here: this engine
+must start fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
-from PIL import Image
 
+from ..colour import i420_to_rgb
 from ..rules import MotionSettings
 from ..sizing import crop_box, frame_size
-from ..video import Frame, interpolate
+from ..video import EncoderSettings, Frame, FrameStream
 from .base import Clip, RenderRequest
-
-Box = tuple[float, float, float, float]
+from .motion_warp import FAST_SHRINK, Box, fade, make_level, resample_frame, warp_frame
 
 EASINGS: dict[str, Callable[[float], float]] = {
     "linear": lambda t: t,
@@ -27,38 +32,86 @@ EASINGS: dict[str, Callable[[float], float]] = {
 }
 
 
+def render_threads() -> int:
+    """Threads that render frames of one clip: one per four cores this process may use,
+    at most four (x264 takes the rest: it runs about 1.5 threads a core). One, i.e. no
+    pool, below eight cores, where the encoder already keeps every core busy."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 1) // 4))
+
+
+def in_order(
+    make: Callable[[int], Frame], count: int, threads: int, before: Callable[[int], None]
+) -> Iterator[Frame]:
+    """``make(0) .. make(count - 1)`` in order, ``threads`` at a time (OpenCV and Pillow
+    release the GIL), at most two frames a thread ahead of the consumer. ``before(i)``
+    runs before frame i is started: an exception there (the job being stopped) stops
+    the clip after the frames already started."""
+    if threads <= 1:
+        for index in range(count):
+            before(index)
+            yield make(index)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="motion-render") as pool:
+        pending: deque[Future[Frame]] = deque()
+        for index in range(count):
+            before(index)
+            pending.append(pool.submit(make, index))
+            if len(pending) > 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 class MotionEngine:
     name = "motion"
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = render_threads() if threads is None else threads
 
     def release_idle(self, now: float) -> None:
         """Nothing to release: the motion engine holds no model."""
 
-    def render(self, request: RenderRequest) -> Clip:
+    def stream(self, request: RenderRequest) -> Clip:
+        """The clip, its frames made one by one as they are iterated (by the encoder).
+        The crop is resampled here, once; each frame costs three plane warps."""
         params, motion = request.params, request.motion
         width, height = frame_size(
             params.resolution, request.aspect, request.image.width, request.image.height
         )
-        # Resample the crop once to `zoom`x the output size: every window is then at
-        # least output-sized, so frames are never upscaled from a tiny region.
-        work_w, work_h = round(width * motion.zoom), round(height * motion.zoom)
-        base = crop_box(request.image.width, request.image.height, width, height)
-        working = request.image.resize((work_w, work_h), Image.Resampling.LANCZOS, box=base)
+        count, fps = motion.timing(params.frames, params.fps)
+        crop = crop_box(request.image.width, request.image.height, width, height)
+        level = make_level(request.image, crop, width, height, motion.zoom)
+        # A pan's window keeps the output's size; a zoom's shrinks by up to `zoom`.
+        shrinks = motion.zoom if motion.effect.startswith("zoom") else 1.0
+        resample = warp_frame if shrinks <= FAST_SHRINK + 1e-9 else resample_frame
+        gains = fade_gains(count, fps, motion)
 
-        frames: list[Frame] = []
-        for index in range(params.frames):
-            request.checkpoint(index / params.frames)
-            t = index / (params.frames - 1) if params.frames > 1 else 0.0
-            box = window(motion, EASINGS[motion.easing](t), work_w, work_h)
-            frame = working.resize((width, height), Image.Resampling.BICUBIC, box=box)
-            frames.append(np.asarray(frame))
-        frames = apply_fades(frames, params.fps, motion)
+        def frame(index: int) -> Frame:
+            t = EASINGS[motion.easing](index / (count - 1))
+            box = window(motion, t, level.width, level.height)
+            return fade(resample(level, box, width, height), height, float(gains[index]))
 
-        fps = params.fps
-        if motion.interpolate_fps and motion.interpolate_fps > fps:
-            request.checkpoint(1.0)
-            frames = interpolate(frames, fps, motion.interpolate_fps)
-            fps = motion.interpolate_fps
-        return Clip(frames=frames, fps=fps, width=width, height=height)
+        def checkpoint(index: int) -> None:
+            request.checkpoint(index / count)
+
+        frames = in_order(frame, count, self.threads, checkpoint)
+        return Clip(
+            frames=FrameStream(count, frames),
+            fps=fps,
+            width=width,
+            height=height,
+            encoder=EncoderSettings(crf=motion.crf),
+        )
+
+    def render(self, request: RenderRequest) -> Clip:
+        """Every frame at once, as RGB pictures (as a player decodes them): for callers
+        that want pictures, not a video. The same renderer as ``stream``; the fades are
+        the same gains, applied to the RGB values."""
+        unfaded = request.motion.model_copy(update={"fade_in": 0.0, "fade_out": 0.0})
+        clip = self.stream(replace(request, motion=unfaded))
+        frames = [i420_to_rgb(frame) for frame in clip.frames]
+        return replace(clip, frames=apply_fades(frames, clip.fps, request.motion))
 
 
 def window(motion: MotionSettings, progress: float, work_w: int, work_h: int) -> Box:
@@ -85,9 +138,9 @@ def window(motion: MotionSettings, progress: float, work_w: int, work_h: int) ->
     return left, top, left + win_w, top + win_h
 
 
-def apply_fades(frames: list[Frame], fps: int, motion: MotionSettings) -> list[Frame]:
-    """Fade from and to black over the first/last ``fade_in``/``fade_out`` seconds."""
-    count = len(frames)
+def fade_gains(count: int, fps: int, motion: MotionSettings) -> np.ndarray:
+    """Each frame's brightness (0..1): ramps from and to black over the first and last
+    ``fade_in``/``fade_out`` seconds."""
     gains = np.ones(count)
     fade_in = min(count, round(motion.fade_in * fps))
     fade_out = min(count, round(motion.fade_out * fps))
@@ -96,6 +149,12 @@ def apply_fades(frames: list[Frame], fps: int, motion: MotionSettings) -> list[F
     if fade_out:
         ramp = np.arange(fade_out)[::-1] / fade_out
         gains[count - fade_out :] = np.minimum(gains[count - fade_out :], ramp)
+    return gains
+
+
+def apply_fades(frames: list[Frame], fps: int, motion: MotionSettings) -> list[Frame]:
+    """Fade RGB frames from and to black over the first/last ``fade_in``/``fade_out`` seconds."""
+    gains = fade_gains(len(frames), fps, motion)
     return [
         frame if gain == 1 else (frame.astype(np.float32) * gain).round().astype(np.uint8)
         for frame, gain in zip(frames, gains, strict=True)

@@ -81,7 +81,20 @@ class MotionSettings(_Strict):
     fade_in: float = Field(0.0, ge=0.0, le=10.0, description="seconds")
     fade_out: float = Field(0.0, ge=0.0, le=10.0, description="seconds")
     interpolate_fps: int | None = Field(
-        None, ge=8, le=60, description="re-time through ffmpeg minterpolate to this rate"
+        None, ge=8, le=60, description="older setting: render at this rate, keeping the "
+        "preset's length (every frame is rendered, none interpolated); fps wins"
+    )
+    duration: float | None = Field(
+        None, ge=0.25, le=60.0, description="seconds of video (default: the preset's frames "
+        "at its fps)"
+    )
+    fps: int | None = Field(
+        None, ge=4, le=60, description="frames per second, every one rendered (default: the "
+        "preset's, or interpolate_fps)"
+    )
+    crf: int = Field(
+        18, ge=0, le=35, description="H.264 quality: lower is better and larger (18: no "
+        "visible loss on most photos)"
     )
 
     @model_validator(mode="after")
@@ -89,6 +102,14 @@ class MotionSettings(_Strict):
         if self.effect.startswith("pan_") and self.zoom <= 1.0:
             raise ValueError("a pan needs zoom > 1.0 so the window has room to move")
         return self
+
+    def timing(self, frames: int, fps: int) -> tuple[int, int]:
+        """(frames, fps) of the clip, given the preset's: ``fps``, else ``interpolate_fps``
+        above the preset's rate, else the preset's rate; ``duration``, else the preset's
+        length. At least two frames, so the camera moves."""
+        rate = self.fps or max(fps, self.interpolate_fps or 0)
+        seconds = self.duration if self.duration is not None else frames / fps
+        return max(2, round(seconds * rate)), rate
 
 
 Rung = Literal[
