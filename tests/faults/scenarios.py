@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import time
@@ -172,6 +173,23 @@ def in_log(daemon: DaemonProcess, text: str, after: int = 0) -> Callable[[], boo
     return lambda: text in daemon.log[after:]
 
 
+_RUNNING = re.compile(r" running: (.+?) \(rule ")
+
+
+def running_now(daemon: DaemonProcess) -> str | None:
+    """The picture the daemon is working on, from its log; None when idle."""
+    log = daemon.log
+    found = list(_RUNNING.finditer(log))
+    if not found:
+        return None
+    after = log[found[-1].end() :]
+    return None if (" done in " in after or " failed" in after) else found[-1].group(1)
+
+
+def idle_or_fresh(daemon: DaemonProcess, fresh: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: running_now(daemon) is None or fresh()
+
+
 def queued(daemon: DaemonProcess, count: int) -> Callable[[], bool]:
     return lambda: daemon.log.count(" queued: ") >= count
 
@@ -191,13 +209,28 @@ def kill_points(
     video or temporary in the outbox) plus a random delay, and kills it. With
     ``cross_device`` the outbox is a tmpfs, so publishing copies (temporaries, then
     unlinking the original) instead of renaming.
+
+    A kill during a picture's real work (decode to encode) counts one of its attempts;
+    ``max_attempts`` (3) of them in a row is a crash loop by definition, which
+    ``test_a_crash_loop_is_still_caught`` checks. So the run, like real crashes that
+    strike at random in a long stream of work, never strikes one picture's work a
+    third time: a round whose running picture was already hit twice waits for the next.
     """
     rng = random.Random(seed)
     rig = Rig(root, mounts)
     if cross_device:
         mounts.tmpfs(rig.layout.outbox, "512m")
     hits: Counter[str] = Counter()
+    worked: Counter[str] = Counter()  # kills that fell in a picture's real work
     work = rig.layout.state / "work"
+
+    def fresh(daemon: DaemonProcess) -> Callable[[], bool]:
+        def check() -> bool:
+            name = running_now(daemon)
+            return name is not None and worked[name] < 2
+
+        return check
+
     for round_ in range(kills):
         phase = PHASES[round_ % len(PHASES)]
         waiting = sum(1 for p in rig.layout.inbox.iterdir() if not p.name.startswith("."))
@@ -207,14 +240,17 @@ def kill_points(
         before = names_in(rig.layout.outbox)
         if phase == "intake":
             wait_until(in_log(daemon, "i2vd started"), 20)
+            # The job it resumes first must not be one struck twice already.
+            wait_until(in_log(daemon, " running: "), 2)
+            wait_until(idle_or_fresh(daemon, fresh(daemon)), 20)
             rig.drop(1)
             time.sleep(rng.uniform(0, 0.8))
             hit = True
         elif phase == "render":
-            hit = wait_until(in_log(daemon, " running: "), 20)
+            hit = wait_until(fresh(daemon), 20)
             time.sleep(rng.uniform(0, 0.3))
         elif phase == "encode":
-            hit = wait_until(in_log(daemon, " running: "), 20)
+            hit = wait_until(fresh(daemon), 20)
             hit = hit and wait_until(lambda: bool(names_in(work)), 20)
             time.sleep(rng.uniform(0, 0.15))
         else:
@@ -224,6 +260,9 @@ def kill_points(
             time.sleep(rng.uniform(0, 0.005))
         daemon.proc.kill()
         daemon.wait()
+        struck = running_now(daemon)
+        if struck is not None and phase != "publish":
+            worked[struck] += 1
         rig.faults += 1
         hits[phase if hit else f"{phase} (missed)"] += 1
     rig.drain()
