@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -57,6 +65,13 @@ class Settings(BaseSettings):
     rules_dir: Path = Path("rules")
     state_dir: Path = Path("state")
     database_url: str = ""
+    # The engines this daemon claims jobs of on a shared queue (None: every engine; a
+    # job whose engine is not installed here then fails with the install hint).
+    engines: list[Literal["motion", "diffusion"]] | None = None
+    # The GPU circuit breaker: after a device fault this daemon takes no GPU job for
+    # the cool-down; after this many faults in a row it exits (7) to be restarted.
+    gpu_fault_limit: int = Field(3, ge=1, le=100)
+    gpu_fault_cooldown_seconds: float = Field(60.0, ge=0, le=86400)
     device: str = "auto"
     # A warm diffusion model unused for this long is unloaded, freeing GPU memory.
     model_idle_seconds: float = Field(600.0, ge=0, le=7 * 86400)
@@ -81,6 +96,41 @@ class Settings(BaseSettings):
             return self.motion_jobs
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, (cores or 1) // 8)
+
+    # Each inbox's name, in the order of `inbox`: the keys of the mapping form, else
+    # the folder's own path (one host). Jobs record the name, never this host's path.
+    _inbox_names: list[str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _named_inboxes(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """``inbox: {photos: /mnt/share/in, …}``: the names apart, the folders as a list."""
+        names: list[str] | None = None
+        if isinstance(data, dict):
+            value = data.get("inbox")
+            if isinstance(value, str) and value.lstrip().startswith("{"):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"inbox: not a valid JSON object: {exc}") from None
+            if isinstance(value, dict):
+                names = [str(name) for name in value]
+                if not all(name.strip() for name in names):
+                    raise ValueError("inbox: every inbox name must be a non-empty word")
+                data = {**data, "inbox": list(value.values())}
+        settings = handler(data)
+        settings._inbox_names = names
+        return settings
+
+    @property
+    def inbox_names(self) -> dict[str, Path]:
+        """Each inbox's name and its folder on this host."""
+        names = self._inbox_names or [str(folder) for folder in self.inbox]
+        return dict(zip(names, self.inbox, strict=True))
+
+    def inbox_name(self, folder: Path) -> str:
+        """The name of the inbox ``folder`` (one of ``inbox``)."""
+        return list(self.inbox_names)[self.inbox.index(folder)]
 
     @field_validator("device")
     @classmethod

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from . import original, outputs, reports
@@ -31,7 +30,7 @@ def job_failed(scope: Scope, job: Job, rule: Rule | None, problem: Problem) -> N
     outputs.discard_partial(scope, job)
     problem = explain_encoder_failure(scope, problem)
     error, hint = problem.message, problem.hint
-    now = time.time()
+    now = scope.store.now()  # retries come due on the queue's clock
     if problem.retryable and job.attempts < job.max_attempts:
         delay = scope.settings.retry_delay_seconds * 2 ** (job.attempts - 1)
         scope.store.fail(job.id, now, error, hint, retry_at=now + delay, owner=scope.owner)

@@ -66,12 +66,15 @@ class Intake:
         failed_dir: Path,
         max_attempts: int,
         on_queued: Callable[[Job], None] = lambda job: None,
+        inbox_name: Callable[[Path], str] = str,
     ) -> None:
         self.store = store
         self.rules = rules
         self.failed_dir = failed_dir
         self.max_attempts = max_attempts
         self.on_queued = on_queued
+        # Jobs record the inbox by name (hosts mount it at different paths).
+        self.inbox_name = inbox_name
         # path -> ((size, mtime_ns), job id or None) already dealt with, so a rescan
         # costs a stat (and a primary-key lookup), not a read and a hash.
         self._handled: dict[Path, tuple[tuple[int, int], int | None]] = {}
@@ -141,8 +144,11 @@ class Intake:
             # only once its rule or its .txt/.yaml changed.
             self._handled[path] = (fingerprint, known.id)
             return IntakeResult(Outcome.KNOWN, known)
-        jobs = tuple(self.store.enqueue(j) for j in planned)
+        outcome = self.store.enqueue_drop(planned)
+        jobs = tuple(outcome.jobs)
         self._handled[path] = (fingerprint, jobs[0].id)
+        if not outcome.new:  # another daemon watching this inbox queued it first
+            return IntakeResult(Outcome.KNOWN, jobs[0])
         for queued in jobs:
             variant = f" variant {queued.variant}" if queued.variant else ""
             log.info(
@@ -198,6 +204,7 @@ class Intake:
         return Job(
             source=str(path),
             inbox_root=str(root),
+            inbox=self.inbox_name(root),
             relative=relative.as_posix(),
             sha256=sha256,
             size_bytes=size,
@@ -206,6 +213,7 @@ class Intake:
             rule_file=str(loaded.file),
             rule_json=json.dumps(rule.model_dump(mode="json")),
             engine=rule.engine,
+            priority=rule.priority,
             max_attempts=self.max_attempts,
         )
 

@@ -22,7 +22,7 @@ from .plan import OutputPlan
 from .publish import describe_os_error, place, write_json
 from .rules import Rule
 from .scope import Scope
-from .store import Job
+from .store import Job, LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ def publish(
     try:
         # A duplicate hard-links the original's video: same bytes, no second copy.
         linked = duplicate_of is not None
+        # The fence: a daemon whose lease was taken over publishes nothing.
+        if not store.still_owns(job.id, owner, scope.settings.lease_seconds):
+            raise LeaseLost(job.id)
         # The inode is recorded before and after placing (a cross-filesystem copy
         # makes a new one): only that file is this job's to remove after a failure.
         store.record_video(job.id, video_file.stat().st_ino, owner=owner)

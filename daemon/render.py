@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .breaker import GPU_ENGINES, DeviceFault, device_fault
 from .config import Settings
 from .engines import Clip, Engine, EngineOptions, RenderRequest, get_engine
 from .engines.base import Streaming
@@ -82,13 +83,20 @@ def render_video(
         checkpoint=checkpoint,
     )
     t_generate = time.time()
-    # A streaming engine makes each frame as the encoder takes it (rendering and
-    # encoding overlap); its FrameStream counts the time spent making frames.
-    if isinstance(engine, Streaming):
-        clip = engine.stream(request)
-    else:
-        clip = engine.render(request)
-        checkpoint(1.0)
+    try:
+        # A streaming engine makes each frame as the encoder takes it (rendering and
+        # encoding overlap); its FrameStream counts the time spent making frames.
+        if isinstance(engine, Streaming):
+            clip = engine.stream(request)
+        else:
+            clip = engine.render(request)
+            checkpoint(1.0)
+    except Exception as exc:
+        # A broken GPU is the host's fault, not the image's (the circuit breaker).
+        reason = device_fault(exc) if rule.engine in GPU_ENGINES else None
+        if reason is None:
+            raise
+        raise DeviceFault(reason) from exc
     t_encode = time.time()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     encode_mp4(clip.frames, work_file, clip.fps, settings=clip.encoder)

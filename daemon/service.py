@@ -22,8 +22,12 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import __version__
+from .breaker import EXIT_DEVICE_FAULT, DeviceBreaker
+from .capabilities import ALL_ENGINES
 from .config import Settings
 from .engines import Engine, EngineUnavailable, get_engine
+from .host_paths import HostPaths
 from .intake import Intake
 from .last_good import record_path
 from .mounts import MountGate
@@ -31,7 +35,9 @@ from .os_errors import report_intake_problem
 from .publish import sweep_temporaries
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
-from .store import JobState, JobStore
+from .store import Capabilities, JobState, JobStore
+from .tables import DaemonState
+from .wakeup import QueueListener
 from .watch import InboxWatcher, SettleTracker, scan
 from .worker import Worker, engine_options
 
@@ -87,6 +93,8 @@ class Service:
         finally:
             self._shutdown()
         try:
+            if self.worker.breaker.exhausted:
+                return EXIT_DEVICE_FAULT
             return self._exit_code(drained) if self.once else 0
         finally:
             self.store.close()
@@ -129,7 +137,11 @@ class Service:
     def _start(self) -> None:
         s = self.settings
         self._open()
-        for job in self.store.recover(self.host, time.time(), alive=_other_process_alive):
+        # Jobs name their inbox; this host's folders (and outbox) give their paths here.
+        self.store.host_paths = HostPaths(s.inbox_names, s.outbox)
+        # The queue's clock, not this host's: jobs' times are on the database's clock.
+        self._started_at = self.store.now()
+        for job in self.store.recover(self.host, None, alive=_other_process_alive):
             log.warning(
                 "job %d was running when i2vd stopped; queued again (%s)", job.id, job.relative
             )
@@ -152,16 +164,36 @@ class Service:
             s.failed_dir,
             s.max_attempts,
             on_queued=lambda job: self._wake.set(),
+            inbox_name=s.inbox_name,
         )
-        self.worker = Worker(s, self.store, self.owner, stop=self.stop_event, gate=self.gate)
+        can_run = capabilities(s)
+        breaker = DeviceBreaker(s.gpu_fault_limit, s.gpu_fault_cooldown_seconds)
+        self.worker = Worker(
+            s, self.store, self.owner, stop=self.stop_event, can_run=can_run, breaker=breaker,
+            gate=self.gate,
+        )
         # Further motion-only workers: several motion jobs at once on a many-core host.
         # They share the engines (the motion engine holds no state); a diffusion job
         # only ever runs on the first worker, one at a time.
         self.workers = [self.worker] + [
-            Worker(s, self.store, self.owner, self.stop_event, self.worker.engines, "motion",
-                   gate=self.gate)
+            Worker(
+                s,
+                self.store,
+                self.owner,
+                self.stop_event,
+                self.worker.engines,
+                only_engine="motion",
+                can_run=can_run,
+                gate=self.gate,
+            )
             for _ in range(s.motion_job_slots() - 1)
         ]
+        self._register(can_run)
+        # On PostgreSQL other daemons' new jobs wake this one at once (polling stays).
+        self._listener: QueueListener | None = None
+        if self.store.dialect == "postgresql":
+            self._listener = QueueListener(self.store.url, self._wake.set)
+            self._listener.start()
         self.watcher = InboxWatcher(self.tracker, s.watch_mode)
         if not self.once:
             try:
@@ -225,11 +257,19 @@ class Service:
         log.info("stopping: the running job, if any, goes back to the queue")
         self.stop_event.set()
         self._wake.set()
+        if self._listener is not None:
+            self._listener.stop()
         self.rules_watcher.stop()
         self.scheduler.shutdown(wait=True)
         self.watcher.stop()
         for thread in self._worker_threads:
             thread.join()
+        breaker = self.worker.breaker
+        if breaker.exhausted:
+            # Left in the registry, faulted, so `i2vd status` says why it stopped.
+            self.store.daemons.heartbeat(self.owner, DaemonState.FAULTED, breaker.reason)
+        else:
+            self.store.daemons.unregister(self.owner)
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:
@@ -249,6 +289,26 @@ class Service:
             signal.signal(signal.SIGHUP, request_reload)
 
     # --- the moving parts --------------------------------------------------------------
+
+    def _register(self, can_run: Capabilities) -> None:
+        """Join the queue's daemon registry (what `i2vd status` lists)."""
+        self.store.daemons.register(
+            self.owner,
+            self.host,
+            os.getpid(),
+            can_run,
+            version=__version__,
+            device=self.settings.device,
+        )
+
+    def _heartbeat(self) -> None:
+        """The running jobs' leases, and this daemon's row in the registry."""
+        now = self.store.now()
+        for worker in self.workers:
+            worker.heartbeat(now)
+        current = self.worker.current
+        if not self.store.daemons.heartbeat(self.owner, job_id=current.id if current else None):
+            self._register(capabilities(self.settings))  # forgotten while it was silent
 
     def _sweep_work_dir(self) -> None:
         """Delete scratch encodes of jobs that no live daemon is running any more."""
@@ -334,7 +394,7 @@ class Service:
     def _recover_expired(self) -> None:
         """Jobs of a daemon that died elsewhere (or under another hostname, as containers
         get on every start) come back once their lease has run out."""
-        for job in self.store.recover(None, time.time()):
+        for job in self.store.recover(None):
             log.warning("job %d: its daemon stopped renewing its lease; queued again", job.id)
         self._wake.set()
 
@@ -358,14 +418,20 @@ class Service:
                 self.tracker.note(path)
         self._wake.set()
 
-    def _heartbeat(self) -> None:
-        for worker in self.workers:
-            worker.heartbeat(time.time())
-
     def _work_loop(self, worker: Worker) -> None:
         while not self.stop_event.is_set():
             try:
-                job = worker.run_once(time.time())
+                job = worker.run_once(self.store.now())
+                if worker.breaker.exhausted:
+                    log.error(
+                        "the GPU failed %d times in a row (%s): stopping so that the service "
+                        "manager restarts i2vd with a fresh GPU context (exit code %d)",
+                        worker.breaker.in_a_row,
+                        worker.breaker.reason,
+                        EXIT_DEVICE_FAULT,
+                    )
+                    self.stop_event.set()
+                    break
                 if job is None:
                     self._wake.wait(self._idle_wait())
                     self._wake.clear()
@@ -379,13 +445,22 @@ class Service:
         due = self.store.next_due()
         if due is None:
             return 5.0
-        return min(5.0, max(0.05, due - time.time()))
+        return min(5.0, max(0.05, due - self.store.now()))
 
     def _drained(self) -> bool:
         if not self._scanned.is_set():
             return False
         with self._intake_lock:
             return self.tracker.pending() == 0 and self.store.pending() == 0
+
+
+def capabilities(settings: Settings) -> Capabilities:
+    """What this daemon claims: jobs of its engines (every engine unless `engines` says),
+    from the inboxes this host has, by name or, for jobs queued before inboxes had
+    names, by folder."""
+    engines = tuple(settings.engines) if settings.engines is not None else ALL_ENGINES
+    names = (*settings.inbox_names, *(str(folder) for folder in settings.inbox))
+    return Capabilities(engines, inboxes=tuple(dict.fromkeys(names)))
 
 
 def _other_process_alive(pid: int) -> bool:

@@ -1,168 +1,134 @@
-"""The durable job queue: SQLModel tables and the queue API (enqueue, claim, finish, …).
+"""The durable job queue: the queue API (enqueue, claim, heartbeat, finish, …).
 
-Knows nothing about engines. Claiming is one atomic UPDATE, so two workers never get
-the same job; a claimed job carries a lease that a crashed worker lets expire.
+Knows nothing about engines. Claiming is one atomic statement, so two workers never
+get the same job; a claimed job carries a lease that a crashed worker lets expire.
+
+Time: every method that takes ``now`` uses the database's clock when it is None, which
+is how the daemon calls them (a host whose clock is off changes nothing). A number is
+for tests that drive time step by step.
+
+Fencing: a worker calls :meth:`JobStore.still_owns` right before it renames anything
+into the outbox, and publishes only when it returns True (the call also renews the
+lease, so the rename happens well inside it); every write of a running job passes
+``owner`` so a worker whose lease was taken over changes nothing.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from enum import StrEnum
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Index, String, TypeDecorator, case, event, text, update
-from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
+from sqlalchemy import case, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import col, select, text
+
+from .capabilities import Capabilities
+from .claim import claim_statement
+from .queue_admin import AlreadyQueued, CancelOutcome, QueueAdmin
+from .registry import Controls, Daemons
+from .tables import DROP_KEY, PENDING, PENDING_SQL, Job, JobState
+
+__all__ = [
+    "PENDING",
+    "AlreadyQueued",
+    "CancelOutcome",
+    "Capabilities",
+    "Job",
+    "JobState",
+    "JobStore",
+    "LeaseLost",
+    "Queued",
+]
 
 from .attempts import after_crash
-from .names import from_db, to_db
 
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
+class LeaseLost(Exception):
+    """This daemon's lease on the job ran out and another daemon may hold it: publish
+    nothing, write nothing to the job's row."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id}: the lease was lost")
+        self.job_id = job_id
 
 
-PENDING = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
+@dataclass(frozen=True)
+class Queued:
+    """The jobs of one drop, and whether this call queued them (False: another daemon
+    had already queued the same drop, and these are its jobs)."""
+
+    jobs: list[Job]
+    new: bool
 
 
-class FileName(TypeDecorator[str]):
-    """A path or name as text, any bytes a file system allows included: a name that is
-    not valid UTF-8 is stored in the escaped form of ``names.to_db`` (same column type)."""
+class JobStore(QueueAdmin):
+    """All queue operations. One instance per process; safe to share between threads.
 
-    impl = String
-    cache_ok = True
+    Opening it brings the schema up to date (Alembic, under a lock): see migrate.py.
+    """
 
-    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
-        return None if value is None else to_db(value)
+    def __init__(self, url: str, migrate: bool = True) -> None:
+        super().__init__(url)
+        if migrate:
+            from .migrate import upgrade  # Alembic is only needed when opening
 
-    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
-        return None if value is None else from_db(value)
-
-
-class Job(SQLModel, table=True):
-    __table_args__ = (
-        Index("ix_job_claim", "state", "not_before"),
-        Index("ix_job_source", "source", "sha256"),
-        Index("ix_job_identity", "sha256", "rule_name", "rule_hash"),
-    )
-
-    id: int | None = Field(default=None, primary_key=True)
-    source: str = Field(sa_type=FileName)  # absolute path where the image was found
-    inbox_root: str = Field(sa_type=FileName)
-    relative: str = Field(sa_type=FileName)  # inbox-relative, POSIX separators
-    sha256: str
-    size_bytes: int = 0
-    rule_name: str
-    rule_hash: str
-    rule_file: str
-    rule_json: str  # the rule as it was when queued: later edits do not change this job
-    # One image may make several jobs (a rule's variants): they share `drop`, and each
-    # has its own `variant` name. The last of them to end takes care of the original.
-    drop: str = Field(default="", index=True)
-    variant: str = ""
-    # Set on every job of a drop by the one job that takes care of the original.
-    drop_settled: bool = False
-    # The text of the image's <stem>.txt when it was queued (a template variable).
-    text: str = ""
-    # The <stem>.txt/.yaml files beside the image, which travel with it (JSON list).
-    companions_json: str = "[]"
-    engine: str
-    state: str = JobState.QUEUED
-    attempts: int = 0
-    max_attempts: int = 3
-    not_before: float = 0.0
-    lease_owner: str | None = None
-    lease_expires: float | None = None
-    created_at: float = Field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    hint: str | None = None
-    duplicate_of: int | None = None
-    # Output paths are recorded before they are written, so a retry after a crash
-    # knows exactly which half-published files are its own to remove.
-    video_path: str | None = Field(default=None, sa_type=FileName)
-    sidecar_path: str | None = Field(default=None, sa_type=FileName)
-    source_dest: str | None = Field(default=None, sa_type=FileName)
-    # The published video's inode, recorded around placing it: only a file with this
-    # inode is this job's to remove after a failure, or to reuse for a duplicate.
-    video_inode: int | None = None
-    # True when the job ended but its original stays in the inbox (it could not be
-    # moved, or the rule says `source: keep`): intake must not take that file again.
-    # Any other file at the path afterwards is a new drop.
-    source_stuck: bool = False
-    progress: float = 0.0
-    timings_json: str | None = None
-
-    @property
-    def rule_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.rule_json)
-        return data
-
-    @property
-    def companions(self) -> list[str]:
-        names: list[str] = json.loads(self.companions_json)
-        return names
-
-
-class JobStore:
-    """All queue operations. One instance per process; safe to share between threads."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = _make_engine(url)
-        SQLModel.metadata.create_all(self.engine)
+            upgrade(self.engine)
+        self.daemons = Daemons(self.engine)
+        self.control = Controls(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            yield session
-
     # --- writing -------------------------------------------------------------
 
     def enqueue(self, job: Job) -> Job:
+        """Queue one job, or return the pending job of the same drop already queued."""
+        return self.enqueue_drop([job]).jobs[0]
+
+    def enqueue_drop(self, jobs: list[Job]) -> Queued:
+        """Queue the jobs of one drop (a rule's variants) together, or none of them.
+
+        The unique key on pending drops decides, not a look-up first: two daemons that
+        see the same file at once queue it once, and the second gets the first's jobs.
+        """
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         with self._session() as session:
-            session.add(job)
+            ids = []
+            for job in jobs:
+                values = job.model_dump(exclude={"id"})
+                statement = (
+                    insert(Job)
+                    .values(**values)
+                    .on_conflict_do_nothing(index_elements=DROP_KEY, index_where=text(PENDING_SQL))
+                    .returning(col(Job.id))
+                )
+                row = session.execute(statement).first()
+                if row is None:
+                    session.rollback()
+                    return Queued(self._pending_drop(jobs[0]), new=False)
+                ids.append(row[0])
+            self._notify(session)
             session.commit()
-            session.refresh(job)
-            return job
+        for job, job_id in zip(jobs, ids, strict=True):
+            job.id = job_id
+        return Queued([self.get(i) or job for i, job in zip(ids, jobs, strict=True)], new=True)
 
     def claim(
-        self, owner: str, now: float, lease_seconds: float, engine: str | None = None
+        self,
+        owner: str,
+        now: float | None = None,
+        lease_seconds: float = 120.0,
+        can_run: Capabilities | None = None,
     ) -> Job | None:
-        """Atomically take the oldest runnable job (of ``engine``, if given) and lease it
-        to ``owner``."""
-        lock = " FOR UPDATE SKIP LOCKED" if self.engine.dialect.name == "postgresql" else ""
-        only = " AND engine = :engine" if engine is not None else ""
-        statement = text(
-            "UPDATE job SET state = :running, attempts = attempts + 1, lease_owner = :owner, "
-            "lease_expires = :expires, started_at = :now, progress = 0 "
-            "WHERE id = (SELECT id FROM job WHERE state IN (:queued, :retrying) "
-            f"AND not_before <= :now{only} ORDER BY not_before, id LIMIT 1{lock}) RETURNING id"
-        )
+        """Atomically take the next runnable job (see claim.py) and lease it to ``owner``.
+        ``can_run`` None: any engine."""
+        statement, params = claim_statement(self.dialect, can_run, now)
         with self._session() as session:
             row = session.execute(
-                statement,
-                {
-                    "running": JobState.RUNNING.value,
-                    "queued": JobState.QUEUED.value,
-                    "retrying": JobState.RETRYING.value,
-                    "owner": owner,
-                    "expires": now + lease_seconds,
-                    "now": now,
-                    "engine": engine,
-                },
+                statement, {**params, "owner": owner, "lease": lease_seconds}
             ).first()
             session.commit()
         return self.get(row[0]) if row else None
@@ -171,14 +137,27 @@ class JobStore:
         self,
         job_id: int,
         owner: str,
-        now: float,
-        lease_seconds: float,
+        now: float | None = None,
+        lease_seconds: float = 120.0,
         progress: float | None = None,
-    ) -> None:
-        values: dict[str, Any] = {"lease_expires": now + lease_seconds}
+    ) -> bool:
+        """Renew ``owner``'s lease; False when it no longer holds the job."""
+        values: dict[str, Any] = {"lease_expires": self._clock(now) + lease_seconds}
         if progress is not None:
             values["progress"] = progress
-        self._update(job_id, owner=owner, **values)
+        statement = update(Job).where(
+            col(Job.id) == job_id,
+            col(Job.lease_owner) == owner,
+            col(Job.state) == JobState.RUNNING,
+        )
+        return bool(self._execute(statement.values(**values)))
+
+    def still_owns(
+        self, job_id: int, owner: str, lease_seconds: float = 120.0, now: float | None = None
+    ) -> bool:
+        """The fence before publishing: True, with the lease renewed, only while
+        ``owner`` holds the running job. False: it was taken over; publish nothing."""
+        return self.heartbeat(job_id, owner, now, lease_seconds)
 
     def plan_outputs(
         self,
@@ -188,12 +167,13 @@ class JobStore:
         source_dest: str | None,
         owner: str | None = None,
     ) -> None:
+        neutral = self.host_paths.neutral
         self._update(
             job_id,
             owner=owner,
-            video_path=video,
-            sidecar_path=sidecar,
-            source_dest=source_dest,
+            video_path=neutral(video),
+            sidecar_path=neutral(sidecar),
+            source_dest=neutral(source_dest),
             video_inode=None,
         )
 
@@ -203,7 +183,7 @@ class JobStore:
     def finish(
         self,
         job_id: int,
-        now: float,
+        now: float | None,
         timings: dict[str, float],
         duplicate_of: int | None = None,
         owner: str | None = None,
@@ -212,7 +192,7 @@ class JobStore:
             job_id,
             owner,
             state=JobState.DONE,
-            finished_at=now,
+            finished_at=self._clock(now),
             progress=1.0,
             timings_json=json.dumps(timings),
             duplicate_of=duplicate_of,
@@ -223,28 +203,35 @@ class JobStore:
     def fail(
         self,
         job_id: int,
-        now: float,
+        now: float | None,
         error: str,
         hint: str,
         retry_at: float | None,
         owner: str | None = None,
+        retry_in: float | None = None,
     ) -> JobState:
-        """Record a failed attempt: back to the queue at ``retry_at``, or given up."""
-        state = JobState.RETRYING if retry_at is not None else JobState.FAILED
+        """Record a failed attempt: back to the queue at ``retry_at`` (or ``retry_in``
+        seconds from now on the database's clock), or given up."""
+        retrying = retry_at is not None or retry_in is not None
+        state = JobState.RETRYING if retrying else JobState.FAILED
+        due: Any = retry_at if retry_at is not None else 0.0
+        if retry_in is not None:
+            due = self._clock(now) + retry_in
         self._end_lease(
             job_id,
             owner,
             state=state,
             error=error,
             hint=hint,
-            not_before=retry_at or 0.0,
-            finished_at=None if retry_at else now,
+            not_before=due,
+            finished_at=None if retrying else self._clock(now),
         )
         return state
 
-    def cancel(self, job_id: int, now: float, reason: str, owner: str | None = None) -> bool:
+    def cancel(self, job_id: int, now: float | None, reason: str, owner: str | None = None) -> bool:
+        """End a job as cancelled (its worker's call; for `i2vd cancel` see request_cancel)."""
         return self._end_lease(
-            job_id, owner, state=JobState.CANCELLED, finished_at=now, error=reason
+            job_id, owner, state=JobState.CANCELLED, finished_at=self._clock(now), error=reason
         )
 
     def keep_in_inbox(self, source: str, sha256: str) -> None:
@@ -253,7 +240,7 @@ class JobStore:
         changes."""
         statement = (
             update(Job)
-            .where(col(Job.source) == source, col(Job.sha256) == sha256)
+            .where(self._file_is(source), col(Job.sha256) == sha256)
             .values(source_stuck=True)
         )
         with self._session() as session:
@@ -266,6 +253,7 @@ class JobStore:
             job_id,
             owner,
             state=JobState.QUEUED,
+            cancel_requested=False,
             attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
         )
 
@@ -281,7 +269,10 @@ class JobStore:
         )
 
     def recover(
-        self, host: str | None, now: float, alive: Callable[[int], bool] = lambda pid: False
+        self,
+        host: str | None,
+        now: float | None = None,
+        alive: Callable[[int], bool] = lambda pid: False,
     ) -> list[Job]:
         """Re-queue running jobs whose daemon is gone: their lease ran out, or (with
         ``host``, at start-up) they were leased on ``host`` by a process that ``alive``
@@ -291,6 +282,7 @@ class JobStore:
         rendered or encoded (``attempts.after_crash``): a file that kills the daemon every time
         must still reach its ``max_attempts`` instead of looping forever.
         """
+        now = self.now() if now is None else now
         gone = (col(Job.lease_expires) < now) | col(Job.lease_expires).is_(None)
         if host is not None:
             gone = gone | col(Job.lease_owner).startswith(f"{host}:", autoescape=True)
@@ -319,10 +311,14 @@ class JobStore:
             )
             with self._session() as session:
                 changed = session.execute(statement).rowcount  # type: ignore[attr-defined]
+                if changed:
+                    self._notify(session)
                 session.commit()
             if changed:
                 stale.append(job)
         return stale
+
+    # --- helpers ---------------------------------------------------------------------
 
     def _update(self, job_id: int, owner: str | None = None, **values: Any) -> bool:
         """One atomic UPDATE of a job row. With ``owner``, only while that daemon still
@@ -330,100 +326,13 @@ class JobStore:
         statement = update(Job).where(col(Job.id) == job_id)
         if owner is not None:
             statement = statement.where(col(Job.lease_owner) == owner)
-        with self._session() as session:
-            result = session.execute(statement.values(**values))
-            session.commit()
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        # Back to the queue (an interrupted job, a retry): a job for someone to claim.
+        notify = values.get("state") in (JobState.QUEUED, JobState.RETRYING)
+        return bool(self._execute(statement.values(**values), notify))
 
     def _end_lease(self, job_id: int, owner: str | None, **values: Any) -> bool:
         """Leave 'running': the new state and values, with the lease released."""
         return self._update(job_id, owner=owner, lease_owner=None, lease_expires=None, **values)
-
-    # --- reading -------------------------------------------------------------
-
-    def get(self, job_id: int) -> Job | None:
-        with self._session() as session:
-            return session.get(Job, job_id)
-
-    def job_for_file(self, source: str, sha256: str) -> Job | None:
-        """The job for this exact file content at this path, whatever its state: a
-        pending one first (an image with variants has several), else the newest."""
-        pending_first = case((col(Job.state).in_(PENDING), 0), else_=1)
-        with self._session() as session:
-            return session.exec(
-                select(Job)
-                .where(Job.source == source, Job.sha256 == sha256)
-                .order_by(pending_first, col(Job.id).desc())
-            ).first()
-
-    def claim_drop_end(self, drop: str) -> bool:
-        """True for exactly one caller: the first to ask once no job of ``drop`` is
-        pending. Each job commits its own end first, so the last to end always wins,
-        also with several daemons on one queue."""
-        pending = select(Job.id).where(Job.drop == drop, col(Job.state).in_(PENDING)).exists()
-        statement = (
-            update(Job)
-            .where(col(Job.drop) == drop, col(Job.drop_settled).is_(False), ~pending)
-            .values(drop_settled=True)
-        )
-        with self._session() as session:
-            changed = session.execute(statement).rowcount  # type: ignore[attr-defined]
-            session.commit()
-        return bool(changed)
-
-    def siblings(self, job: Job) -> list[Job]:
-        """The other jobs of the same drop (the other variants of this image)."""
-        if not job.drop:
-            return []
-        with self._session() as session:
-            return list(
-                session.exec(select(Job).where(Job.drop == job.drop, Job.id != job.id)).all()
-            )
-
-    def find_done(
-        self, sha256: str, rule_name: str, rule_hash: str, exclude: int | None = None
-    ) -> list[Job]:
-        """Finished jobs with the same identity, oldest first: candidates for reuse."""
-        with self._session() as session:
-            query = select(Job).where(
-                Job.sha256 == sha256,
-                Job.rule_name == rule_name,
-                Job.rule_hash == rule_hash,
-                Job.state == JobState.DONE,
-            )
-            if exclude is not None:
-                query = query.where(Job.id != exclude)
-            # Oldest first: a duplicate then points at the video that was generated,
-            # not at an earlier duplicate of it.
-            return list(session.exec(query.order_by(col(Job.id))).all())
-
-    def count_by_state(self) -> dict[str, int]:
-        with self._session() as session:
-            rows = session.exec(select(Job.state, func.count()).group_by(Job.state)).all()
-            return {state: count for state, count in rows}
-
-    def pending(self) -> int:
-        with self._session() as session:
-            return session.exec(
-                select(func.count()).select_from(Job).where(col(Job.state).in_(PENDING))
-            ).one()
-
-    def next_due(self) -> float | None:
-        """When the earliest waiting job becomes runnable (None if nothing waits)."""
-        with self._session() as session:
-            return session.exec(
-                select(func.min(Job.not_before)).where(
-                    col(Job.state).in_((JobState.QUEUED, JobState.RETRYING))
-                )
-            ).one()
-
-    def failed_since(self, since: float) -> list[Job]:
-        with self._session() as session:
-            return list(
-                session.exec(
-                    select(Job).where(Job.state == JobState.FAILED, col(Job.finished_at) >= since)
-                ).all()
-            )
 
 
 def _owner_alive(job: Job, host: str, now: float, alive: Callable[[int], bool]) -> bool:
@@ -433,21 +342,3 @@ def _owner_alive(job: Job, host: str, now: float, alive: Callable[[int], bool]) 
         return False
     owner_host, _, pid = job.lease_owner.rpartition(":")
     return owner_host == host and pid.isdigit() and alive(int(pid))
-
-
-def _make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            # WAL lets readers (the CLI, status) work while the worker writes; FULL
-            # syncs each commit so a power cut never loses a queued job.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)

@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 
 from . import failure, outputs, recovery
 from .attempts import RENDER_DONE, RENDER_STARTED, rendering
+from .breaker import GPU_ENGINES, DeviceBreaker, DeviceFault
+from .capabilities import ALL_ENGINES, Capabilities
 from .config import Settings
 from .engines import Engine, JobInterrupted
 from .images import read_facts, sha256_of
@@ -31,7 +33,8 @@ from .render import engine_options, model_location, render_video
 from .rules import Rule
 from .scope import Scope
 from .sidecar import build_sidecar
-from .store import Job, JobStore
+from .store import Job, JobStore, LeaseLost
+from .tables import DaemonState
 
 __all__ = ["Worker", "engine_options", "model_location", "source_pixels_needed"]
 
@@ -64,6 +67,9 @@ class Worker:
     # Only jobs of this engine: the extra workers that run motion jobs side by side.
     only_engine: str | None = None
     current: Job | None = None
+    # What this daemon claims on a shared queue (None: every job in the queue).
+    can_run: Capabilities | None = None
+    breaker: DeviceBreaker = field(default_factory=DeviceBreaker)
     # Whether each folder is there (an unmounted share is not "files deleted").
     gate: MountGate | None = None
     _last_progress_write: float = 0.0
@@ -75,7 +81,7 @@ class Worker:
 
     def run_once(self, now: float) -> Job | None:
         """Claim and run one job; None when nothing is runnable."""
-        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self.only_engine)
+        job = self.store.claim(self.owner, now, self.settings.lease_seconds, self._claimable())
         if job is None or job.id is None:
             return None
         self.current = job
@@ -85,6 +91,17 @@ class Worker:
         finally:
             self.current = None
         return self.store.get(job.id)
+
+    def _claimable(self) -> Capabilities | None:
+        """What to claim now: only ``only_engine``'s jobs on an extra worker, and no GPU
+        job while the circuit breaker is open."""
+        can_run = self.can_run
+        if self.only_engine is not None:
+            every = can_run or Capabilities(ALL_ENGINES)
+            can_run = every.without(frozenset(every.engines) - {self.only_engine})
+        if self.breaker.allows_gpu(time.monotonic()):
+            return can_run
+        return (can_run or Capabilities(ALL_ENGINES)).without(GPU_ENGINES)
 
     def heartbeat(self, now: float) -> None:
         job = self.current
@@ -120,6 +137,15 @@ class Worker:
                     "those attempts, then move the image back into the inbox to try again",
                 )
             self._process(scope, job, rule, work_file)
+            if self.breaker.faulted and job.engine in GPU_ENGINES:
+                self.breaker.success()
+                self.store.daemons.heartbeat(self.owner, DaemonState.RUNNING, "")
+                log.info("job %d: the GPU works again", job.id)
+        except DeviceFault as exc:
+            self._device_fault(job, exc.reason)
+        except LeaseLost:
+            # Another daemon runs the job now: its row and its outputs are not ours.
+            log.warning("job %d: its lease ran out and another daemon took it over", job.id)
         except JobInterrupted:
             outputs.discard_partial(scope, job)
             self.store.requeue_interrupted(job.id, owner=self.owner)
@@ -214,6 +240,24 @@ class Worker:
             plan.video,
         )
 
+    def _device_fault(self, job: Job, reason: str) -> None:
+        """The GPU failed, not the image: the job goes back without using an attempt,
+        and this daemon takes no GPU job for a while (see breaker.py)."""
+        assert job.id is not None
+        outputs.discard_partial(self.scope, job)
+        self.store.requeue_interrupted(job.id, owner=self.owner)
+        self.breaker.fault(reason, time.monotonic())
+        self.store.daemons.heartbeat(self.owner, DaemonState.FAULTED, reason)
+        log.error(
+            "job %d: the GPU failed (%s); the job is back in the queue. This daemon takes "
+            "no GPU job for %.0fs (fault %d in a row; it restarts at %d)",
+            job.id,
+            reason,
+            self.breaker.cooldown,
+            self.breaker.in_a_row,
+            self.breaker.limit,
+        )
+
     def _checkpoint(self, job: Job, done: float) -> None:
         """Called by engines between frames or steps: stop if asked, report progress.
 
@@ -235,7 +279,7 @@ class Worker:
         """Progress in the job row, which also tells crash recovery whether the picture
         was being worked on (``attempts``)."""
         assert job.id is not None
-        self.store.heartbeat(job.id, self.owner, time.time(), self.settings.lease_seconds, progress)
+        self.store.heartbeat(job.id, self.owner, None, self.settings.lease_seconds, progress)
 
     # --- shares ------------------------------------------------------------------
 

@@ -216,3 +216,18 @@ def daemon(layout: Layout) -> Iterator[Callable[..., DaemonProcess]]:
         if proc.proc.poll() is None:
             proc.proc.kill()
             proc.wait()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty queue database: a SQLite file, or a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'queue.db'}"
+        return
+    from pg import create_database, drop_database
+
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)

@@ -1,4 +1,4 @@
-"""The durable job queue on a real SQLite file."""
+"""The durable job queue on a real SQLite file and a real PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def make_job(n: int = 0, sha: str | None = None, rule: str = "motion", rule_hash
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'queue.db'}"
+def db_url(queue_url: str) -> str:
+    return queue_url
 
 
 @pytest.fixture
@@ -291,7 +291,8 @@ def test_claim_is_atomic_across_store_instances(db_url: str, store: JobStore) ->
             assert store.get(job_id).lease_owner == f"h:{index}"  # type: ignore[union-attr]
 
 
-def test_wal_mode_and_durability(tmp_path: Path, db_url: str) -> None:
+def test_wal_mode_and_durability(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'queue.db'}"
     store = JobStore(db_url)
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -1,0 +1,168 @@
+"""Who works on the queue, and the queue-wide switches, both kept in its database.
+
+Every daemon registers itself and beats a heartbeat on the database's clock; a daemon
+is alive while its last heartbeat is recent enough, judged by that same clock. Pause
+lives here too, so it reaches every daemon on the queue and survives restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, literal_column, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from .capabilities import Capabilities
+from .database import now_sql, read_clock
+from .tables import Control, Daemon, DaemonState
+
+
+@dataclass(frozen=True)
+class DaemonStatus:
+    """A registered daemon as seen now: its row, seconds since its last heartbeat (by
+    the database's clock) and whether that is recent enough to count it alive."""
+
+    daemon: Daemon
+    silent_for: float
+    alive: bool
+
+
+class _Table:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._now: ColumnElement[float] = literal_column(now_sql(engine.dialect.name))
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+
+class Daemons(_Table):
+    """The ``daemon`` table: one row per running daemon."""
+
+    def register(
+        self,
+        daemon_id: str,
+        host: str,
+        pid: int,
+        can_run: Capabilities,
+        version: str = "",
+        device: str = "",
+    ) -> None:
+        """Add (or, for a reused id, replace) this daemon's row, as running now."""
+        with self._session() as session:
+            session.execute(delete(Daemon).where(col(Daemon.id) == daemon_id))
+            session.add(
+                Daemon(
+                    id=daemon_id,
+                    host=host,
+                    pid=pid,
+                    version=version,
+                    device=device,
+                    engines_json=json.dumps(list(can_run.engines)),
+                    models_json=None if can_run.models is None else json.dumps(can_run.models),
+                    memory_gb=can_run.memory_gb,
+                    inboxes_json=None if can_run.inboxes is None else json.dumps(can_run.inboxes),
+                )
+            )
+            session.flush()
+            session.execute(
+                update(Daemon)
+                .where(col(Daemon.id) == daemon_id)
+                .values(started_at=self._now, heartbeat_at=self._now)
+            )
+            session.commit()
+
+    def heartbeat(
+        self,
+        daemon_id: str,
+        state: DaemonState | None = None,
+        reason: str | None = None,
+        job_id: int | Any | None = ...,
+    ) -> bool:
+        """Say this daemon is alive (and, when given, its state, why, and its current
+        job, None for none). False when its row is gone: register again."""
+        values: dict[str, Any] = {"heartbeat_at": self._now}
+        if state is not None:
+            values["state"] = state.value
+        if reason is not None:
+            values["reason"] = reason
+        if job_id is not ...:
+            values["job_id"] = job_id
+        with self._session() as session:
+            result = session.execute(
+                update(Daemon).where(col(Daemon.id) == daemon_id).values(**values)
+            )
+            session.commit()
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def unregister(self, daemon_id: str) -> None:
+        with self._session() as session:
+            session.execute(delete(Daemon).where(col(Daemon.id) == daemon_id))
+            session.commit()
+
+    def listing(self, alive_within: float) -> list[DaemonStatus]:
+        """Every registered daemon, alive ones first, each with how long it has been
+        silent. A daemon that died without unregistering stays listed as not alive."""
+        with self._session() as session:
+            now = read_clock(session.connection())
+            rows = session.exec(select(Daemon).order_by(col(Daemon.id))).all()
+        statuses = [
+            DaemonStatus(
+                row, max(0.0, now - row.heartbeat_at), now - row.heartbeat_at <= alive_within
+            )
+            for row in rows
+        ]
+        return sorted(statuses, key=lambda s: not s.alive)
+
+    def alive(self, within: float) -> list[Daemon]:
+        """Daemons whose last heartbeat is at most ``within`` seconds old."""
+        cutoff = self._now - within
+        with self._session() as session:
+            query = select(Daemon).where(col(Daemon.heartbeat_at) >= cutoff)
+            return list(session.exec(query.order_by(col(Daemon.id))).all())
+
+    def forget_silent(self, longer_than: float) -> int:
+        """Drop rows of daemons silent for longer than this (they died unregistered)."""
+        with self._session() as session:
+            result = session.execute(
+                delete(Daemon).where(col(Daemon.heartbeat_at) < self._now - longer_than)
+            )
+            session.commit()
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class Controls(_Table):
+    """The ``control`` table's one row: pause and resume for the whole queue."""
+
+    def get(self) -> Control:
+        with self._session() as session:
+            row = session.get(Control, 1)
+        return row if row is not None else Control()
+
+    def pause(self, by: str, stop_running: bool = False, reason: str = "") -> None:
+        """Every daemon stops claiming; with ``stop_running``, running jobs also stop at
+        their next step and go back to the queue."""
+        self._set(
+            paused=True, pause_now=stop_running, paused_at=self._now, paused_by=by, reason=reason
+        )
+
+    def resume(self) -> None:
+        self._set(paused=False, pause_now=False, paused_at=None, paused_by="", reason="")
+
+    def _set(self, **values: Any) -> None:
+        with self._session() as session:
+            changed = session.execute(
+                update(Control).where(col(Control.id) == 1).values(**values)
+            ).rowcount  # type: ignore[attr-defined]
+            if not changed:  # a queue whose row was deleted by hand
+                session.add(Control(id=1))
+                session.flush()
+                session.execute(update(Control).where(col(Control.id) == 1).values(**values))
+            session.commit()

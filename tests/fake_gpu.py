@@ -1,0 +1,47 @@
+"""Fake GPU engines for the circuit breaker's tests: there is no GPU here to break.
+
+``FakeFaultyGPU`` raises what torch raises when a device fails (torch's own exception
+type, CUDA's real message); ``FakeHealthyGPU`` stands in for a working GPU by rendering
+with the real motion engine. Both answer to the engine name ``diffusion``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from daemon.engines import Clip, RenderRequest
+from daemon.engines.motion import MotionEngine
+
+ILLEGAL_ADDRESS = (
+    "CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+    "asynchronously reported at some other API call, so the stacktrace below might be "
+    "incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1"
+)
+
+
+class FakeFaultyGPU:
+    name = "diffusion"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def render(self, request: RenderRequest) -> Clip:
+        self.calls += 1
+        request.checkpoint(0.1)
+        raise torch.AcceleratorError(ILLEGAL_ADDRESS)
+
+    def release_idle(self, now: float) -> None:
+        pass
+
+
+class FakeHealthyGPU:
+    name = "diffusion"
+
+    def __init__(self) -> None:
+        self.engine = MotionEngine()
+
+    def render(self, request: RenderRequest) -> Clip:
+        return self.engine.render(request)
+
+    def release_idle(self, now: float) -> None:
+        pass

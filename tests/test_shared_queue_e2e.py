@@ -1,0 +1,304 @@
+"""Several real daemons on one queue: nothing lost, nothing duplicated, whoever dies.
+
+Daemons are ``i2vd run`` subprocesses; one is killed with ``kill -9`` in the middle of
+a job and another stopped with SIGTERM in the middle of one, while 60 images are
+processed. On PostgreSQL each daemon runs in a mount namespace of its own where the
+shared inbox, outbox and failed folders are bind-mounted at a path no other daemon
+has, as on separate hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import MOTION_RULE, DaemonProcess, Layout, make_image, wait_for
+from daemon.config import load_settings
+from daemon.store import Job, JobStore
+from pg import create_database, drop_database
+
+pytestmark = pytest.mark.slow
+
+IMAGES = 60
+
+
+def queue_rows(url: str) -> list[Job]:
+    store = JobStore(url)
+    try:
+        return store.list_jobs(limit=10_000, newest_first=False)
+    finally:
+        store.close()
+
+
+def running_job_of(url: str, proc: DaemonProcess) -> int | None:
+    owner = f"{socket.gethostname()}:{proc.proc.pid}"
+    for job in queue_rows(url):
+        if job.state == "running" and job.lease_owner == owner:
+            return job.id
+    return None
+
+
+def done_count(url: str) -> int:
+    return sum(job.state == "done" for job in queue_rows(url))
+
+
+def drop_images(inbox: Path, count: int) -> list[str]:
+    """Written beside the inbox, then renamed in: each appears whole."""
+    staging = inbox.parent / "staging"
+    names = []
+    for n in range(count):
+        name = f"img{n:02d}.jpg"
+        make_image(staging / name, 160, 120, seed=n).rename(inbox / name)
+        names.append(name)
+    return names
+
+
+def assert_each_image_published_once(outbox: Path, names: list[str], jobs: list[Job]) -> None:
+    files = sorted(p.name for p in outbox.rglob("*") if p.is_file())
+    suffixes = (".jpg", ".motion.mp4", ".motion.json")
+    expected = sorted(f"{Path(n).stem}{suffix}" for n in names for suffix in suffixes)
+    assert files == expected  # no "-2" copies, nothing missing
+    assert Counter(j.state for j in jobs) == Counter({"done": len(names)})
+    assert sorted(j.relative for j in jobs) == sorted(names)  # each queued once
+
+
+def test_two_daemons_on_one_sqlite_file(layout: Layout, daemon) -> None:
+    layout.write_config(lease_seconds=6)
+    url = load_settings(layout.config_file).database_url
+    first, second = daemon(), daemon()
+    first.wait_started()
+    second.wait_started()
+    names = drop_images(layout.inbox, IMAGES)
+
+    # kill -9 the first in the middle of a job, after both have done some work.
+    wait_for(lambda: done_count(url) >= 5, timeout=120)
+    killed_job = wait_for(lambda: running_job_of(url, first), timeout=60, interval=0.01)
+    first.proc.kill()
+    first.wait()
+    # The second daemon takes it over once the dead one's lease runs out.
+    wait_for(
+        lambda: next(j for j in queue_rows(url) if j.id == killed_job).lease_owner
+        != f"{socket.gethostname()}:{first.proc.pid}",
+        timeout=60,
+    )
+    assert f"job {killed_job}: its daemon stopped renewing its lease; queued again" in (
+        second.log
+    )
+
+    # A third joins; then the second is stopped with SIGTERM in the middle of a job.
+    third = daemon()
+    third.wait_started()
+    wait_for(lambda: done_count(url) >= 30, timeout=180)
+    wait_for(lambda: running_job_of(url, second), timeout=60, interval=0.01)
+    assert second.stop(signal.SIGTERM, timeout=60) == 0
+
+    wait_for(lambda: done_count(url) == IMAGES, timeout=300, interval=0.5)
+    assert third.stop() == 0
+
+    jobs = queue_rows(url)
+    assert_each_image_published_once(layout.outbox, names, jobs)
+    assert [j.attempts for j in jobs if j.id == killed_job] == [2]
+    assert layout.files(layout.inbox) == []
+    assert layout.files(layout.failed) == []
+    assert [p for p in layout.root.rglob("*.i2vd-tmp")] == []
+    assert layout.files(layout.state / "work") == []
+
+
+class HostDaemon:
+    """``i2vd run`` seeing the share at a path of its own (a private mount namespace
+    with bind mounts that vanish with the process), logging to a file."""
+
+    def __init__(self, root: Path, name: str, share: Path, database_url: str) -> None:
+        self.home = root / name
+        self.log_path = self.home / f"daemon-{time.monotonic_ns()}.log"
+        views = {folder: self.home / f"{folder}-view" for folder in ("in", "out", "failed")}
+        for view in views.values():
+            view.mkdir(parents=True, exist_ok=True)
+        config = {
+            "inbox": {"photos": str(views["in"])},
+            "outbox": str(views["out"]),
+            "failed_dir": str(views["failed"]),
+            "rules_dir": str(root / "rules"),
+            "state_dir": str(self.home / "state"),
+            "database_url": database_url,
+            "settle_seconds": 0.5,
+            "rescan_seconds": 30,
+            "retry_delay_seconds": 0.2,
+            "lease_seconds": 6,
+            "log_level": "DEBUG",
+        }
+        config_file = self.home / "i2vd.yaml"
+        config_file.write_text(yaml.safe_dump(config), encoding="utf-8")
+        mounts = " && ".join(
+            f"mount --bind {share / folder} {view}" for folder, view in views.items()
+        )
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [
+                "unshare", "--mount", "--propagation", "private",
+                "sh", "-c", f'{mounts} && exec "$0" "$@"',
+                sys.executable, "-m", "daemon", "run", "--config", str(config_file),
+            ],
+            cwd=self.home,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.owner = f"{socket.gethostname()}:{self.proc.pid}"
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_started(self) -> None:
+        wait_for(lambda: "i2vd started" in self.log or self.proc.poll() is not None, 30)
+        assert self.proc.poll() is None, f"daemon exited early:\n{self.log}"
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait()
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[list[HostDaemon]]:
+    started: list[HostDaemon] = []
+    yield started
+    for host in started:
+        if host.proc.poll() is None:
+            host.proc.kill()
+            host.wait()
+
+
+def running_job_of_owner(url: str, owner: str) -> int | None:
+    for job in queue_rows(url):
+        if job.state == "running" and job.lease_owner == owner:
+            return job.id
+    return None
+
+
+def test_three_hosts_on_postgresql_each_seeing_the_share_elsewhere(
+    tmp_path: Path, hosts: list[HostDaemon]
+) -> None:
+    url = create_database()
+    try:
+        share = tmp_path / "share"
+        for folder in ("in", "out", "failed"):
+            (share / folder).mkdir(parents=True)
+        (tmp_path / "rules").mkdir()
+        (tmp_path / "rules" / "motion.yaml").write_text(MOTION_RULE, encoding="utf-8")
+
+        def start(name: str) -> HostDaemon:
+            host = HostDaemon(tmp_path, name, share, url)
+            hosts.append(host)
+            return host
+
+        first, second, third = start("alpha"), start("beta"), start("gamma")
+        for host in (first, second, third):
+            host.wait_started()
+        names = drop_images(share / "in", IMAGES)
+
+        wait_for(lambda: done_count(url) >= 5, timeout=120)
+        killed_job = wait_for(
+            lambda: running_job_of_owner(url, first.owner), timeout=60, interval=0.01
+        )
+        first.proc.kill()
+        first.wait()
+        # A live host takes the dead one's job over once its lease runs out.
+        wait_for(
+            lambda: next(j for j in queue_rows(url) if j.id == killed_job).lease_owner
+            not in (first.owner,),
+            timeout=60,
+        )
+        wait_for(lambda: done_count(url) >= 30, timeout=180)
+        wait_for(lambda: running_job_of_owner(url, second.owner), timeout=60, interval=0.01)
+        assert second.stop(signal.SIGTERM) == 0
+        # The killed host comes back (as systemd would start it) and sweeps its scratch.
+        restarted = start("alpha")
+        restarted.wait_started()
+
+        wait_for(lambda: done_count(url) == IMAGES, timeout=300, interval=0.5)
+        assert third.stop() == 0
+        assert restarted.stop() == 0
+
+        jobs = queue_rows(url)
+        assert_each_image_published_once(share / "out", names, jobs)
+        assert [j.attempts for j in jobs if j.id == killed_job] == [2]
+        assert {j.inbox for j in jobs} == {"photos"}
+        # No host's own path is in the queue: each saw the share somewhere else.
+        assert all((j.video_path or "").startswith("@outbox/") for j in jobs)
+        assert sorted(p.name for p in (share / "in").iterdir()) == []
+        assert list((share / "failed").rglob("*")) == []
+        assert list(share.rglob("*.i2vd-tmp")) == []
+        for name in ("alpha", "beta", "gamma"):
+            assert list((tmp_path / name / "state" / "work").glob("*")) == []
+    finally:
+        drop_database(url)
+
+
+GPU_RULE = """\
+name: gpu
+engine: diffusion
+model: fake/gpu-model
+preset: quick
+params: {resolution: 256}
+"""
+FAKE_GPU_SITE = Path(__file__).resolve().parent / "fake_gpu_site"
+
+
+def fake_gpu(kind: str) -> dict[str, str]:
+    """Environment for a daemon whose `diffusion` engine is a fake GPU (fake_gpu.py)."""
+    path = os.pathsep.join(p for p in (str(FAKE_GPU_SITE), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "I2VD_FAKE_GPU": kind}
+
+
+def test_a_broken_gpu_fails_no_image_and_its_daemon_exits_to_be_restarted(
+    layout: Layout, daemon
+) -> None:
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    layout.write_config(lease_seconds=6, gpu_fault_limit=2, gpu_fault_cooldown_seconds=1)
+    url = load_settings(layout.config_file).database_url
+    broken = daemon(env=fake_gpu("faulty"))
+    broken.wait_started()
+    names = drop_images(layout.inbox, 10)
+    wait_for(lambda: "the GPU failed" in broken.log, timeout=60)
+    healthy = daemon(env=fake_gpu("healthy"))
+    healthy.wait_started()
+
+    assert broken.wait(120) == 7, broken.log
+    assert "CUDA error: an illegal memory access was encountered" in broken.log
+    assert "stopping so that the service manager restarts i2vd" in broken.log
+    wait_for(lambda: done_count(url) == 10, timeout=180, interval=0.5)
+    assert healthy.stop() == 0
+
+    jobs = queue_rows(url)
+    outbox = sorted(p.name for p in layout.outbox.iterdir())
+    assert outbox == sorted(
+        f"{Path(n).stem}{suffix}" for n in names for suffix in (".jpg", ".gpu.mp4", ".gpu.json")
+    )
+    assert layout.files(layout.failed) == []
+    assert all(job.attempts == 1 for job in jobs)  # the faults used no attempt
+    store = JobStore(url)
+    try:
+        [row] = [s.daemon for s in store.daemons.listing(60)]
+        assert (row.id, row.state) == (f"{socket.gethostname()}:{broken.proc.pid}", "faulted")
+        assert "illegal memory access" in row.reason
+    finally:
+        store.close()

@@ -1,0 +1,441 @@
+"""The queue's contract, run alike on SQLite and PostgreSQL: several daemons on one queue.
+
+Each test gets a fresh database of its own (``queue_url``): a SQLite file, or a new
+PostgreSQL database that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conftest import wait_for
+from daemon.queue_admin import JobKind
+from daemon.store import AlreadyQueued, CancelOutcome, Capabilities, JobState, JobStore
+from daemon.tables import DaemonState
+from daemon.wakeup import QueueListener
+from store_procs import claim_all, enqueue_all, job_for, open_store, run_in_processes
+
+
+@pytest.fixture
+def store(queue_url: str) -> Iterator[JobStore]:
+    s = JobStore(queue_url)
+    yield s
+    s.close()
+
+
+def _in_threads(count: int, work: object) -> list[object]:
+    """Run ``work(i)`` on ``count`` threads released together; results by index."""
+    results: list[object] = [None] * count
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = work(i)  # type: ignore[operator]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return results
+
+
+# --- intake is idempotent ---------------------------------------------------------
+
+
+def test_one_drop_seen_by_many_daemons_at_once_is_queued_once(queue_url: str) -> None:
+    stores = [JobStore(queue_url) for _ in range(6)]
+    try:
+        results = _in_threads(
+            6, lambda i: stores[i].enqueue_drop([job_for(1, variant="a"), job_for(1, variant="b")])
+        )
+    finally:
+        for s in stores[1:]:
+            s.close()
+    store = stores[0]
+    try:
+        assert sum(r.new for r in results) == 1  # type: ignore[attr-defined]
+        ids = {tuple(j.id for j in r.jobs) for r in results}  # type: ignore[attr-defined]
+        assert len(ids) == 1  # every daemon was told about the same two jobs
+        rows = store.list_jobs()
+        assert len(rows) == 2 and {j.variant for j in rows} == {"a", "b"}
+        assert len({j.drop for j in rows}) == 1  # both variants of one drop, never split
+    finally:
+        store.close()
+
+
+def test_processes_queue_each_drop_once(queue_url: str) -> None:
+    JobStore(queue_url).close()  # the schema first: this test is about intake
+    results = run_in_processes(enqueue_all, [(queue_url, 25)] * 4)
+    store = JobStore(queue_url)
+    try:
+        assert store.count_by_state() == {"queued": 50}
+        for n in range(25):
+            answers = [r[n] for r in results]
+            assert sum(new for _, new in answers) == 1
+            assert len({job_id for job_id, _ in answers}) == 1
+    finally:
+        store.close()
+
+
+def test_the_key_is_inbox_path_content_rule_and_variant(store: JobStore) -> None:
+    first = store.enqueue(job_for(1))
+    assert store.enqueue(job_for(1)).id == first.id
+    others = [
+        job_for(1, inbox="clients"),
+        job_for(1, relative="sub/img1.jpg"),
+        job_for(1, sha256="f" * 64),
+        job_for(1, rule_hash="h2"),
+        job_for(1, variant="calm"),
+    ]
+    assert len({store.enqueue(j).id for j in others} | {first.id}) == 6
+
+
+def test_a_drop_that_ended_may_be_dropped_again(store: JobStore) -> None:
+    first = store.enqueue(job_for(1))
+    assert first.id is not None
+    store.claim("a:1")
+    store.finish(first.id, None, {}, owner="a:1")
+    again = store.enqueue(job_for(1))
+    assert again.id != first.id and again.state == JobState.QUEUED
+
+
+# --- claims -------------------------------------------------------------------------
+
+
+def test_processes_claim_each_job_once(queue_url: str) -> None:
+    store = JobStore(queue_url)
+    ids = {store.enqueue(job_for(n, inbox=f"in{n % 3}")).id for n in range(120)}
+    store.close()
+    results = run_in_processes(claim_all, [(queue_url, f"h:{i}") for i in range(4)])
+    claimed = [i for r in results for i in r]
+    assert len(claimed) == len(set(claimed)) == 120
+    assert set(claimed) == ids
+
+
+def test_round_robin_across_inboxes_then_priority_then_age(store: JobStore) -> None:
+    a = [store.enqueue(job_for(n, inbox="alice")).id for n in range(4)]
+    b = [store.enqueue(job_for(10 + n, inbox="bob")).id for n in range(2)]
+    urgent = store.enqueue(job_for(20, inbox="bob", priority=5)).id
+    c = store.enqueue(job_for(30, inbox="carol")).id
+    order = [store.claim("h:1", None, 60).id for _ in range(8)]  # type: ignore[union-attr]
+    # None served yet: bob's urgent job leads (priority), then alice's oldest, carol's;
+    # then round the inboxes again, the one served longest ago first.
+    assert order == [urgent, a[0], c, b[0], a[1], b[1], a[2], a[3]]
+    assert store.claim("h:1", None, 60) is None
+
+
+def test_fairness_holds_with_a_late_inbox(store: JobStore) -> None:
+    for n in range(50):
+        store.enqueue(job_for(n, inbox="bulk"))
+    for _ in range(10):
+        store.claim("h:1")
+    late = store.enqueue(job_for(99, inbox="small")).id
+    got = store.claim("h:1")
+    assert got is not None and got.id == late  # 40 bulk jobs wait; the newcomer goes next
+
+
+def test_routing_by_engine_model_and_memory(store: JobStore) -> None:
+    motion = store.enqueue(job_for(1)).id
+    wan = store.enqueue(job_for(2, engine="diffusion", model="wan", memory_gb=20.0)).id
+    svd = store.enqueue(job_for(3, engine="diffusion", model="svd", memory_gb=10.0)).id
+    cpu = Capabilities(engines=("motion",))
+    small_gpu = Capabilities(engines=("diffusion",), memory_gb=12.0)
+    only_wan = Capabilities(engines=("diffusion",), models=("wan",), memory_gb=80.0)
+
+    assert store.claim("gpu:1", can_run=Capabilities(engines=())) is None
+    got = store.claim("gpu:1", can_run=small_gpu)
+    assert got is not None and got.id == svd  # the 20 GiB job does not fit here
+    assert store.claim("gpu:1", can_run=small_gpu) is None
+    got = store.claim("cpu:1", can_run=cpu)
+    assert got is not None and got.id == motion
+    assert store.claim("cpu:1", can_run=cpu) is None
+    got = store.claim("big:1", can_run=only_wan)
+    assert got is not None and got.id == wan
+
+
+def test_routing_by_inbox(store: JobStore) -> None:
+    photos = store.enqueue(job_for(1, inbox="photos")).id
+    scans = store.enqueue(job_for(2, inbox="scans")).id
+    only_scans = Capabilities(engines=("motion",), inboxes=("scans",))
+    got = store.claim("scanner-host:1", can_run=only_scans)
+    assert got is not None and got.id == scans
+    assert store.claim("scanner-host:1", can_run=only_scans) is None
+    got = store.claim("other:2", can_run=Capabilities(engines=("motion",)))
+    assert got is not None and got.id == photos
+
+
+# --- leases run on the database's clock ----------------------------------------------
+
+
+def test_a_host_clock_an_hour_off_changes_nothing(
+    store: JobStore, queue_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = store.enqueue(job_for(1))
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+    claimed = store.claim("fast:1", None, lease_seconds=30)
+    assert claimed is not None and claimed.lease_expires is not None
+    db_now = store.now()
+    assert abs(claimed.lease_expires - (db_now + 30)) < 5
+    # Another daemon, its clock an hour behind, sees a live lease either way.
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
+    other = JobStore(queue_url)
+    try:
+        assert other.recover(None) == []
+        assert other.claim("slow:2") is None
+        assert other.get(job.id).state == JobState.RUNNING  # type: ignore[arg-type,union-attr]
+    finally:
+        other.close()
+
+
+def test_an_expired_lease_is_recovered_by_any_live_daemon(store: JobStore) -> None:
+    job = store.enqueue(job_for(1))
+    store.claim("dead:1", None, lease_seconds=2)
+    assert store.recover(None) == []  # still live
+    time.sleep(2.3)
+    assert [j.id for j in store.recover(None)] == [job.id]
+    again = store.claim("live:2", None, 60)
+    assert again is not None and again.id == job.id and again.attempts == 2
+
+
+def test_fencing_a_daemon_that_lost_its_lease_is_told_so(store: JobStore) -> None:
+    job = store.enqueue(job_for(1))
+    assert job.id is not None
+    store.claim("slow:1", None, lease_seconds=2)
+    assert store.still_owns(job.id, "slow:1", lease_seconds=2)
+    assert not store.still_owns(job.id, "other:2")
+    time.sleep(2.3)
+    store.recover(None)
+    store.claim("fast:2", None, 60)
+    # The stalled daemon wakes up before publishing: the fence says no, and none of
+    # its writes land.
+    assert not store.still_owns(job.id, "slow:1")
+    assert not store.heartbeat(job.id, "slow:1", None, 60, progress=0.9)
+    assert not store.finish(job.id, None, {}, owner="slow:1")
+    row = store.get(job.id)
+    assert row is not None and (row.state, row.lease_owner, row.progress) == (
+        "running",
+        "fast:2",
+        0.0,
+    )
+    assert store.still_owns(job.id, "fast:2")
+    assert store.finish(job.id, None, {}, owner="fast:2")
+    assert not store.still_owns(job.id, "fast:2")  # a finished job is nobody's to publish
+
+
+def test_retry_in_waits_on_the_database_clock(store: JobStore) -> None:
+    job = store.enqueue(job_for(1))
+    assert job.id is not None
+    store.claim("a:1")
+    store.fail(job.id, None, "boom", "later", retry_at=None, owner="a:1", retry_in=2)
+    row = store.get(job.id)
+    assert row is not None and row.state == JobState.RETRYING
+    assert abs(row.not_before - (store.now() + 2)) < 1
+    assert store.claim("a:1") is None
+    time.sleep(2.3)
+    assert store.claim("a:1") is not None
+
+
+# --- administration -----------------------------------------------------------------
+
+
+def test_list_retry_and_cancel(store: JobStore) -> None:
+    waiting, running, failed = (store.enqueue(job_for(n)).id for n in range(3))
+    assert None not in (waiting, running, failed)
+    store.claim("a:1")  # waiting
+    store.claim("a:1")  # running
+    store.claim("a:1")  # failed
+    store.requeue_interrupted(waiting, owner="a:1")  # type: ignore[arg-type]
+    store.fail(failed, None, "boom", "hint", retry_at=None, owner="a:1")  # type: ignore[arg-type]
+
+    assert [j.id for j in store.list_jobs(["failed"])] == [failed]
+    assert [j.id for j in store.list_jobs(limit=2)] == [failed, running]
+    assert [j.id for j in store.list_jobs(newest_first=False, limit=1)] == [waiting]
+
+    retried = store.retry(failed)  # type: ignore[arg-type]
+    assert retried is not None and (retried.state, retried.attempts, retried.error) == (
+        "queued",
+        0,
+        None,
+    )
+    assert store.retry(running) is None  # type: ignore[arg-type]
+
+    assert store.request_cancel(waiting) == CancelOutcome.CANCELLED  # type: ignore[arg-type]
+    assert store.get(waiting).state == JobState.CANCELLED  # type: ignore[arg-type,union-attr]
+    assert not store.cancel_requested(running)  # type: ignore[arg-type]
+    assert store.request_cancel(running) == CancelOutcome.REQUESTED  # type: ignore[arg-type]
+    assert store.cancel_requested(running)  # type: ignore[arg-type]
+    assert store.get(running).state == JobState.RUNNING  # type: ignore[arg-type,union-attr]
+    assert store.request_cancel(waiting) == CancelOutcome.ENDED  # type: ignore[arg-type]
+    assert store.request_cancel(9999) == CancelOutcome.NOT_FOUND
+    assert store.count_by_state() == {"queued": 1, "running": 1, "cancelled": 1}
+
+
+def test_retry_refuses_a_drop_already_queued_again(store: JobStore) -> None:
+    first = store.enqueue(job_for(1))
+    assert first.id is not None
+    store.claim("a:1")
+    store.fail(first.id, None, "boom", "hint", retry_at=None, owner="a:1")
+    second = store.enqueue(job_for(1))  # the image was moved back into the inbox
+    with pytest.raises(AlreadyQueued, match=f"as job {second.id}"):
+        store.retry(first.id)
+
+
+def test_pause_reaches_every_daemon_and_survives_restarts(queue_url: str) -> None:
+    one, two = JobStore(queue_url), JobStore(queue_url)
+    try:
+        assert not two.control.get().paused
+        one.control.pause("alice@desk", stop_running=True, reason="driver update")
+        state = two.control.get()
+        assert (state.paused, state.pause_now, state.paused_by, state.reason) == (
+            True,
+            True,
+            "alice@desk",
+            "driver update",
+        )
+        assert state.paused_at is not None and abs(state.paused_at - two.now()) < 5
+    finally:
+        one.close()
+        two.close()
+    reopened = JobStore(queue_url)
+    try:
+        assert reopened.control.get().paused
+        reopened.control.resume()
+        assert not reopened.control.get().paused
+    finally:
+        reopened.close()
+
+
+def test_daemon_registry_judges_liveness_by_the_database_clock(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
+    gpu = Capabilities(engines=("diffusion",), models=("wan",), memory_gb=24.0)
+    store.daemons.register("gpu1:10", "gpu1", 10, gpu, version="0.2.0", device="cuda:0")
+    store.daemons.register("cpu1:20", "cpu1", 20, Capabilities(engines=("motion",)))
+    assert store.daemons.heartbeat("gpu1:10", DaemonState.FAULTED, "device lost", job_id=None)
+    assert not store.daemons.heartbeat("gone:1")
+    time.sleep(3)
+    store.daemons.heartbeat("cpu1:20", job_id=7)
+
+    assert [d.id for d in store.daemons.alive(within=2.5)] == ["cpu1:20"]
+    assert [d.id for d in store.daemons.alive(within=60)] == ["cpu1:20", "gpu1:10"]
+    listing = store.daemons.listing(alive_within=2.5)
+    assert [(s.daemon.id, s.alive) for s in listing] == [("cpu1:20", True), ("gpu1:10", False)]
+    gpu_row = listing[1].daemon
+    assert (gpu_row.state, gpu_row.reason, gpu_row.engines, gpu_row.models) == (
+        "faulted",
+        "device lost",
+        ["diffusion"],
+        ["wan"],
+    )
+    assert (gpu_row.memory_gb, gpu_row.device, gpu_row.version) == (24.0, "cuda:0", "0.2.0")
+    assert gpu_row.capabilities == gpu and listing[0].daemon.inboxes is None
+    assert 3 <= listing[1].silent_for < 60
+    assert listing[0].daemon.job_id == 7 and listing[0].daemon.models is None
+
+    store.daemons.unregister("cpu1:20")
+    assert [d.id for d in store.daemons.alive(within=60)] == ["gpu1:10"]
+    assert store.daemons.forget_silent(longer_than=0.1) == 1
+    assert store.daemons.listing(60) == []
+
+
+def test_jobs_no_live_daemon_can_run_are_reported(store: JobStore) -> None:
+    store.enqueue(job_for(1))
+    store.enqueue(job_for(2, engine="diffusion", model="wan", memory_gb=40.0))
+    store.enqueue(job_for(3, engine="diffusion", model="wan", memory_gb=40.0))
+    store.enqueue(job_for(4, engine="diffusion", model="svd", memory_gb=10.0))
+    store.enqueue(job_for(5, inbox="scans"))
+    assert store.stranded(alive_within=60) == {
+        JobKind("photos", "motion", "", 0.0): 1,
+        JobKind("photos", "diffusion", "wan", 40.0): 2,
+        JobKind("photos", "diffusion", "svd", 10.0): 1,
+        JobKind("scans", "motion", "", 0.0): 1,
+    }
+    cpu = Capabilities(engines=("motion",), inboxes=("photos",))
+    store.daemons.register("cpu:1", "cpu", 1, cpu)
+    store.daemons.register("gpu:2", "gpu", 2, Capabilities(("diffusion",), memory_gb=24.0))
+    assert store.stranded(alive_within=60) == {
+        JobKind("photos", "diffusion", "wan", 40.0): 2,
+        JobKind("scans", "motion", "", 0.0): 1,
+    }
+    store.daemons.unregister("gpu:2")
+    assert JobKind("photos", "diffusion", "svd", 10.0) in store.stranded(alive_within=60)
+
+
+# --- the schema -----------------------------------------------------------------------
+
+
+def test_daemons_opening_a_new_queue_at_once_all_succeed(queue_url: str) -> None:
+    results = run_in_processes(open_store, [(queue_url,)] * 5)
+    assert results == ["{}"] * 5
+
+
+# --- wake-ups (PostgreSQL) ------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    from pg import create_database, drop_database
+
+    url = create_database()
+    try:
+        yield url
+    finally:
+        drop_database(url)
+
+
+def test_notify_wakes_a_listening_daemon_at_once(pg_url: str) -> None:
+    store = JobStore(pg_url)
+    woken = threading.Event()
+    listener = QueueListener(pg_url, woken.set)
+    listener.start()
+    try:
+        assert listener.listening.wait(10)
+        woken.clear()  # the wake-up every (re)connect gives
+        started = time.monotonic()
+        store.enqueue(job_for(1))
+        assert woken.wait(5)
+        assert time.monotonic() - started < 2
+        # A job coming back to the queue wakes it too.
+        woken.clear()
+        job = store.claim("a:1")
+        assert job is not None and job.id is not None and not woken.wait(1.5)
+        store.requeue_interrupted(job.id, owner="a:1")
+        assert woken.wait(5)
+    finally:
+        listener.stop()
+        store.close()
+
+
+def test_a_listener_survives_its_connection_being_killed(pg_url: str) -> None:
+    store = JobStore(pg_url)
+    woken = threading.Event()
+    listener = QueueListener(pg_url, woken.set, retry_seconds=0.2)
+    listener.start()
+    try:
+        assert listener.listening.wait(10)
+        with store.engine.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%%' AND datname = current_database()"
+            )
+            conn.commit()
+        wait_for(lambda: listener.listening.is_set() and woken.is_set(), timeout=10)
+        woken.clear()
+        store.enqueue(job_for(2))
+        assert woken.wait(5)
+    finally:
+        listener.stop()
+        store.close()
