@@ -29,13 +29,14 @@ params: {resolution: 256, frames: 8}
 motion: {effect: zoom_in, zoom: 1.2}
 """
 
-# About a second per job on one core: long enough to stop a queue in mid-flight.
+# Several seconds per job (8 s of 1024p video at 24 fps): long enough to stop it
+# while it renders.
 SLOW_RULE = """\
 name: motion
 engine: motion
 preset: quick
-params: {resolution: 1024, frames: 24}
-motion: {effect: zoom_in, zoom: 1.2}
+params: {resolution: 1024}
+motion: {effect: zoom_in, zoom: 1.2, duration: 8, fps: 24}
 """
 
 
