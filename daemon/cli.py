@@ -8,14 +8,17 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import Settings, SettingsError, load_settings
-from .names import ReadableFormatter
+from .names import ReadableNames
 from .rules import ProblemKind
 
 # 0 and 1 come from the service (1: --once saw a failure); the others are decided here.
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
+# As daemon.store.JobState; spelled out so `i2vd --help` imports no database code.
+JOB_STATES = ("queued", "running", "retrying", "done", "failed", "cancelled")
 # `rules check`: one code per cause; when several occur, the lowest wins (syntax first).
 EXIT_RULES_SYNTAX, EXIT_RULES_SCHEMA, EXIT_RULES_CONFLICT = 4, 5, 6
 _EXIT_BY_KIND = {
@@ -97,7 +100,57 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("paths", nargs="+", metavar="PATH", help="image path (see below)")
     explain.add_argument("--json", action="store_true", help="one JSON document (a list)")
     _config_option(explain)
+    _admin_verbs(verbs)
     return parser
+
+
+ADMIN_EPILOG = """\
+Works on the queue's database, so it works while daemons run, here or on other hosts.
+
+exit codes:
+  0  done (doctor: nothing is wrong)
+  1  some of it could not be done: a job that does not exist or is in the wrong
+     state (the message says which); doctor: a problem was found
+  2  the settings are invalid
+  3  the queue database cannot be opened
+"""
+
+
+def _admin_verbs(verbs: Any) -> None:
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = verbs.add_parser(
+            name,
+            help=help,
+            description=help[0].upper() + help[1:] + ".",
+            epilog=ADMIN_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _config_option(parser)
+        return parser
+
+    status = verb("status", "daemons, counts per state, running jobs, pause and windows")
+    status.add_argument("--json", action="store_true", help="one JSON document")
+    jobs = verb("jobs", "list jobs, newest first")
+    jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    jobs.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (default 50)")
+    jobs.add_argument("--json", action="store_true", help="a JSON list")
+    show = verb("show", "everything about one job")
+    show.add_argument("id", type=int, metavar="ID")
+    show.add_argument("--json", action="store_true", help="one JSON document")
+    retry = verb("retry", "put failed or cancelled jobs back: the image returns to its inbox")
+    retry.add_argument("ids", type=int, nargs="*", metavar="ID")
+    retry.add_argument("--failed", action="store_true", help="every failed job")
+    retry.add_argument("--json", action="store_true", help="a JSON list of outcomes")
+    cancel = verb("cancel", "end waiting jobs now; running ones stop at their next step")
+    cancel.add_argument("ids", type=int, nargs="+", metavar="ID")
+    cancel.add_argument("--json", action="store_true", help="a JSON list of outcomes")
+    pause = verb("pause", "claim no new job on any daemon of this queue (kept across restarts)")
+    pause.add_argument(
+        "--now", action="store_true", help="also stop running jobs at their next step (re-queued)"
+    )
+    verb("resume", "claim jobs again after a pause")
+    doctor = verb("doctor", "check the installation and say how to fix what is wrong")
+    doctor.add_argument("--json", action="store_true", help="a JSON list of findings")
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -119,24 +172,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.rules_verb == "check":
             return rules_check(settings.rules_dir)
         return rules_explain(settings, args.paths, as_json=args.json)
-    return run(settings, once=args.once)
+    if args.verb == "run":
+        return run(settings, once=args.once)
+    if args.verb == "doctor":
+        return doctor(settings, as_json=args.json)
+    return admin(settings, args)
 
 
 def run(settings: Settings, once: bool) -> int:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(ReadableFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=settings.log_level, handlers=[handler])
-    # APScheduler logs every timer tick at INFO and skipped overlaps at WARNING.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    # At DEBUG, watchdog logs every raw inotify event, the daemon's own reads included.
-    logging.getLogger("watchdog").setLevel(
-        max(logging.INFO, logging.getLevelName(settings.log_level))
-    )
+    from .logs import setup
+
+    # A live progress line only for `run --once` in a terminal (never under systemd).
+    progress = setup(settings.log_level, live=once)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ReadableNames())  # undecodable bytes of names as \xNN
 
     from .service import Service, StartupError  # keeps `i2vd --help` light
 
     try:
-        return Service(settings, once=once).run()
+        return Service(settings, once=once, progress_line=progress).run()
     except StartupError as exc:
         print(f"i2vd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
@@ -158,7 +212,7 @@ def _missing_rules_dir(rules_dir: Path) -> bool:
 
 
 def rules_check(rules_dir: Path) -> int:
-    from .explain import check_rules
+    from .rules_check import check_rules
 
     if _missing_rules_dir(rules_dir):
         return EXIT_CONFIG
@@ -176,7 +230,8 @@ def rules_check(rules_dir: Path) -> int:
 
 
 def rules_explain(settings: Settings, paths: list[str], as_json: bool) -> int:
-    from .explain import Explainer, format_report
+    from .explain import Explainer
+    from .explain_format import format_report
 
     if _missing_rules_dir(settings.rules_dir):
         return EXIT_CONFIG
@@ -187,6 +242,99 @@ def rules_explain(settings: Settings, paths: list[str], as_json: bool) -> int:
     else:
         print("\n\n".join(format_report(report) for report in reports))
     return 0 if all(report["ok"] for report in reports) else 1
+
+
+def doctor(settings: Settings, as_json: bool) -> int:
+    from dataclasses import asdict
+
+    from .doctor import format_findings, healthy, run_checks
+
+    findings = run_checks(settings)
+    if as_json:
+        print(json.dumps([asdict(f) for f in findings], indent=2, ensure_ascii=False))
+    else:
+        print(format_findings(findings))
+    return 0 if healthy(findings) else 1
+
+
+def admin(settings: Settings, args: argparse.Namespace) -> int:
+    """The queue verbs: open the queue, call the library, print what it returned."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+
+    from . import admin as lib
+
+    for migrate in (False, True):
+        try:
+            store = lib.open_store(settings, migrate=migrate)
+        except (SQLAlchemyError, ImportError) as exc:
+            print(
+                f"i2vd: cannot open the queue database: {exc}; check database_url "
+                "(i2vd doctor tells more)",
+                file=sys.stderr,
+            )
+            return EXIT_STARTUP
+        try:
+            return _admin_verb(lib, store, settings, args)
+        except (OperationalError, ProgrammingError):
+            if migrate:
+                raise
+            # A queue no daemon has upgraded yet (or none has ever opened): upgrade it.
+        finally:
+            store.close()
+    return EXIT_STARTUP
+
+
+def _admin_verb(lib: Any, store: Any, settings: Settings, args: argparse.Namespace) -> int:
+    from . import admin_text as text
+
+    if args.verb == "status":
+        data = lib.status(store, settings)
+        print(_dump(data) if args.json else text.status_text(data))
+        return 0
+    if args.verb == "jobs":
+        rows = lib.list_jobs(store, args.state, max(1, args.limit))
+        print(_dump(rows) if args.json else text.jobs_text(rows))
+        return 0
+    if args.verb == "show":
+        try:
+            data = lib.show(store, args.id)
+        except lib.AdminProblem as exc:
+            print(f"i2vd: {exc.message}; {exc.hint}", file=sys.stderr)
+            return 1
+        print(_dump(data) if args.json else text.show_text(data))
+        return 0
+    if args.verb == "pause":
+        lib.pause(store, now=args.now)
+        print(
+            "paused: running jobs stop at their next step and go back to the queue"
+            if args.now
+            else "paused: running jobs finish; no new job is started"
+        )
+        return 0
+    if args.verb == "resume":
+        lib.resume(store)
+        print("resumed")
+        return 0
+    if args.verb == "retry" and not args.ids and not args.failed:
+        print("i2vd: name job IDs to retry, or --failed for every failed job", file=sys.stderr)
+        return 1
+    outcomes = (
+        lib.retry(store, settings, args.ids, failed=args.failed)
+        if args.verb == "retry"
+        else lib.cancel(store, settings, args.ids)
+    )
+    if args.json:
+        print(_dump([o.to_json() for o in outcomes]))
+    for outcome in outcomes:
+        if not args.json:
+            print(outcome.message, file=sys.stdout if outcome.ok else sys.stderr)
+    if args.verb == "retry" and args.failed and not outcomes and not args.json:
+        print("no failed jobs")
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+from .webhooks import Webhook
+from .windows import Window
+
 ENV_PREFIX = "I2VD_"
 
 
@@ -82,10 +85,22 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, le=100)
     retry_delay_seconds: float = Field(10.0, ge=0, le=86400)
     lease_seconds: float = Field(120.0, gt=5, le=86400)
+    # The watchdog's patience: a running job silent this long between steps (or, before
+    # its first step, while a model loads) counts as hung, and the pings to systemd stop.
+    stall_seconds: float = Field(300.0, gt=0, le=86400)
+    model_load_seconds: float = Field(1800.0, gt=0, le=86400)
     # Motion jobs run at once (diffusion jobs: always one at a time, one GPU). 0: one
     # per eight cores this process may use, at least one.
     motion_jobs: int = Field(0, ge=0, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # When each engine may take new jobs (README "Schedule windows"); none: always.
+    windows: list[Window] = Field(default_factory=list)
+    # Prometheus: /metrics on metrics_host:metrics_port while running (off unless set);
+    # metrics_textfile is rewritten for node_exporter's textfile collector.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_textfile: Path | None = None
+    webhooks: list[Webhook] = Field(default_factory=list)
     # Directory that relative paths are resolved against: the config file's folder
     # when there is one, else the working directory.
     base_dir: Path = Field(default_factory=Path.cwd)
@@ -148,6 +163,8 @@ class Settings(BaseSettings):
         self.inbox = [(base / p.expanduser()).resolve() for p in self.inbox]
         for key in ("outbox", "failed_dir", "rules_dir", "state_dir"):
             setattr(self, key, (base / Path(getattr(self, key)).expanduser()).resolve())
+        if self.metrics_textfile is not None:
+            self.metrics_textfile = (base / self.metrics_textfile.expanduser()).resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.state_dir / 'i2vd.db'}"
         self._check_layout()

@@ -1,31 +1,30 @@
-"""What the rules would do, without doing it: ``i2vd rules check`` and ``rules explain``.
+"""What the rules would do with one path, without doing it: ``i2vd rules explain``.
 
-Both read the same rule files as the daemon, through the same loaders, and pick rules
-with the same ``pick_rule``; nothing here queues, renders or moves a file. What a job
-would produce (names, prompts, frame size and count, the original's fate) comes from
-``plan.py``, the worker's own planning. Heavy engine packages (torch, diffusers) are
-never imported: a model's family is read from its ``model_index.json``
+It reads the same rule files as the daemon (its view of broken files included) and
+picks rules with the same ``pick_rule``; nothing here queues, renders or moves a file.
+What a job would produce (names, prompts, frame size and count, the original's fate)
+comes from ``plan.py``, the worker's own planning. Heavy engine packages (torch,
+diffusers) are never imported: a model's family is read from its ``model_index.json``
 (``model_info.py``), and whether its engine can run here from the installed packages.
+Where a path is lives in ``locate.py``, the text form in ``explain_format.py`` and
+``rules check`` in ``rules_check.py``; their names are exported here too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-from jinja2 import TemplateAssertionError, TemplateSyntaxError, meta
-
-from .companions import CompanionProblem, Companions, is_companion, read_companions
+from .companions import CompanionProblem, Companions, read_companions
 from .config import Settings
 from .engines import EngineUnavailable, check_engine
+from .explain_format import format_report
 from .images import BadImage, check_image, read_facts
+from .locate import PathProblem, Place, ignored_because, locate
 from .model_info import MEMORY_BY_RESOLUTION, memory_class, model_family
 from .plan import (
     SourceAction,
@@ -38,13 +37,7 @@ from .plan import (
     plan_frames,
     prompt_of,
 )
-from .problems import Problem
-from .prompts import (
-    ImageFacts,
-    TemplateProblem,
-    template_context,
-    template_environment,
-)
+from .prompts import ImageFacts, TemplateProblem
 from .rules import (
     ImageOverrides,
     LoadedRule,
@@ -53,210 +46,15 @@ from .rules import (
     RuleProblem,
     Variant,
     folder_matches,
-    load_rules,
     pick_rule,
-    preset_files,
-    rule_files,
     rule_matches,
 )
+from .rules_check import CheckReport, check_rules, template_problems
 from .ruleset import rules_in_force
-from .watch import is_candidate_name
 
 NO_RULE = "no rule matches: the image would stay in the inbox"
 # Template variables that only the image itself can tell.
 IMAGE_FACTS = (*(f.name for f in dataclasses.fields(ImageFacts)), "orientation")
-
-# --- rules check -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    rules_dir: Path
-    rule_files: int
-    preset_files: int
-    rules: list[LoadedRule]
-    problems: list[RuleProblem]
-
-    def _ok(self, files: list[Path]) -> int:
-        bad = {p.file for p in self.problems}
-        return sum(1 for path in files if path not in bad)
-
-    def summary(self) -> str:
-        parts = [_count(self._ok([r.file for r in self.rules]), "rule") + " ok"]
-        if self.preset_files:
-            parts.append(_count(self._ok(preset_files(self.rules_dir)), "preset") + " ok")
-        if self.problems:
-            files = len({p.file for p in self.problems})
-            parts.append(f"{_count(len(self.problems), 'problem')} in {_count(files, 'file')}")
-        else:
-            parts.append("no problems")
-        return ", ".join(parts)
-
-
-def check_rules(rules_dir: Path) -> CheckReport:
-    """Every problem of every rule and preset file in ``rules_dir``: what the daemon's
-    loader reports, plus templates that could never render (syntax errors, unknown
-    variables), which the loader accepts and every image would then fail on."""
-    rules, problems = load_rules(rules_dir)
-    for loaded in rules:
-        problems.extend(template_problems(loaded))
-    problems.sort(key=lambda p: (str(p.file), p.line, p.column))
-    return CheckReport(
-        rules_dir, len(rule_files(rules_dir)), len(preset_files(rules_dir)), rules, problems
-    )
-
-
-# The daemon's own template environment: what it rejects (its filters, its sandbox) is
-# exactly what check reports.
-_LINT = template_environment()
-
-
-def template_variables() -> list[str]:
-    """The variables every template may use (README: Templates)."""
-    return sorted(template_context(PurePosixPath("a.jpg"), "rule", dt.datetime.now()))
-
-
-def template_problems(loaded: LoadedRule) -> list[RuleProblem]:
-    """Templates in a valid rule that fail for every image: a syntax error, an unknown
-    filter or a variable that no image ever has."""
-    rule = loaded.rule
-    fields: list[tuple[tuple[str | int, ...], str]] = [
-        (("prompt",), rule.prompt),
-        (("negative_prompt",), rule.negative_prompt),
-        (("output", "name"), rule.output.name),
-    ]
-    for index, variant in enumerate(rule.variants):
-        for key in ("prompt", "negative_prompt"):
-            value = getattr(variant, key)
-            if value is not None:
-                fields.append((("variants", index, key), value))
-    known = set(template_variables()) | set(_LINT.globals)
-    problems = []
-    for loc, source in fields:
-        message = _template_problem(source, known)
-        if message:
-            line, column = _position(loaded.file, loc)
-            name = ".".join(str(part) for part in loc)
-            problems.append(RuleProblem(loaded.file, line, column, name, message))
-    return problems
-
-
-def _template_problem(source: str, known: set[str]) -> str | None:
-    try:
-        unknown = sorted(meta.find_undeclared_variables(_LINT.parse(source)) - known)
-        _LINT.from_string(source)  # unknown filters and tests are found when compiling
-    except TemplateAssertionError as exc:  # a syntax error class, but no syntax error
-        return f"template error: {exc.message}"
-    except TemplateSyntaxError as exc:
-        where = f" (line {exc.lineno} of the template)" if "\n" in source.strip() else ""
-        return f"template syntax error{where}: {exc.message}"
-    except Exception as exc:  # the compiler's other complaints, whatever their class
-        return f"template error: {exc}"
-    if unknown:
-        names = ", ".join(repr(n) for n in unknown)
-        return f"unknown template variable {names} (known: {', '.join(template_variables())})"
-    return None
-
-
-def _position(path: Path, loc: Sequence[str | int]) -> tuple[int, int]:
-    """Line and column of a field's value in a rule file (1, 1 when not written there)."""
-    try:
-        node: yaml.Node | None = yaml.compose(path.read_text(encoding="utf-8"), yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError):
-        return 1, 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            node = next((value for key, value in node.value if key.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            node = node.value[part] if part < len(node.value) else None
-        else:
-            node = None
-        if node is None:
-            return 1, 1
-    assert node is not None
-    return node.start_mark.line + 1, node.start_mark.column + 1
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-# --- rules explain: where a path is ------------------------------------------------
-
-
-class PathProblem(Problem):
-    """The path cannot be placed in any inbox."""
-
-
-@dataclass(frozen=True)
-class Place:
-    inbox: Path
-    relative: PurePosixPath
-
-    @property
-    def path(self) -> Path:
-        return self.inbox / self.relative
-
-
-def locate(arg: str, inboxes: Sequence[Path], cwd: Path) -> Place:
-    """The inbox and inbox-relative path ``arg`` means: a path inside an inbox (absolute
-    or from the working directory), else an inbox-relative path, looked up in the inbox
-    that holds it or, for an image not there yet, the first inbox. A file that exists
-    is preferred over a reading under which it would not."""
-    given = Path(arg).expanduser()
-    full = given if given.is_absolute() else cwd / given
-    # Resolve the folder only: a symbolic link as the image is reported, not followed.
-    full = full.parent.resolve() / full.name
-    direct = next(
-        (
-            Place(inbox, PurePosixPath(full.relative_to(inbox).as_posix()))
-            for inbox in inboxes
-            if full.is_relative_to(inbox) and full != inbox
-        ),
-        None,
-    )
-    if given.is_absolute() or (direct is not None and os.path.lexists(full)):
-        if direct is None:
-            raise PathProblem(f"{arg} is outside every inbox ({_inbox_list(inboxes)})")
-        return direct
-    relative = PurePosixPath(given.as_posix())
-    if ".." in relative.parts or str(relative) in ("", "."):
-        if direct is not None:
-            return direct
-        raise PathProblem(f"{arg} is not a path inside an inbox ({_inbox_list(inboxes)})")
-    for inbox in inboxes:
-        if os.path.lexists(inbox / relative):
-            return Place(inbox, relative)
-    if direct is not None:
-        return direct
-    if full.exists():
-        raise PathProblem(
-            f"{arg} is outside every inbox ({_inbox_list(inboxes)}); to see what a drop "
-            "would do, give the path it would have inside an inbox"
-        )
-    return Place(inboxes[0], relative)
-
-
-def _inbox_list(inboxes: Sequence[Path]) -> str:
-    return ", ".join(str(i) for i in inboxes)
-
-
-def ignored_because(place: Place) -> str | None:
-    """Why the watcher would never take this path, or None."""
-    for part in place.relative.parts:
-        if not is_candidate_name(part):
-            return (
-                f"{part!r} is a hidden, temporary or partial name: the watcher waits for it "
-                "to be renamed"
-            )
-    if place.path.is_symlink():
-        return "it is a symbolic link, which the watcher never follows"
-    if is_companion(place.path):
-        return "a .txt/.yaml file belongs to the image with its stem; it is never a job"
-    return None
-
-
-# --- rules explain: one path -------------------------------------------------------
 
 
 @dataclass
@@ -548,94 +346,6 @@ def _sources(
         if variant.seed is not None:
             sources["seed"] = f"variant {variant_name}"
     return sources
-
-
-# --- rendering the report ----------------------------------------------------------
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """One plain-text block per path."""
-    lines = [report["path"]]
-
-    def row(label: str, value: object, indent: int = 2) -> None:
-        lines.append(f"{' ' * indent}{label + ':' if label else '':<17}{value}")
-
-    if report["inbox"] is not None:
-        state = "exists" if report["exists"] else "not there yet: its size and EXIF are unknown"
-        row("inbox", report["inbox"])
-        row("relative path", f"{report['relative']} ({state})")
-    image = report["image"]
-    if image is not None:
-        text = f"{image['width']}x{image['height']} {image['orientation']}"
-        if image["description"]:
-            text += f"; EXIF description {image['description']!r}"
-        if image["comment"]:
-            text += f"; EXIF comment {image['comment']!r}"
-        row("image", text)
-    companions = report["companions"]
-    if companions is not None and companions["files"]:
-        row("beside it", ", ".join(os.path.basename(f) for f in companions["files"]))
-        if companions["text"]:
-            row("text", repr(companions["text"]), 4)
-        if companions["overrides"]:
-            row("overrides", json.dumps(companions["overrides"], ensure_ascii=False), 4)
-    row("verdict", report["verdict"])
-    for rule in report["rules"]:
-        mark = "*" if rule["wins"] else "-"
-        lines.append(f"    {mark} {rule['name']} (priority {rule['priority']}): {rule['why']}")
-    if report["skipped_rule_files"]:
-        lines.append(
-            "  invalid rule files (skipped; a running daemon keeps their last good version):"
-        )
-        lines.extend(f"    {problem}" for problem in report["skipped_rule_files"])
-    winner = report["winner"]
-    if winner is not None:
-        row("rule file", winner["file"])
-        row("engine", winner["engine"] + (f" ({winner['model']})" if winner["model"] else ""))
-        family = winner["model_family"]
-        if family is not None and family["pipeline"]:
-            named = f" ({family['family']})" if family["family"] else ""
-            row("pipeline", family["pipeline"] + named)
-        original = winner["original"]
-        row("original", original["text"] + (f": {original['path']}" if original["path"] else ""))
-        for output in winner["outputs"]:
-            _format_output(output, lines, report["exists"])
-    for error in report["errors"]:
-        if error != report["verdict"]:
-            row("problem", error)
-    return "\n".join(lines)
-
-
-def _format_output(output: dict[str, Any], lines: list[str], exists: bool) -> None:
-    lines.append(f"  variant {output['variant']}:" if output["variant"] else "  output:")
-
-    def row(label: str, value: object) -> None:
-        lines.append(f"    {label + ':' if label else '':<17}{value}")
-
-    for key, label in (("prompt", "prompt"), ("negative_prompt", "negative prompt")):
-        if output[key] is not None:
-            row(label, repr(output[key]))
-    params, sources = output["params"], output["param_sources"]
-    shown = {**params, "seed": "not set" if params["seed"] is None else params["seed"]}
-    row("params", ", ".join(f"{key} {value}" for key, value in shown.items()))
-    origins: dict[str, list[str]] = {}
-    for key, origin in sources.items():
-        if params[key] is not None:
-            origins.setdefault(origin, []).append(key)
-    row("", "from " + "; ".join(f"{o}: {', '.join(keys)}" for o, keys in origins.items()))
-    frame = output["frame"]
-    size = f"{frame['width']}x{frame['height']}" if frame["width"] else "size depends on the image"
-    clip = f"{frame['frames']} frames at {frame['fps']} fps"
-    row("video frames", f"{size}, {clip} (aspect {output['aspect']})")
-    for note in frame["notes"]:
-        row("", note)
-    row("memory", output["memory"])
-    if output["video"] is not None:
-        suffix = " (the name is taken: a number is added)" if output["name_taken"] else ""
-        row("video", output["video"] + suffix)
-        row("sidecar", output["sidecar"])
-    for error in output["errors"]:
-        row("problem" if exists else "unknown yet", error)
 
 
 __all__ = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from .config import Settings
 from .tables import Job
 
 OUTBOX = "@outbox/"
@@ -25,6 +26,11 @@ class HostPaths:
 
     inboxes: dict[str, Path] = field(default_factory=dict)
     outbox: Path | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> HostPaths:
+        """This host's, from its settings (the daemon's and the admin commands')."""
+        return cls(settings.inbox_names, settings.outbox)
 
     def localize(self, job: Job) -> Job:
         """``job`` with its paths as this host sees them (changed in place)."""

@@ -52,13 +52,27 @@ def current(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+class SchemaTooNew(Exception):
+    """The queue was upgraded by a newer i2vd than this one."""
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate to ``revision``; safe to call from several daemons at once."""
+    """Migrate to ``revision``; safe to call from several daemons at once.
+
+    Raises SchemaTooNew when the database is at a revision this i2vd does not know
+    (a newer i2vd upgraded it: this host must be upgraded too)."""
     with _migration_lock(engine), engine.connect() as conn:
         config = alembic_config(conn)
         tables = set(inspect(conn).get_table_names())
         if "job" in tables and "alembic_version" not in tables:
             command.stamp(config, BASELINE)
+        at = MigrationContext.configure(conn).get_current_revision()
+        known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+        if at is not None and at not in known:
+            raise SchemaTooNew(
+                f"the queue database is at schema {at}, newer than this i2vd knows "
+                f"(up to {head()}): a newer i2vd upgraded it; upgrade i2vd on this host too"
+            )
         command.upgrade(config, revision)
         conn.commit()
 

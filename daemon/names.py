@@ -103,8 +103,12 @@ def cut(text: str, limit: int) -> str:
     return os.fsdecode(head)
 
 
-class ReadableFormatter(logging.Formatter):
-    """Log lines with undecodable bytes of file names shown as ``\\xe9``."""
+class ReadableNames(logging.Filter):
+    """Log records with undecodable bytes of file names shown as ``\\xe9``, whatever
+    the handler's format."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return readable(super().format(record))
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if needs_escape(message):
+            record.msg, record.args = readable(message), None
+        return True

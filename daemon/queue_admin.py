@@ -66,7 +66,8 @@ class QueueAdmin(QueueReads):
             changed = self._execute(statement, notify=True)
         except IntegrityError:
             job = self.get(job_id)
-            twin = self._pending_drop(job)[0] if job is not None else None
+            twins = self._pending_drop(job) if job is not None else []
+            twin = twins[0] if twins else None
             raise AlreadyQueued(
                 f"job {job_id} is already waiting or running as job {twin.id if twin else '?'}",
                 "nothing to do: that job makes the same video",

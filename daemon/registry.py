@@ -22,6 +22,13 @@ from .database import now_sql, read_clock
 from .tables import Control, Daemon, DaemonState
 
 
+class Unchanged:
+    """A field left as it is (where None is a value)."""
+
+
+UNCHANGED = Unchanged()
+
+
 @dataclass(frozen=True)
 class DaemonStatus:
     """A registered daemon as seen now: its row, seconds since its last heartbeat (by
@@ -84,7 +91,7 @@ class Daemons(_Table):
         daemon_id: str,
         state: DaemonState | None = None,
         reason: str | None = None,
-        job_id: int | Any | None = ...,
+        job_id: int | Unchanged | None = UNCHANGED,
     ) -> bool:
         """Say this daemon is alive (and, when given, its state, why, and its current
         job, None for none). False when its row is gone: register again."""
@@ -93,7 +100,7 @@ class Daemons(_Table):
             values["state"] = state.value
         if reason is not None:
             values["reason"] = reason
-        if job_id is not ...:
+        if not isinstance(job_id, Unchanged):
             values["job_id"] = job_id
         with self._session() as session:
             result = session.execute(

@@ -4,6 +4,10 @@ No business logic lives here. Timers run on an APScheduler background scheduler;
 the worker runs on its own thread so a long job never delays noticing new files; the
 rules are reloaded on their own thread when their folder changes, on a timer and on
 SIGHUP.
+
+Size: ``Service`` is over ~250 lines because it is the one place where every thread,
+timer and signal of the process starts and stops, in order; each timer is a few lines
+that read best next to the start-up that schedules it.
 """
 
 from __future__ import annotations
@@ -26,16 +30,20 @@ from . import __version__
 from .breaker import EXIT_DEVICE_FAULT, DeviceBreaker
 from .capabilities import ALL_ENGINES
 from .config import Settings
+from .control import Gate, JobControl
 from .engines import Engine, EngineUnavailable, get_engine
 from .host_paths import HostPaths
 from .intake import Intake
 from .last_good import record_path
+from .lifecycle import Lifecycle
+from .logs import ProgressLine
+from .migrate import SchemaTooNew
 from .mounts import MountGate
 from .os_errors import report_intake_problem
 from .publish import sweep_temporaries
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
-from .store import Capabilities, JobState, JobStore
+from .store import Capabilities, Job, JobState, JobStore
 from .tables import DaemonState
 from .wakeup import QueueListener
 from .watch import InboxWatcher, SettleTracker, scan
@@ -44,6 +52,7 @@ from .worker import Worker, engine_options
 log = logging.getLogger(__name__)
 
 RELEASE_IDLE_SECONDS = 30.0
+FORGET_SILENT_DAEMONS_SECONDS = 86400.0
 
 
 class StartupError(Exception):
@@ -51,9 +60,14 @@ class StartupError(Exception):
 
 
 class Service:
-    def __init__(self, settings: Settings, once: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, once: bool = False, progress_line: ProgressLine | None = None
+    ) -> None:
         self.settings = settings
         self.once = once
+        self.progress_line = progress_line
+        # Set by the SIGHUP handler's reload: READY=1 follows RELOADING=1 once it is done.
+        self._announce_reload = threading.Event()
         self.stop_event = threading.Event()
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}"
@@ -83,9 +97,12 @@ class Service:
         drained = False
         try:
             while not self.stop_event.wait(0.2):
+                self.lifecycle.tick()
                 if self._reload_requested:
                     self._reload_requested = False
                     log.info("received SIGHUP: reloading the rules")
+                    self.lifecycle.reloading()
+                    self._announce_reload.set()
                     self.rules_watcher.request(0.0)
                 if self.once and self._drained():
                     drained = True
@@ -97,6 +114,7 @@ class Service:
                 return EXIT_DEVICE_FAULT
             return self._exit_code(drained) if self.once else 0
         finally:
+            self.lifecycle.close()
             self.store.close()
 
     def _exit_code(self, drained: bool) -> int:
@@ -126,8 +144,10 @@ class Service:
         except ImportError as exc:
             raise StartupError(
                 f"the database driver for {_redact(s.database_url)} is not installed "
-                f"({exc.msg}); install it, e.g. pip install 'psycopg[binary]' for PostgreSQL"
+                f"({exc.msg}); install it, e.g. pip install 'i2vd[postgres]' for PostgreSQL"
             ) from None
+        except SchemaTooNew as exc:
+            raise StartupError(str(exc)) from None
         except SQLAlchemyError as exc:
             raise StartupError(
                 f"cannot open the queue database {_redact(s.database_url)}: "
@@ -137,8 +157,13 @@ class Service:
     def _start(self) -> None:
         s = self.settings
         self._open()
+        self.control = JobControl(self.store, s.windows)
+        self.lifecycle = Lifecycle(
+            s, self.store, self.host, self._gate, progress_line=self.progress_line
+        )
+        self.lifecycle.starting("recovering jobs and sweeping scratch files")
         # Jobs name their inbox; this host's folders (and outbox) give their paths here.
-        self.store.host_paths = HostPaths(s.inbox_names, s.outbox)
+        self.store.host_paths = HostPaths.of(s)
         # The queue's clock, not this host's: jobs' times are on the database's clock.
         self._started_at = self.store.now()
         for job in self.store.recover(self.host, None, alive=_other_process_alive):
@@ -155,6 +180,7 @@ class Service:
             on_return=self._root_returned,
         )
         self.gate.arm()
+        self.lifecycle.starting("loading the rules")
         self._load_rules()
 
         self.tracker = SettleTracker(s.inbox, s.settle_seconds)
@@ -168,24 +194,12 @@ class Service:
         )
         can_run = capabilities(s)
         breaker = DeviceBreaker(s.gpu_fault_limit, s.gpu_fault_cooldown_seconds)
-        self.worker = Worker(
-            s, self.store, self.owner, stop=self.stop_event, can_run=can_run, breaker=breaker,
-            gate=self.gate,
-        )
+        self.worker = self._new_worker(can_run, breaker=breaker)
         # Further motion-only workers: several motion jobs at once on a many-core host.
         # They share the engines (the motion engine holds no state); a diffusion job
         # only ever runs on the first worker, one at a time.
         self.workers = [self.worker] + [
-            Worker(
-                s,
-                self.store,
-                self.owner,
-                self.stop_event,
-                self.worker.engines,
-                only_engine="motion",
-                can_run=can_run,
-                gate=self.gate,
-            )
+            self._new_worker(can_run, self.worker.engines, "motion")
             for _ in range(s.motion_job_slots() - 1)
         ]
         self._register(can_run)
@@ -224,14 +238,25 @@ class Service:
         self.scheduler.add_job(self._release_idle, "interval", seconds=RELEASE_IDLE_SECONDS)
         self.scheduler.add_job(self.gate.check, "interval", seconds=1.0)
         self.scheduler.start()
+        self.lifecycle.starting("scanning the inboxes")
         self._rescan()  # whatever arrived while the daemon was down
         self._scanned.set()
+        try:
+            self.lifecycle.start_metrics()
+        except OSError as exc:
+            self.scheduler.shutdown(wait=False)
+            self.watcher.stop()
+            self.store.close()
+            raise StartupError(
+                f"cannot serve metrics on {s.metrics_host}:{s.metrics_port} ({exc.strerror}); "
+                "choose a free metrics_port or stop what uses it"
+            ) from None
 
         # Rule edits take effect without a restart: file events (debounced), a rescan
         # as often as the inbox's for shares where events never come, and SIGHUP.
         self.rules_watcher = RulesWatcher(
             s.rules_dir,
-            self._reload_rules,
+            self._reload_and_announce,
             mode=s.watch_mode,
             interval=None if self.once else s.rescan_seconds,
             observe=not self.once,
@@ -244,6 +269,7 @@ class Service:
         ]
         for thread in self._worker_threads:
             thread.start()
+        self.lifecycle.liveness.workers = list(self._worker_threads)
         log.info(
             "i2vd started: watching %s (%s), %d rule(s), outbox %s, database %s",
             ", ".join(map(str, s.inbox)),
@@ -252,9 +278,20 @@ class Service:
             s.outbox,
             _redact(s.database_url),
         )
+        self.lifecycle.ready()
+
+    def _gate(self) -> Gate:
+        return self.control.gate()
+
+    def _job_step(self, job: Job, done: float) -> None:
+        """Between steps: tell the watchdog, then stop here if cancelled or paused now."""
+        self.lifecycle.job_step(job, done)
+        assert job.id is not None
+        self.control.check(job.id, job.engine)
 
     def _shutdown(self) -> None:
         log.info("stopping: the running job, if any, goes back to the queue")
+        self.lifecycle.stopping()
         self.stop_event.set()
         self._wake.set()
         if self._listener is not None:
@@ -334,6 +371,14 @@ class Service:
             log.warning("no valid rules in %s: images will wait in the inbox", rules_dir)
         self._check_engines(self.ruleset.snapshot)
 
+    def _reload_and_announce(self) -> None:
+        try:
+            self._reload_rules()
+        finally:
+            if self._announce_reload.is_set():
+                self._announce_reload.clear()
+                self.lifecycle.reloaded()
+
     def _reload_rules(self) -> None:
         """Runs on the rules watcher's thread after a change, a rescan or SIGHUP."""
         result = self.ruleset.reload()
@@ -396,6 +441,8 @@ class Service:
         get on every start) come back once their lease has run out."""
         for job in self.store.recover(None):
             log.warning("job %d: its daemon stopped renewing its lease; queued again", job.id)
+        # Daemons that died without leaving the registry drop off its list after a day.
+        self.store.daemons.forget_silent(FORGET_SILENT_DAEMONS_SECONDS)
         self._wake.set()
 
     def _rescan(self) -> None:
@@ -417,6 +464,36 @@ class Service:
             for path in scan(root):
                 self.tracker.note(path)
         self._wake.set()
+    def _new_worker(
+        self,
+        can_run: Capabilities,
+        engines: dict[str, Engine] | None = None,
+        only_engine: str | None = None,
+        breaker: DeviceBreaker | None = None,
+    ) -> Worker:
+        return Worker(
+            self.settings,
+            self.store,
+            self.owner,
+            self.stop_event,
+            engines if engines is not None else {},
+            only_engine,
+            can_run=can_run,
+            breaker=breaker if breaker is not None else DeviceBreaker(),
+            on_claim=self.lifecycle.job_started,
+            on_step=self._job_step,
+            holding=lambda: self.control.gate().held(),
+            on_end=self._job_ended,
+            gate=self.gate,
+        )
+
+    def _job_ended(self, claimed: Job) -> None:
+        """After each attempt (also one that raised): metrics and webhooks read the row."""
+        try:
+            row = self.store.get(claimed.id) if claimed.id is not None else None
+        except SQLAlchemyError:
+            row = None
+        self.lifecycle.job_ended(claimed, row)
 
     def _work_loop(self, worker: Worker) -> None:
         while not self.stop_event.is_set():

@@ -14,14 +14,16 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from . import failure, outputs, recovery
+from . import admin, failure, outputs, recovery
 from .attempts import RENDER_DONE, RENDER_STARTED, rendering
 from .breaker import GPU_ENGINES, DeviceBreaker, DeviceFault
 from .capabilities import ALL_ENGINES, Capabilities
 from .config import Settings
+from .control import JobCancelled
 from .engines import Engine, JobInterrupted
 from .images import read_facts, sha256_of
 from .mounts import MountGate, ShareUnavailable, job_roots
@@ -70,6 +72,12 @@ class Worker:
     # What this daemon claims on a shared queue (None: every job in the queue).
     can_run: Capabilities | None = None
     breaker: DeviceBreaker = field(default_factory=DeviceBreaker)
+    # Told of each claimed job and each step, for the watchdog, status and metrics.
+    on_claim: Callable[[Job], None] = lambda job: None
+    on_step: Callable[[Job, float], None] = lambda job, done: None
+    on_end: Callable[[Job], None] = lambda job: None
+    # Engines whose jobs must not start now (i2vd pause, schedule windows).
+    holding: Callable[[], frozenset[str]] = frozenset
     # Whether each folder is there (an unmounted share is not "files deleted").
     gate: MountGate | None = None
     _last_progress_write: float = 0.0
@@ -85,11 +93,13 @@ class Worker:
         if job is None or job.id is None:
             return None
         self.current = job
+        self.on_claim(job)
         self._last_progress_write = self._last_progress_log = time.monotonic()
         try:
             self._run(job)
         finally:
             self.current = None
+            self.on_end(job)
         return self.store.get(job.id)
 
     def _claimable(self) -> Capabilities | None:
@@ -99,9 +109,12 @@ class Worker:
         if self.only_engine is not None:
             every = can_run or Capabilities(ALL_ENGINES)
             can_run = every.without(frozenset(every.engines) - {self.only_engine})
-        if self.breaker.allows_gpu(time.monotonic()):
+        held = self.holding()  # paused, or outside an engine's schedule window
+        if not self.breaker.allows_gpu(time.monotonic()):
+            held = held | GPU_ENGINES
+        if not held:
             return can_run
-        return (can_run or Capabilities(ALL_ENGINES)).without(GPU_ENGINES)
+        return (can_run or Capabilities(ALL_ENGINES)).without(held)
 
     def heartbeat(self, now: float) -> None:
         job = self.current
@@ -146,10 +159,16 @@ class Worker:
         except LeaseLost:
             # Another daemon runs the job now: its row and its outputs are not ours.
             log.warning("job %d: its lease ran out and another daemon took it over", job.id)
-        except JobInterrupted:
+        except JobCancelled as exc:
+            outputs.discard_partial(scope, job)
+            if self.store.cancel(job.id, time.time(), str(exc), owner=self.owner):
+                where = admin.set_aside(self.store, self.settings, job)
+                log.info("job %d cancelled by an administrator; image: %s", job.id, where)
+        except JobInterrupted as exc:
             outputs.discard_partial(scope, job)
             self.store.requeue_interrupted(job.id, owner=self.owner)
-            log.info("job %d interrupted by shutdown; back in the queue", job.id)
+            why = f"({exc})" if str(exc) else "by shutdown"
+            log.info("job %d interrupted %s; back in the queue", job.id, why)
         except outputs.Superseded as exc:
             outputs.discard_partial(scope, job)
             self.store.cancel(job.id, time.time(), str(exc), owner=self.owner)
@@ -266,6 +285,7 @@ class Worker:
         """
         if self.stop.is_set():
             raise JobInterrupted()
+        self.on_step(job, done)
         assert job.id is not None
         now = time.monotonic()
         if now - self._last_progress_write >= 1.0:

@@ -168,13 +168,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
 class DaemonProcess:
     """``i2vd run`` as a real subprocess, with its log captured to a file."""
 
-    def __init__(self, layout: Layout, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        *args: str,
+        env: dict[str, str] | None = None,
+        program: tuple[str, ...] = ("-m", "daemon"),
+    ) -> None:
         self.layout = layout
         self.log_path = layout.root / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(layout.config_file), *args],
+            [sys.executable, *program, "run", "--config", str(layout.config_file), *args],
             cwd=layout.root,
             env=full_env,
             stdout=self._log,
@@ -206,8 +212,10 @@ def daemon(layout: Layout) -> Iterator[Callable[..., DaemonProcess]]:
     """Start daemons on ``layout``; every one still running at the end is killed."""
     started: list[DaemonProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> DaemonProcess:
-        proc = DaemonProcess(layout, *args, env=env)
+    def start(
+        *args: str, env: dict[str, str] | None = None, program: tuple[str, ...] = ("-m", "daemon")
+    ) -> DaemonProcess:
+        proc = DaemonProcess(layout, *args, env=env, program=program)
         started.append(proc)
         return proc
 

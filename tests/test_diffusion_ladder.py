@@ -59,7 +59,8 @@ class FakeOutOfMemory:
                     vae_slicing=pipe.vae.use_slicing,
                     vae_tiling=pipe.vae.use_tiling,
                     chunked_feed_forward=any(
-                        getattr(m, "_chunk_size", None) for m in denoiser.modules()
+                        getattr(vars(m).get("forward"), "i2vd_chunked", False)
+                        for m in denoiser.modules()
                     ),
                     earlier_scratch_alive=[ref() is not None for ref in self.scratch],
                 )
@@ -103,8 +104,8 @@ def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
     engine = make_engine(tmp_path)
     clip = engine.render(make_request(wan, 512, frames=16, steps=2))
 
-    # Savers first (slicing, tiling), then fewer frames (17 -> 9), then 512 -> 256.
-    assert [(c.width, c.frames, c.vae_slicing, c.vae_tiling) for c in fake.calls] == [
+    # Savers first (tiling, chunking), then fewer frames (17 -> 9), then 512 -> 256.
+    assert [(c.width, c.frames, c.vae_tiling, c.chunked_feed_forward) for c in fake.calls] == [
         (512, 17, False, False),
         (512, 17, True, False),
         (512, 17, True, True),
@@ -117,46 +118,56 @@ def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
         *([False] * n for n in (1, 2, 3, 4)),
     ]
     assert len(clip.frames) == 9 and (clip.width, clip.height) == (256, 256)
-    assert clip.effective_extra["memory_savers"] == ["vae_slicing", "vae_tiling"]
+    assert clip.effective_extra["memory_savers"] == ["vae_tiling", "forward_chunking"]
 
+    # Rungs that change nothing for Wan at this size are skipped: decided before the first
+    # attempt, listed after it
+    # (the second fewer_frames and lower_resolution too: by then 9 frames and 256 are the
+    # floors); the rest are
+    # tried in the default order, cheapest per byte saved first.
     outcome = [(entry.get("attempt"), entry.get("rung"), entry["result"]) for entry in clip.backoff]
     assert outcome == [
         (1, None, "out_of_memory"),
-        (2, "vae_slicing", "out_of_memory"),
-        (3, "vae_tiling", "out_of_memory"),
         (None, "decode_chunk_1", "skipped"),
-        (None, "forward_chunking", "skipped"),
+        (None, "vae_slicing", "skipped"),
         (None, "cpu_offload", "skipped"),
-        (4, "fewer_frames", "out_of_memory"),
         (None, "fewer_frames", "skipped"),
+        (None, "lower_resolution", "skipped"),
+        (2, "vae_tiling", "out_of_memory"),
+        (3, "forward_chunking", "out_of_memory"),
+        (4, "fewer_frames", "out_of_memory"),
         (5, "lower_resolution", "ok"),
     ]
     first = clip.backoff[0]
     assert first["error"] == FAKE_OOM
     assert (first["width"], first["height"], first["frames"], first["savers"]) == (512, 512, 17, [])
     skipped = {e["rung"]: e["reason"] for e in clip.backoff if e["result"] == "skipped"}
+    assert all(e["up_front"] for e in clip.backoff if e["result"] == "skipped")
     assert "decodes without chunks" in skipped["decode_chunk_1"]
-    assert "no feed-forward chunking" in skipped["forward_chunking"]
+    assert "one image or one video" in skipped["vae_slicing"]
     assert "needs a GPU" in skipped["cpu_offload"]
     assert "floor of 9 frames" in skipped["fewer_frames"]
+    assert clip.effective_extra["ladder"][3:5] == ["cpu_offload", "forward_chunking"]
 
     # The savers are off again for the next job.
     pipe = engine.pipeline
     assert not pipe.vae.use_slicing and not pipe.vae.use_tiling
+    assert not any("forward" in vars(m) for m in pipe.transformer.modules())
 
     # The working rung is remembered on disk, and the next such job starts there.
     memory = json.loads((tmp_path / "state" / MEMORY_FILE).read_text())
     (entry,) = memory["entries"].values()
-    assert entry["rungs"] == ["vae_slicing", "vae_tiling", "fewer_frames", "lower_resolution"]
+    assert entry["rungs"] == ["vae_tiling", "forward_chunking", "fewer_frames", "lower_resolution"]
     fake.calls.clear()
     fake.fail = 0
     again = engine.render(make_request(wan, 512, frames=16, steps=2))
-    assert [(c.width, c.frames, c.vae_slicing, c.vae_tiling) for c in fake.calls] == [
+    assert [(c.width, c.frames, c.vae_tiling, c.chunked_feed_forward) for c in fake.calls] == [
         (256, 9, True, True)
     ]
+    remembered = [e for e in again.backoff if e["result"] == "remembered"]
     assert again.backoff[0]["result"] == "remembered"
-    assert again.backoff[0]["rungs"] == entry["rungs"]
-    assert MEMORY_FILE in again.backoff[0]["note"]
+    assert remembered[0]["rungs"] == entry["rungs"]
+    assert MEMORY_FILE in remembered[0]["note"]
     assert [(e.get("attempt"), e["result"]) for e in again.backoff if "attempt" in e] == [(1, "ok")]
 
     # A fresh engine (a restarted daemon) reads it from state_dir.
@@ -169,7 +180,7 @@ def test_ladder_steps_down_records_every_attempt_and_remembers_the_rung(
     # Another size is not affected, and starts without savers.
     fake.calls.clear()
     engine.render(make_request(wan, 256, frames=8, steps=2))
-    assert [(c.vae_slicing, c.vae_tiling) for c in fake.calls] == [(False, False)]
+    assert [(c.vae_tiling, c.chunked_feed_forward) for c in fake.calls] == [(False, False)]
 
 
 def test_rule_ladder_override_is_followed(
@@ -192,7 +203,7 @@ def test_floor_of_the_ladder_fails_with_a_hint(
     engine = make_engine(tmp_path)
     settings = DiffusionSettings(ladder=["vae_tiling", "fewer_frames"], min_frames=8)
     with pytest.raises(OutOfMemory) as caught:
-        engine.render(make_request(wan, 256, frames=16, steps=2, diffusion=settings))
+        engine.render(make_request(wan, 512, frames=16, steps=2, diffusion=settings))
     message = str(caught.value)
     assert "out of memory on cpu" in message and "9 frames" in message
     assert "vae_tiling, fewer_frames" in message and FAKE_OOM in message
@@ -216,23 +227,25 @@ def test_i2vgenxl_forward_chunking_and_decode_chunks(
     fake = FakeOutOfMemory(fail=2)
     fake.install(monkeypatch, I2VGenXLPipeline)
     engine = make_engine(tmp_path)
-    settings = DiffusionSettings(ladder=["forward_chunking", "cpu_offload", "decode_chunk_1"])
+    settings = DiffusionSettings(
+        ladder=["forward_chunking", "cpu_offload", "decode_chunk_1"], decode_chunk_size=4
+    )
     clip = engine.render(make_request(model, 64, steps=2, diffusion=settings))
     assert [(c.chunked_feed_forward, c.decode_chunk_size) for c in fake.calls] == [
-        (False, None),
-        (True, None),
+        (False, 4),
+        (True, 4),
         (True, 1),
     ]
     assert clip.effective_extra["decode_chunk_size"] == 1
     assert clip.extra["progress"]["decodes"] == 8
     assert [(e["rung"], e["result"]) for e in clip.backoff] == [
         (None, "out_of_memory"),
-        ("forward_chunking", "out_of_memory"),
         ("cpu_offload", "skipped"),
+        ("forward_chunking", "out_of_memory"),
         ("decode_chunk_1", "ok"),
     ]
     unet = engine.pipeline.unet
-    assert not any(getattr(m, "_chunk_size", None) for m in unet.modules())
+    assert not any("forward" in vars(m) for m in unet.modules())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

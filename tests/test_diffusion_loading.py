@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -221,3 +224,104 @@ def test_family_frame_forms() -> None:
     assert [round_frames(n, 8) for n in (8, 16, 24, 32)] == [9, 17, 25, 33]
     assert round_frames(16, 1) == 16
     assert lowest_frames(8, 4) == 9 and lowest_frames(9, 4) == 9 and lowest_frames(8, 1) == 8
+
+
+# --- availability decided up front -----------------------------------------------------
+
+
+def _run_hub_case(code: str, env_extra: dict[str, str]) -> tuple[dict[str, Any], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and "PROXY" not in k}
+    env.update(env_extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests")])
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result, run.stderr
+
+
+UNREACHABLE_CASE = """
+import json, logging, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, format="LOG %(name)s: %(message)s")
+from test_diffusion_engine import make_engine, make_request
+from daemon.engines.diffusion import ModelUnavailable
+engine = make_engine(Path({tmp!r}))
+result = {{}}
+clip = engine.render(make_request("i2vd-tests/tiny-wan", 64, steps=2))
+result["cached_frames"] = len(clip.frames)
+started = time.monotonic()
+try:
+    engine.render(make_request("i2vd-tests/not-downloaded", 64, steps=2))
+except ModelUnavailable as exc:
+    result["error"], result["hint"] = str(exc), exc.hint
+result["missing_seconds"] = time.monotonic() - started
+result["hub_handlers"] = len(logging.getLogger("huggingface_hub").handlers)
+print(json.dumps(result))
+"""
+
+
+def test_no_network_and_no_weights_fails_in_seconds_with_a_plain_message(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """No HF_HUB_OFFLINE, and the hub's address refuses connections (a closed local port
+    stands in for a host without network): the cached model loads from the cache alone,
+    the missing one fails at once, and nothing speaks of config files or HF_HUB_OFFLINE."""
+    cache = tmp_path / "hub"
+    _cache_as_hub_repo(tiny_model(tmp_path_factory, "wan_i2v"), cache, "i2vd-tests/tiny-wan")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    env = {"HF_HUB_CACHE": str(cache), "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+    result, stderr = _run_hub_case(UNREACHABLE_CASE.format(tmp=str(tmp_path)), env)
+    assert result["cached_frames"] == 9
+    assert result["missing_seconds"] < 5, result
+    error, hint = result["error"], result["hint"]
+    assert "'i2vd-tests/not-downloaded' is not in the Hugging Face cache" in error
+    assert "cannot be reached from this host" in error and f"127.0.0.1:{port}" in error
+    assert "config file" not in error and "HF_HUB_OFFLINE" not in error + hint
+    assert "hf download i2vd-tests/not-downloaded" in hint
+    assert "--local-dir" in hint
+    assert result["hub_handlers"] == 0  # its messages reach the log through ours only
+    assert "Retrying" not in stderr
+
+
+def test_download_progress_is_logged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watcher reads the cache folder as the hub client fills it (written here)."""
+    import logging
+
+    from huggingface_hub import constants
+
+    from daemon.engines.diffusion.hub import DownloadWatcher
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    blobs = tmp_path / "models--owner--big" / "blobs"
+    blobs.mkdir(parents=True)
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    hub_log = logging.getLogger("daemon.engines.diffusion.hub")
+    handler = Collect()
+    hub_log.addHandler(handler)
+    monkeypatch.setattr(hub_log, "level", logging.INFO)
+    try:
+        with DownloadWatcher("owner/big", every=0.05) as watcher:
+            for part in range(3):
+                (blobs / f"part{part}.incomplete").write_bytes(b"x" * 1_000_000)
+                time.sleep(0.3)
+            deadline = time.monotonic() + 10  # a loaded machine may delay the watcher
+            while (not watcher.reports or watcher.reports[-1] < 3_000_000) and (
+                time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+    finally:
+        hub_log.removeHandler(handler)
+    assert watcher.reports and watcher.reports[-1] == 3_000_000
+    assert any(r.startswith("downloading owner/big: 0.00 GB so far") for r in records)
+    with DownloadWatcher(None) as quiet:
+        pass
+    assert quiet.reports == []

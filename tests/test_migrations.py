@@ -217,3 +217,22 @@ def test_migrations_are_shipped_as_package_data() -> None:
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert '"daemon.migrations" = ["script.py.mako"]' in pyproject
     assert Path(migrate.__file__).parent / "migrations" == migrate.MIGRATIONS
+
+
+def test_a_queue_upgraded_by_a_newer_i2vd_is_refused_with_what_to_do(
+    layout: Layout, daemon
+) -> None:
+    url = layout.load().database_url
+    JobStore(url).close()
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    finally:
+        engine.dispose()
+    with pytest.raises(migrate.SchemaTooNew, match="upgrade i2vd on this host"):
+        JobStore(url)
+    proc = daemon()
+    assert proc.wait(60) == 3
+    assert "the queue database is at schema 0099, newer than this i2vd knows" in proc.log
+    assert "Traceback" not in proc.log

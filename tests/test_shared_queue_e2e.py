@@ -30,10 +30,12 @@ from pg import create_database, drop_database
 pytestmark = pytest.mark.slow
 
 IMAGES = 60
+# About a second of work per image, so that daemons are caught in the middle of jobs.
+SLOWER_RULE = MOTION_RULE.replace("resolution: 256", "resolution: 512, frames: 32")
 
 
 def queue_rows(url: str) -> list[Job]:
-    store = JobStore(url)
+    store = JobStore(url, migrate=False)  # the daemons made it; polled many times
     try:
         return store.list_jobs(limit=10_000, newest_first=False)
     finally:
@@ -52,11 +54,11 @@ def done_count(url: str) -> int:
     return sum(job.state == "done" for job in queue_rows(url))
 
 
-def drop_images(inbox: Path, count: int) -> list[str]:
+def drop_images(inbox: Path, count: int, first: int = 0) -> list[str]:
     """Written beside the inbox, then renamed in: each appears whole."""
     staging = inbox.parent / "staging"
     names = []
-    for n in range(count):
+    for n in range(first, first + count):
         name = f"img{n:02d}.jpg"
         make_image(staging / name, 160, 120, seed=n).rename(inbox / name)
         names.append(name)
@@ -73,12 +75,13 @@ def assert_each_image_published_once(outbox: Path, names: list[str], jobs: list[
 
 
 def test_two_daemons_on_one_sqlite_file(layout: Layout, daemon) -> None:
+    layout.rule("motion", SLOWER_RULE)
     layout.write_config(lease_seconds=6)
     url = load_settings(layout.config_file).database_url
     first, second = daemon(), daemon()
     first.wait_started()
     second.wait_started()
-    names = drop_images(layout.inbox, IMAGES)
+    names = drop_images(layout.inbox, IMAGES // 2)
 
     # kill -9 the first in the middle of a job, after both have done some work.
     wait_for(lambda: done_count(url) >= 5, timeout=120)
@@ -95,10 +98,11 @@ def test_two_daemons_on_one_sqlite_file(layout: Layout, daemon) -> None:
         second.log
     )
 
-    # A third joins; then the second is stopped with SIGTERM in the middle of a job.
+    # A third joins and the rest arrive; then the second is stopped with SIGTERM in the
+    # middle of a job.
     third = daemon()
     third.wait_started()
-    wait_for(lambda: done_count(url) >= 30, timeout=180)
+    names += drop_images(layout.inbox, IMAGES - len(names), first=len(names))
     wait_for(lambda: running_job_of(url, second), timeout=60, interval=0.01)
     assert second.stop(signal.SIGTERM, timeout=60) == 0
 
@@ -202,7 +206,7 @@ def test_three_hosts_on_postgresql_each_seeing_the_share_elsewhere(
         for folder in ("in", "out", "failed"):
             (share / folder).mkdir(parents=True)
         (tmp_path / "rules").mkdir()
-        (tmp_path / "rules" / "motion.yaml").write_text(MOTION_RULE, encoding="utf-8")
+        (tmp_path / "rules" / "motion.yaml").write_text(SLOWER_RULE, encoding="utf-8")
 
         def start(name: str) -> HostDaemon:
             host = HostDaemon(tmp_path, name, share, url)
@@ -212,7 +216,7 @@ def test_three_hosts_on_postgresql_each_seeing_the_share_elsewhere(
         first, second, third = start("alpha"), start("beta"), start("gamma")
         for host in (first, second, third):
             host.wait_started()
-        names = drop_images(share / "in", IMAGES)
+        names = drop_images(share / "in", IMAGES // 2)
 
         wait_for(lambda: done_count(url) >= 5, timeout=120)
         killed_job = wait_for(
@@ -226,7 +230,7 @@ def test_three_hosts_on_postgresql_each_seeing_the_share_elsewhere(
             not in (first.owner,),
             timeout=60,
         )
-        wait_for(lambda: done_count(url) >= 30, timeout=180)
+        names += drop_images(share / "in", IMAGES - len(names), first=len(names))
         wait_for(lambda: running_job_of_owner(url, second.owner), timeout=60, interval=0.01)
         assert second.stop(signal.SIGTERM) == 0
         # The killed host comes back (as systemd would start it) and sweeps its scratch.
@@ -303,3 +307,31 @@ def test_a_broken_gpu_fails_no_image_and_its_daemon_exits_to_be_restarted(
         assert "illegal memory access" in row.reason
     finally:
         store.close()
+
+
+SKEWED_CLOCK_SITE = Path(__file__).resolve().parent / "skewed_clock_site"
+
+
+def test_a_daemon_whose_clock_is_an_hour_off_steals_nothing(layout: Layout, daemon) -> None:
+    """Leases are judged by the database's clock: a host an hour ahead does not take the
+    other daemon's running jobs as expired, nor is its own taken from it."""
+    layout.write_config(lease_seconds=6)
+    url = load_settings(layout.config_file).database_url
+    path = os.pathsep.join(
+        p for p in (str(SKEWED_CLOCK_SITE), os.environ.get("PYTHONPATH")) if p
+    )
+    ahead = daemon(env={"PYTHONPATH": path, "I2VD_TEST_CLOCK_SKEW": "3600"})
+    normal = daemon()
+    ahead.wait_started()
+    normal.wait_started()
+    names = drop_images(layout.inbox, 20)
+    wait_for(lambda: done_count(url) == 20, timeout=300, interval=0.5)
+    assert ahead.stop() == 0
+    assert normal.stop() == 0
+
+    jobs = queue_rows(url)
+    assert_each_image_published_once(layout.outbox, names, jobs)
+    assert all(job.attempts == 1 for job in jobs)  # no lease was taken over
+    for proc in (ahead, normal):
+        assert "stopped renewing its lease" not in proc.log
+        assert "another daemon took it over" not in proc.log

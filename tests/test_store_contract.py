@@ -200,10 +200,10 @@ def test_a_host_clock_an_hour_off_changes_nothing(
 
 def test_an_expired_lease_is_recovered_by_any_live_daemon(store: JobStore) -> None:
     job = store.enqueue(job_for(1))
-    store.claim("dead:1", None, lease_seconds=2)
-    store.heartbeat(job.id, "dead:1", None, 2, progress=0.5)  # type: ignore[arg-type]  # rendering
+    store.claim("dead:1", None, lease_seconds=4)
+    store.heartbeat(job.id, "dead:1", None, 4, progress=0.5)  # type: ignore[arg-type]  # rendering
     assert store.recover(None) == []  # still live
-    time.sleep(2.3)
+    time.sleep(4.3)
     assert [j.id for j in store.recover(None)] == [job.id]
     again = store.claim("live:2", None, 60)
     assert again is not None and again.id == job.id and again.attempts == 2
@@ -238,12 +238,12 @@ def test_retry_in_waits_on_the_database_clock(store: JobStore) -> None:
     job = store.enqueue(job_for(1))
     assert job.id is not None
     store.claim("a:1")
-    store.fail(job.id, None, "boom", "later", retry_at=None, owner="a:1", retry_in=2)
+    store.fail(job.id, None, "boom", "later", retry_at=None, owner="a:1", retry_in=4)
     row = store.get(job.id)
     assert row is not None and row.state == JobState.RETRYING
-    assert abs(row.not_before - (store.now() + 2)) < 1
+    assert abs(row.not_before - (store.now() + 4)) < 2
     assert store.claim("a:1") is None
-    time.sleep(2.3)
+    time.sleep(4.3)
     assert store.claim("a:1") is not None
 
 

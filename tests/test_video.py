@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import picture
-from daemon.video import VideoError, encode_mp4, interpolate, probe, verify
+from daemon.video import PIPE_BYTES, Mp4Writer, VideoError, encode_mp4, interpolate, probe, verify
 
 
 def moving_frames(count: int = 16, width: int = 128, height: int = 96) -> list[np.ndarray]:
@@ -166,3 +167,19 @@ def test_verify_refuses_a_file_missing_its_last_bytes(
     short.write_bytes(data[:-cut])
     with pytest.raises(VideoError):
         verify(short, 128, 96, 8, 16)
+
+
+@pytest.mark.skipif(
+    not hasattr(fcntl, "F_GETPIPE_SZ")
+    or int(Path("/proc/sys/fs/pipe-max-size").read_text()) < PIPE_BYTES,
+    reason="pipes cannot be widened to PIPE_BYTES here",
+)
+def test_the_encoder_pipe_holds_whole_frames(tmp_path: Path) -> None:
+    """A 512x512 frame crosses to ffmpeg in one write, not six (BENCHMARKS.md: motion)."""
+    with Mp4Writer(tmp_path / "pipe.mp4", 512, 512, 24) as writer:
+        assert writer._proc.stdin is not None
+        held = fcntl.fcntl(writer._proc.stdin.fileno(), fcntl.F_GETPIPE_SZ)
+        writer.write(np.zeros((768, 512), np.uint8))
+        writer.finish()
+    assert held >= PIPE_BYTES > 512 * 768
+    assert probe(tmp_path / "pipe.mp4").frames == 1

@@ -122,13 +122,14 @@ Rung = Literal[
     "lower_resolution",
 ]
 
-# Memory savers that keep the output first, then smaller outputs. Each rung adds to
-# the ones before it; "fewer_frames" halves the frames and "lower_resolution" steps
-# down one resolution, each skipped once the floor is reached.
+# Memory savers that keep the output first, ordered by memory saved per second of cost
+# (README, "What each rung costs"), then smaller outputs. Each rung adds to the ones
+# before it; "fewer_frames" halves the frames and "lower_resolution" steps down one
+# resolution. Rungs that change nothing for the family and size are skipped up front.
 DEFAULT_LADDER: tuple[Rung, ...] = (
+    "decode_chunk_1",
     "vae_slicing",
     "vae_tiling",
-    "decode_chunk_1",
     "forward_chunking",
     "cpu_offload",
     "fewer_frames",
@@ -164,11 +165,42 @@ class DiffusionSettings(_Strict):
     ladder: list[Rung] = Field(
         default_factory=lambda: list(DEFAULT_LADDER),
         max_length=20,
-        description="out-of-memory back-off, tried in order",
+        description="out-of-memory back-off, tried in order (unset: Wan and LTX try "
+        "cpu_offload before forward_chunking)",
     )
     min_frames: int = Field(8, ge=2, le=32, description="floor for fewer_frames")
     min_resolution: Literal[256, 512, 768, 1024] = Field(
         256, description="floor for lower_resolution"
+    )
+    # Speed switches (README, "Speed switches"). On by default only where the output
+    # cannot change and nothing is paid up front; the rest wait for a GPU measurement
+    # (layout, fused projections) or a quality check on real weights (scheduler, cache).
+    compile: bool = Field(
+        False,
+        description="torch.compile the denoiser; its warm-up (a minute or more per "
+        "size) runs when the model loads",
+    )
+    channels_last: bool = Field(
+        False, description="channels-last memory layout for the denoiser and VAE"
+    )
+    cudnn_benchmark: bool = Field(
+        True, description="let cuDNN time its convolution algorithms once per size (CUDA)"
+    )
+    fused_qkv: bool = Field(
+        False, description="one matrix product for each attention's query, key and value"
+    )
+    scheduler: Literal["default", "dpm++"] = Field(
+        "default",
+        description="dpm++: DPM-Solver++ (2nd order), configured for the model's "
+        "prediction type, trailing spacing and zero-SNR; changes the output",
+    )
+    scheduler_steps: int | None = Field(
+        None, ge=1, le=200, description="steps with scheduler dpm++ (default: the rule's steps)"
+    )
+    step_cache: bool = Field(
+        False,
+        description="reuse deep features between steps (UNets: DeepCache-style; Wan, "
+        "LTX: diffusers' first-block cache); changes the output",
     )
 
 

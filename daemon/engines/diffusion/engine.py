@@ -1,5 +1,6 @@
-"""The diffusion engine: one warm pipeline at a time, and the out-of-memory ladder
-around each pipeline call.
+"""The diffusion engine: one warm pipeline at a time with its speed switches
+(``speed.py``), and a climb down the out-of-memory ladder around each job's pipeline
+call (``climb.py``).
 
 Threads: ``render`` runs on the worker thread; ``release_idle`` on the daemon's
 scheduler thread. A render marks the engine busy (under ``_state_lock``) for its whole
@@ -14,37 +15,22 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
-from ...rules import DiffusionSettings
-from ...sizing import crop_box, frame_size
-from ...video import Frame
+from ...sizing import frame_size
 from .. import EngineUnavailable
 from ..base import Clip, EngineOptions, RenderRequest
-from .families import (
-    CallInputs,
-    Family,
-    call_arguments,
-    effective_extra,
-    form_of,
-    round_frames,
-)
+from .climb import OOM_HINT, Climb, Outcome, first_line
+from .families import Family, effective_extra, form_of, round_frames
 from .ladder import (
     MEMORY_FILE,
-    SAVERS,
     LadderContext,
     OutOfMemory,
     Plan,
     RungMemory,
     is_out_of_memory,
     release_memory,
-    revert,
-    take,
 )
 from .loading import (
     ModelSource,
@@ -55,8 +41,7 @@ from .loading import (
     resolve_dtype,
     variant_candidates,
 )
-from .progress import StepReporter, decode_calls
-from .prompts import i2vgenxl_embeddings
+from .speed import WarmSwitches, effective, job_steps, per_job
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +49,9 @@ log = logging.getLogger(__name__)
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate")
 SEED_RANGE = 2**32
 
-OOM_HINT = (
-    "lower the rule's preset or its params (resolution, frames), allow smaller outputs "
-    "(diffusion.min_frames, diffusion.min_resolution, more rungs in diffusion.ladder), free "
-    "GPU memory held by other processes (see nvidia-smi), or use a GPU with more memory"
-)
-
 
 @dataclass
-class _Resident:
+class Resident:
     key: tuple[str, str, str, str]
     source: ModelSource
     family: Family
@@ -81,55 +60,7 @@ class _Resident:
     variant: str | None
     device: str
     last_used: float
-
-
-@dataclass
-class _Outcome:
-    frames: list[Frame]
-    inputs: CallInputs
-    reporter: StepReporter
-    prompt_truncated: bool
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else type(exc).__name__
-
-
-@contextmanager
-def seeded(seed: int, device: str) -> Iterator[None]:
-    """The global random streams seeded for one call, and restored after it.
-
-    Pipelines take a generator for their noise, but some also draw from the global
-    stream (I2VGen-XL samples the image latents with ``latent_dist.sample()``), so the
-    seed alone would not make a clip repeatable.
-    """
-    import torch
-
-    cuda = device.startswith("cuda")
-    devices = [torch.device(device).index or 0] if cuda else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
-    """The largest centred crop of ``image`` with the output's aspect, at exactly that size."""
-    box = crop_box(image.width, image.height, width, height)
-    return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS, box=box)
-
-
-def to_frames(video: Any) -> list[Frame]:
-    """HxWx3 uint8 frames from a pipeline's numpy (0..1 floats), tensor or PIL output."""
-    import numpy as np
-
-    if hasattr(video, "detach"):
-        video = video.detach().float().cpu().numpy()
-    if isinstance(video, np.ndarray):
-        if video.dtype != np.uint8:
-            video = (np.clip(video, 0.0, 1.0) * 255).round().astype(np.uint8)
-        return [np.ascontiguousarray(frame[..., :3]) for frame in video]
-    return [np.asarray(frame.convert("RGB")) for frame in video]
+    warm: WarmSwitches
 
 
 class DiffusionEngine:
@@ -141,7 +72,7 @@ class DiffusionEngine:
         self._render_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._busy = False
-        self._resident: _Resident | None = None
+        self._resident: Resident | None = None
 
     # --- what is loaded ------------------------------------------------------------
 
@@ -176,7 +107,7 @@ class DiffusionEngine:
             if resident is not None:
                 self._free(resident)
 
-    def _discard(self, resident: _Resident) -> None:
+    def _discard(self, resident: Resident) -> None:
         """Unload ``resident`` if it is still the warm pipeline."""
         with self._state_lock:
             if self._resident is not resident:
@@ -185,7 +116,7 @@ class DiffusionEngine:
         self._free(resident)
 
     @staticmethod
-    def _free(resident: _Resident) -> None:
+    def _free(resident: Resident) -> None:
         pipe, resident.pipe = resident.pipe, None
         if hasattr(pipe, "remove_all_hooks"):
             pipe.remove_all_hooks()  # offload hooks keep references to the modules
@@ -194,7 +125,7 @@ class DiffusionEngine:
 
     def _acquire(
         self, source: ModelSource, family: Family, dtype: str, variant: str | None, device: str
-    ) -> tuple[_Resident, float]:
+    ) -> tuple[Resident, float]:
         """The warm pipeline for this key (loading it, after unloading any other one)."""
         key = (source.key, dtype, str(variant), device)
         with self._state_lock:
@@ -216,7 +147,7 @@ class DiffusionEngine:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            failure = _first_line(exc)
+            failure = first_line(exc)
             traceback.clear_frames(exc.__traceback__)
         if failure is not None:
             release_memory(device)
@@ -226,7 +157,17 @@ class DiffusionEngine:
             )
         seconds = time.monotonic() - started
         log.info("loaded model %s in %.1f s", source.model, seconds)
-        resident = _Resident(key, source, family, pipe, dtype, used, device, time.monotonic())
+        resident = Resident(
+            key,
+            source,
+            family,
+            pipe,
+            dtype,
+            used,
+            device,
+            time.monotonic(),
+            WarmSwitches(pipe, family, device),
+        )
         with self._state_lock:
             self._resident = resident
         return resident, seconds
@@ -274,6 +215,8 @@ class DiffusionEngine:
             min_resolution=settings.min_resolution,
         )
         plan, notes = self._first_plan(request, ctx)
+        switched_on = resident.warm.sync(settings)
+        steps = job_steps(settings, request.params.steps, pipe)
         if family.prompt == "none":
             notes.append(
                 f"{family.label} ({family.class_name}) takes no prompt: the rule's prompt and "
@@ -284,17 +227,33 @@ class DiffusionEngine:
                 f"{family.label} decodes all frames at once: diffusion.decode_chunk_size was "
                 "not used"
             )
-        climb = _Climb(self, request, resident, ctx, plan, seed, dtype)
+        climb = Climb(
+            self.memory,
+            lambda: self._discard(resident),
+            request,
+            resident,
+            ctx,
+            plan,
+            seed,
+            dtype,
+            steps,
+        )
+        if "compile" in switched_on:
+            load_seconds += climb.warm_up()
         try:
-            outcome = climb.run()
+            with per_job(pipe, family, settings, steps) as used:
+                outcome = climb.run()
         finally:
             climb.revert_savers()
+        speed = effective(resident.warm, used, settings.model_fields_set)
+        if climb.warm_up_seconds is not None:
+            speed["compile_warm_up_s"] = round(climb.warm_up_seconds, 3)
         if outcome.prompt_truncated:
             notes.append(
                 "the prompt is longer than the text encoder's "
                 f"{pipe.tokenizer.model_max_length} tokens; the rest was cut off"
             )
-        return self._clip(request, resident, climb, outcome, notes, seed, load_seconds)
+        return self._clip(request, resident, climb, outcome, notes, seed, load_seconds, speed)
 
     def _first_plan(self, request: RenderRequest, ctx: LadderContext) -> tuple[Plan, list[str]]:
         params, family = request.params, ctx.family
@@ -320,12 +279,13 @@ class DiffusionEngine:
     def _clip(
         self,
         request: RenderRequest,
-        resident: _Resident,
-        climb: _Climb,
-        outcome: _Outcome,
+        resident: Resident,
+        climb: Climb,
+        outcome: Outcome,
         notes: list[str],
         seed: int,
         load_seconds: float,
+        speed: dict[str, Any],
     ) -> Clip:
         family, inputs = resident.family, outcome.inputs
         height, width = outcome.frames[0].shape[:2]
@@ -336,7 +296,12 @@ class DiffusionEngine:
             )
         extra = effective_extra(family, inputs)
         extra.update(
-            dtype=resident.dtype, variant=resident.variant, memory_savers=list(climb.plan.savers)
+            dtype=resident.dtype,
+            variant=resident.variant,
+            memory_savers=list(climb.plan.savers),
+            ladder=climb.ladder,
+            ladder_skipped={climb.ladder[i]: why for i, why in climb.no_ops.items()},
+            speed=speed,
         )
         reporter = outcome.reporter
         return Clip(
@@ -344,11 +309,11 @@ class DiffusionEngine:
             fps=request.params.fps,
             width=width,
             height=height,
-            steps=request.params.steps,
+            steps=inputs.steps,
             guidance=inputs.guidance,
             seed=seed,
             # "Steps taken" (the sidecar contract): none when the first try just worked.
-            backoff=climb.backoff if len(climb.backoff) > 1 else [],
+            backoff=climb.backoff if climb.climbed else [],
             load_seconds=load_seconds,
             model=request.model,
             device=resident.device,
@@ -364,203 +329,3 @@ class DiffusionEngine:
                 },
             },
         )
-
-
-class _Climb:
-    """One job's attempts: the remembered start, then one rung per out-of-memory."""
-
-    def __init__(
-        self,
-        engine: DiffusionEngine,
-        request: RenderRequest,
-        resident: _Resident,
-        ctx: LadderContext,
-        plan: Plan,
-        seed: int,
-        dtype: str,
-    ) -> None:
-        self.engine = engine
-        self.request = request
-        self.resident = resident
-        self.ctx = ctx
-        self.plan = plan
-        self.seed = seed
-        self.settings: DiffusionSettings = request.diffusion
-        self.ladder: list[str] = list(self.settings.ladder)
-        self.position = 0
-        self.taken: list[str] = []
-        self.attempted_savers: list[str] = []
-        self.backoff: list[dict[str, Any]] = []
-        self.memory_key = RungMemory.key(resident.source.key, ctx.device, dtype, plan)
-
-    def run(self) -> _Outcome:
-        remembered = self.engine.memory.lookup(self.memory_key, self.ladder)
-        if remembered is not None:
-            self._replay(remembered)
-        rung: str | None = self.taken[-1] if self.taken else None
-        attempt = 0
-        while True:
-            attempt += 1
-            record: dict[str, Any] = {
-                "attempt": attempt,
-                "rung": rung,
-                "width": self.plan.width,
-                "height": self.plan.height,
-                "frames": self.plan.frames,
-                "decode_chunk_size": self.plan.decode_chunk,
-                "savers": list(self.plan.savers),
-            }
-            error = None
-            try:
-                outcome = self._call()
-            except Exception as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                error = _first_line(exc)
-                # The traceback's frames hold the attempt's tensors: drop them so the
-                # memory is really free for the next rung.
-                traceback.clear_frames(exc.__traceback__)
-            if error is None:
-                self.backoff.append({**record, "result": "ok"})
-                if self.position and self.position != remembered:
-                    self.engine.memory.store(
-                        self.memory_key, self.ladder, self.position, self.taken
-                    )
-                return outcome
-            self.backoff.append({**record, "result": "out_of_memory", "error": error})
-            log.warning(
-                "%s ran out of memory at %dx%d, %d frames (attempt %d): %s",
-                self.resident.source.model,
-                self.plan.width,
-                self.plan.height,
-                self.plan.frames,
-                attempt,
-                error,
-            )
-            release_memory(self.ctx.device)
-            rung = self._next_rung()
-            if rung is None:
-                raise OutOfMemory(
-                    f"out of memory on {self.ctx.device} with {self.resident.source.model!r} "
-                    f"even at {self.plan.width}x{self.plan.height}, {self.plan.frames} frames "
-                    f"after {attempt} attempt(s); rungs taken: {', '.join(self.taken) or 'none'} "
-                    f"(last error: {error})",
-                    OOM_HINT,
-                    self.backoff,
-                )
-
-    def _step(self, rung: str) -> str | None:
-        """Take ``rung``; if it does not apply, say why."""
-        if rung in SAVERS:
-            # Counted before it is switched on, so a half-applied saver is reverted too.
-            self.attempted_savers.append(rung)
-        step = take(rung, self.plan, self.ctx)
-        if step.plan is None:
-            return step.skipped or "does not apply"
-        self.plan = step.plan
-        self.taken.append(rung)
-        return None
-
-    def _next_rung(self) -> str | None:
-        while self.position < len(self.ladder):
-            rung = self.ladder[self.position]
-            self.position += 1
-            skipped = self._step(rung)
-            if skipped is None:
-                return rung
-            self.backoff.append({"rung": rung, "result": "skipped", "reason": skipped})
-        return None
-
-    def _replay(self, position: int) -> None:
-        """Start where the last job of this model and size got through."""
-        skipped = []
-        for rung in self.ladder[:position]:
-            reason = self._step(rung)
-            if reason is not None:
-                skipped.append({"rung": rung, "reason": reason})
-        self.position = position
-        self.backoff.append(
-            {
-                "result": "remembered",
-                "rung": self.taken[-1] if self.taken else None,
-                "rungs": list(self.taken),
-                "skipped": skipped,
-                "width": self.plan.width,
-                "height": self.plan.height,
-                "frames": self.plan.frames,
-                "savers": list(self.plan.savers),
-                "note": (
-                    f"an earlier job of this model and size ran out of memory on "
-                    f"{self.ctx.device}; starting at the rung that worked then (delete "
-                    f"{self.engine.memory.path} to start from the top)"
-                ),
-            }
-        )
-        log.info(
-            "%s: starting at remembered out-of-memory rung %s (%s)",
-            self.resident.source.model,
-            self.taken[-1] if self.taken else None,
-            ", ".join(self.taken),
-        )
-
-    def revert_savers(self) -> None:
-        savers = tuple(dict.fromkeys(self.attempted_savers))
-        if not savers:
-            return
-        try:
-            revert(savers, self.resident.pipe, self.ctx.family, self.ctx.device)
-        except Exception:
-            # A pipeline stuck in a saver's state must not serve the next job: reload it.
-            log.exception("could not switch memory savers off; unloading the model")
-            self.engine._discard(self.resident)
-
-    def _call(self) -> _Outcome:
-        import torch
-
-        pipe, family, plan, request = self.resident.pipe, self.ctx.family, self.plan, self.request
-        params = request.params
-        device = self.ctx.device
-        # CPU generators on MPS: MPS random streams are not reproducible across runs.
-        generator = torch.Generator(device=device if device.startswith("cuda") else "cpu")
-        generator.manual_seed(self.seed)
-        inputs = CallInputs(
-            image=fit_image(request.image, plan.width, plan.height),
-            width=plan.width,
-            height=plan.height,
-            frames=plan.frames,
-            steps=params.steps,
-            fps=params.fps,
-            guidance=max(family.guidance_floor, params.guidance),
-            decode_chunk=plan.decode_chunk,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            motion_bucket_id=self.settings.motion_bucket_id,
-            noise_aug_strength=self.settings.noise_aug_strength,
-            generator=generator,
-        )
-        arguments = call_arguments(family, inputs)
-        truncated = False
-        if family.prompt == "embeds":
-            embeddings = i2vgenxl_embeddings(
-                pipe,
-                request.prompt,
-                request.negative_prompt,
-                inputs.guidance,
-                pipe._execution_device,
-            )
-            arguments["prompt_embeds"] = embeddings.prompt_embeds
-            arguments["negative_prompt_embeds"] = embeddings.negative_prompt_embeds
-            truncated = embeddings.truncated
-        chunk = (
-            (plan.decode_chunk or family.default_decode_chunk)
-            if family.decode_chunk_argument
-            else None
-        )
-        reporter = StepReporter(
-            request.checkpoint,
-            f"{self.resident.source.model} {plan.width}x{plan.height}, {plan.frames} frames",
-            decode_calls(plan.frames, chunk),
-        )
-        with seeded(self.seed, device), reporter.installed(pipe):
-            output = pipe(**arguments)
-        return _Outcome(to_frames(output.frames[0]), inputs, reporter, truncated)

@@ -71,6 +71,10 @@ class Family:
     requires: tuple[str, ...] = ()
     # Frames the pipeline decodes at once when the rule does not say (None: all).
     default_decode_chunk: int | None = None
+    # The default ladder moves CPU offload before feed-forward chunking: the text encoder
+    # (T5 / UMT5-XXL, 9-11 GB) is large next to the denoiser's activations, so moving it
+    # off the GPU while the denoiser runs saves more per second than chunking does.
+    offload_before_chunking: bool = False
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -120,6 +124,7 @@ FAMILIES: tuple[Family, ...] = (
         frame_step=_attr("vae_scale_factor_temporal", 4),
         float32_components=("vae", "image_encoder"),
         requires=("ftfy",),  # its prompt cleaning calls ftfy without importing it safely
+        offload_before_chunking=True,
     ),
     Family(
         class_name="LTXImageToVideoPipeline",
@@ -134,6 +139,7 @@ FAMILIES: tuple[Family, ...] = (
         decode_chunk_argument=None,
         spatial_multiple=lambda pipe: max(32, _attr("vae_spatial_compression_ratio", 32)(pipe)),
         frame_step=_attr("vae_temporal_compression_ratio", 8),
+        offload_before_chunking=True,
     ),
 )
 

@@ -1,11 +1,17 @@
 """The out-of-memory ladder: memory savers first, then smaller outputs.
 
 Rungs are data (``DiffusionSettings.ladder``, overridable per rule) and cumulative: each
-one taken adds to the ones before. Savers change the warm pipeline's state, so every
-saver a job turned on is turned off again when the job ends (the next job may not need
-it, and offloading or tiling costs time); reverting is cheaper than reloading the model.
-The rung that worked for a model at a size is remembered in ``state_dir`` so the next
-such job starts there instead of running out of memory again.
+one taken adds to the ones before. The default order is by what a rung saves per second
+it costs (README, "What each rung costs"), and a rung that cannot change anything for
+the family and size (tiling below the VAE's tile size, slicing a batch of one, one frame
+per decode when that is already so) is skipped up front, before the first attempt, and
+recorded as skipped: a recovery never spends an attempt on a no-op.
+
+Savers change the warm pipeline's state, so every saver a job turned on is turned off
+again when the job ends (the next job may not need it, and offloading or tiling costs
+time); reverting is cheaper than reloading the model. The rung that worked for a model
+at a size is remembered in ``state_dir`` so the next such job starts there instead of
+running out of memory again.
 """
 
 from __future__ import annotations
@@ -115,7 +121,7 @@ def take(rung: str, plan: Plan, ctx: LadderContext) -> Step:
     if rung == "decode_chunk_1":
         if ctx.family.decode_chunk_argument is None:
             return Step(rung, skipped=f"{ctx.family.label} decodes without chunks")
-        if plan.decode_chunk == 1:
+        if (plan.decode_chunk or ctx.family.default_decode_chunk) == 1:
             return Step(rung, skipped="already decoding one frame at a time")
         return Step(rung, replace(plan, decode_chunk=1))
     if rung == "fewer_frames":
@@ -140,6 +146,27 @@ def _denoiser(ctx: LadderContext) -> Any:
     return getattr(ctx.pipe, ctx.family.denoiser, None)
 
 
+def _decode_batch(plan: Plan, family: Family) -> int:
+    """Images one VAE call decodes: the decode chunk for per-frame VAEs, else one video."""
+    if family.decode_chunk_argument is None:
+        return 1  # a video VAE decodes the one video as a whole (batch of one)
+    return plan.decode_chunk or family.default_decode_chunk or plan.frames
+
+
+def _tiling_applies(vae: Any, plan: Plan) -> bool:
+    """Whether the VAE would tile at this size; unknown VAEs are assumed to."""
+    side = getattr(vae, "tile_sample_min_size", None)
+    height = getattr(vae, "tile_sample_min_height", side)
+    width = getattr(vae, "tile_sample_min_width", side)
+    if not isinstance(height, int) or not isinstance(width, int):
+        return True
+    frames = getattr(vae, "tile_sample_min_num_frames", None)
+    framewise = getattr(vae, "use_framewise_decoding", False)
+    if framewise and isinstance(frames, int) and plan.frames > frames:
+        return True
+    return plan.width > width or plan.height > height
+
+
 def _saver_skip_reason(rung: str, plan: Plan, ctx: LadderContext) -> str | None:
     if rung in plan.savers:
         return "already on"
@@ -147,15 +174,25 @@ def _saver_skip_reason(rung: str, plan: Plan, ctx: LadderContext) -> str | None:
     if rung == "vae_slicing":
         if not hasattr(vae, "use_slicing"):
             return f"{type(vae).__name__} has no sliced decoding"
-        return "already on" if vae.use_slicing else None
+        if vae.use_slicing:
+            return "already on"
+        if _decode_batch(plan, ctx.family) <= 1:
+            return "changes nothing here: each VAE call already holds one image or one video"
+        return None
     if rung == "vae_tiling":
         if not hasattr(vae, "use_tiling"):
             return f"{type(vae).__name__} has no tiled decoding"
-        return "already on" if vae.use_tiling else None
+        if vae.use_tiling:
+            return "already on"
+        if not _tiling_applies(vae, plan):
+            return (
+                f"changes nothing at {plan.width}x{plan.height}: {type(vae).__name__} tiles "
+                "only larger frames"
+            )
+        return None
     if rung == "forward_chunking":
-        denoiser = _denoiser(ctx)
-        if not hasattr(denoiser, "enable_forward_chunking"):
-            return f"{type(denoiser).__name__} has no feed-forward chunking"
+        if not feed_forwards(_denoiser(ctx)):
+            return f"{type(_denoiser(ctx)).__name__} has no feed-forward layers to chunk"
         return None
     if rung == "cpu_offload":
         if not is_accelerator(ctx.device):
@@ -164,6 +201,78 @@ def _saver_skip_reason(rung: str, plan: Plan, ctx: LadderContext) -> str | None:
             return f"{type(ctx.pipe).__name__} does not support model CPU offload"
         return None
     return "unknown saver"
+
+
+def ahead(ladder: list[str], plan: Plan, ctx: LadderContext) -> dict[int, str]:
+    """The ladder positions that cannot change anything for this family and size, with
+    why, found before the first attempt by walking the ladder on paper (sizes shrink as
+    the output rungs would shrink them; no saver is switched on)."""
+    skipped: dict[int, str] = {}
+    for position, rung in enumerate(ladder):
+        reason = _paper_skip(rung, plan, ctx)
+        if reason is not None:
+            skipped[position] = reason
+            continue
+        plan = _on_paper(rung, plan, ctx)
+    return skipped
+
+
+def _paper_skip(rung: str, plan: Plan, ctx: LadderContext) -> str | None:
+    if rung in SAVERS:
+        return _saver_skip_reason(rung, plan, ctx)
+    return take(rung, plan, ctx).skipped  # output rungs only change the plan
+
+
+def _on_paper(rung: str, plan: Plan, ctx: LadderContext) -> Plan:
+    if rung in SAVERS:
+        return replace(plan, savers=(*plan.savers, rung))
+    return take(rung, plan, ctx).plan or plan
+
+
+# Pieces each feed-forward is cut into along the sequence. Coarse on purpose: diffusers'
+# own chunking (chunk size 1) turns one large matrix product into thousands of tiny ones
+# (~56x the UNet's operator count for I2VGen-XL); four pieces cut the largest activation
+# to a quarter and keep each product large enough to run at full speed on a GPU.
+FORWARD_CHUNKS = 4
+
+
+def feed_forwards(denoiser: Any) -> list[Any]:
+    """The denoiser's feed-forward layers (diffusers' FeedForward), where memory peaks."""
+    if denoiser is None or not hasattr(denoiser, "modules"):
+        return []
+    from diffusers.models.attention import FeedForward
+
+    return [module for module in denoiser.modules() if isinstance(module, FeedForward)]
+
+
+def _chunked(forward: Any, pieces: int) -> Any:
+    import torch
+
+    def run(hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+        # dim 1 is the sequence (tokens or frames); the feed-forward works on each
+        # position alone, so the pieces give exactly the unchunked result.
+        if hidden_states.dim() < 3 or hidden_states.shape[1] < 2:
+            return forward(hidden_states, *args, **kwargs)
+        parts = hidden_states.chunk(pieces, dim=1)
+        return torch.cat([forward(part, *args, **kwargs) for part in parts], dim=1)
+
+    run.i2vd_chunked = True  # type: ignore[attr-defined]
+    return run
+
+
+def chunk_feed_forwards(denoiser: Any, pieces: int = FORWARD_CHUNKS) -> int:
+    """Cut every feed-forward into ``pieces`` along the sequence; returns how many."""
+    layers = feed_forwards(denoiser)
+    for layer in layers:
+        if not getattr(vars(layer).get("forward"), "i2vd_chunked", False):
+            layer.forward = _chunked(layer.forward, pieces)
+    return len(layers)
+
+
+def unchunk_feed_forwards(denoiser: Any) -> None:
+    for layer in feed_forwards(denoiser):
+        if getattr(vars(layer).get("forward"), "i2vd_chunked", False):
+            del layer.forward
 
 
 def _vae_slicing_on(ctx: LadderContext) -> None:
@@ -175,8 +284,7 @@ def _vae_tiling_on(ctx: LadderContext) -> None:
 
 
 def _forward_chunking_on(ctx: LadderContext) -> None:
-    # dim=1 chunks over the sequence (frames x pixels), where video models spend memory.
-    _denoiser(ctx).enable_forward_chunking(chunk_size=1, dim=1)
+    chunk_feed_forwards(_denoiser(ctx))
 
 
 def _cpu_offload_on(ctx: LadderContext) -> None:
@@ -199,20 +307,23 @@ def revert(savers: tuple[str, ...], pipe: Any, family: Family, device: str) -> N
         elif saver == "vae_tiling":
             pipe.vae.disable_tiling()
         elif saver == "forward_chunking":
-            _forward_chunking_off(getattr(pipe, family.denoiser))
+            unchunk_feed_forwards(getattr(pipe, family.denoiser))
         elif saver == "cpu_offload":
             pipe.remove_all_hooks()
             pipe.to(device)
 
 
-def _forward_chunking_off(denoiser: Any) -> None:
-    if hasattr(denoiser, "disable_forward_chunking"):
-        denoiser.disable_forward_chunking()
-        return
-    # Some models only have the "enable" half; chunk_size None is what "off" means there.
-    for module in denoiser.modules():
-        if hasattr(module, "set_chunk_feed_forward"):
-            module.set_chunk_feed_forward(None)
+def ordered(ladder: list[str], family: Family, chosen: bool) -> list[str]:
+    """The ladder for this family: a rule's own ladder as written; the default one with
+    CPU offload moved before feed-forward chunking where the family's encoders are large
+    next to its denoiser, so moving them off the GPU saves more per second it costs."""
+    if chosen or not family.offload_before_chunking:
+        return list(ladder)
+    if "forward_chunking" not in ladder or "cpu_offload" not in ladder:
+        return list(ladder)
+    rest = [rung for rung in ladder if rung != "cpu_offload"]
+    at = rest.index("forward_chunking")
+    return [*rest[:at], "cpu_offload", *rest[at:]]
 
 
 # --- remembered rungs ------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Finding a model, choosing device, dtype and weights variant, and loading it.
 
 The model's family is read from its ``model_index.json`` before any weights are touched,
-so an unsupported model fails at once with a clear message. Loading goes through
-``DiffusionPipeline.from_pretrained`` exactly as a user would, so ``HF_HUB_OFFLINE``, the
-hub cache and tokens behave as they do everywhere else.
+so an unsupported model fails at once with a clear message. Where a hub model comes from
+is decided up front (``hub.py``: the cache, or the hub if it can be reached), so a host
+without the weights and without a network fails in seconds instead of sitting through
+the hub client's retries. Loading goes through ``DiffusionPipeline.from_pretrained``
+exactly as a user would, so ``HF_HUB_OFFLINE``, the hub cache and tokens behave as they
+do everywhere else.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from ...problems import RetryableProblem
 from .. import EngineUnavailable
 from .families import BY_CLASS, Family, supported
+from .hub import DownloadWatcher, fetch_hint, hub_state, offline, route_hub_logging
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,9 @@ class ModelSource:
     folder: Path | None  # a local folder, resolved
     hub_id: str | None
     class_name: str
+    # A hub model in the cache while the hub is out of reach (or HF_HUB_OFFLINE is set):
+    # loaded from the cache alone, with no network call to time out.
+    local_only: bool = False
 
     @property
     def key(self) -> str:
@@ -50,21 +57,6 @@ class ModelSource:
         return str(self.folder) if self.folder is not None else str(self.hub_id)
 
 
-def _fetch_hint(hub_id: str) -> str:
-    return (
-        f"download it into the Hugging Face cache with `hf download {hub_id}` (older "
-        f"huggingface_hub: `huggingface-cli download {hub_id}`) on this host, or unset "
-        "HF_HUB_OFFLINE so i2vd can download it; or point the rule's 'model' at a local "
-        "folder holding the pipeline (model_index.json and its sub-folders)"
-    )
-
-
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def locate(model: str) -> ModelSource:
     """Where ``model`` is and which pipeline class it holds, without loading weights."""
     path = Path(model).expanduser()
@@ -74,7 +66,7 @@ def locate(model: str) -> ModelSource:
     if path.is_dir() and not hub_shaped:
         return ModelSource(model, path.resolve(), None, _class_name(path.resolve(), model))
     if hub_shaped:
-        return ModelSource(model, None, model, _hub_class_name(model))
+        return _hub_source(model)
     if path.exists():
         raise ModelUnavailable(
             f"model {model!r}: {path.resolve()} is not a folder",
@@ -113,32 +105,36 @@ def _class_name(folder: Path, model: str) -> str:
     return name
 
 
-def _hub_class_name(hub_id: str) -> str:
+def _hub_source(model: str) -> ModelSource:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    route_hub_logging()
+    state = hub_state(model)  # raises ModelUnavailable when neither cache nor hub has it
+    if state.cached_index is not None:
+        name = _class_name(state.cached_index.parent, model)
+        return ModelSource(model, None, model, name, local_only=not state.reachable)
     try:
-        index = hf_hub_download(hub_id, "model_index.json")
+        index = hf_hub_download(model, "model_index.json")
     except GatedRepoError:
         raise ModelUnavailable(
-            f"model {hub_id!r} is gated on the Hugging Face hub and this host has no access",
+            f"model {model!r} is gated on the Hugging Face hub and this host has no access",
             f"accept its licence on its hub page, log in with `hf auth login`, then "
-            f"`hf download {hub_id}`",
+            f"`hf download {model}`",
         ) from None
     except RepositoryNotFoundError:
         raise ModelUnavailable(
-            f"model {hub_id!r} was not found on the Hugging Face hub",
+            f"model {model!r} was not found on the Hugging Face hub",
             "check the spelling of the rule's 'model' (owner/name), or log in with "
             "`hf auth login` if it is private",
         ) from None
-    except Exception as exc:  # offline, network down, no such file: all "cannot get it now"
-        why = "HF_HUB_OFFLINE is set" if _offline() else "it could not be downloaded"
+    except Exception as exc:  # the hub answered the probe but not this request
         raise ModelUnavailable(
-            f"model {hub_id!r} is neither a folder beside the config file nor in the "
-            f"Hugging Face cache, and {why} ({type(exc).__name__}: {_first_line(exc)})",
-            _fetch_hint(hub_id),
+            f"model {model!r} is not in the Hugging Face cache and its download failed "
+            f"({type(exc).__name__}: {_first_line(exc)})",
+            fetch_hint(model, offline=False),
         ) from None
-    return _class_name(Path(index).parent, hub_id)
+    return ModelSource(model, None, model, _class_name(Path(index).parent, model))
 
 
 def family_of(source: ModelSource) -> Family:
@@ -241,12 +237,15 @@ def load_pipeline(
     # diffusers is untyped; the pipeline is handled as Any throughout.
     pipeline_class: Any = diffusers.DiffusionPipeline
     where = source.folder if source.folder is not None else source.hub_id
-    dtype_kw = {_dtype_keyword(): _dtype_argument(dtype_name, family)}
+    dtype_kw: dict[str, Any] = {_dtype_keyword(): _dtype_argument(dtype_name, family)}
     _quiet_progress_bars()
+    if source.local_only:
+        dtype_kw["local_files_only"] = True
     for index, variant in enumerate(variants):
         last = index == len(variants) - 1
         try:
-            pipe = pipeline_class.from_pretrained(where, variant=variant, **dtype_kw)
+            with DownloadWatcher(source.hub_id if not source.local_only else None):
+                pipe = pipeline_class.from_pretrained(where, variant=variant, **dtype_kw)
         except Exception as exc:
             if not last:
                 # "No such variant" reads differently online, offline and across diffusers
@@ -298,7 +297,13 @@ def _load_failure(source: ModelSource, exc: BaseException) -> Exception:
             "the folder looks incomplete or damaged: copy or download it again "
             f"(e.g. `hf download <hub id> --local-dir {source.folder}`); the job is retried",
         )
+    if source.local_only:
+        return ModelUnavailable(
+            f"model {source.hub_id!r} is only partly in the Hugging Face cache and the hub "
+            f"cannot be reached to fetch the rest: {reason}",
+            fetch_hint(str(source.hub_id), offline=offline()),
+        )
     return ModelUnavailable(
         f"could not load model {source.hub_id!r} from the Hugging Face hub or its cache: {reason}",
-        _fetch_hint(str(source.hub_id)),
+        fetch_hint(str(source.hub_id), offline=offline()),
     )

@@ -1,0 +1,363 @@
+"""The admin's verbs as library functions: status, jobs, show, retry, cancel, pause,
+resume. ``i2vd`` prints what these return; scripts may call them directly.
+
+Every verb works on the queue's database, so it works while daemons run (on this host
+or others) and reaches all of them. None imports torch: an admin command answers in a
+fraction of a second, also on a GPU host whose CUDA is broken.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .config import Settings
+from .problems import Problem
+from .publish import place, quarantine
+from .store import Job, JobState, JobStore
+from .windows import is_open
+
+log = logging.getLogger(__name__)
+
+# A daemon whose heartbeat is older than this is listed as not answering.
+ALIVE_WITHIN = 60.0
+STATES = tuple(state.value for state in JobState)
+
+
+class AdminProblem(Problem):
+    """An admin request that cannot be carried out as asked (no such job, wrong state)."""
+
+
+def open_store(settings: Settings, migrate: bool = False) -> JobStore:
+    """The queue as this host sees it. Without ``migrate`` the schema is taken as the
+    daemon left it (it upgrades it at start), which spares every command Alembic's
+    import; ``i2vd`` opens again with ``migrate`` if a table or column is missing."""
+    from .host_paths import HostPaths
+
+    store = JobStore(settings.database_url, migrate=migrate)
+    store.host_paths = HostPaths(settings.inbox_names, settings.outbox)  # paths as seen here
+    return store
+
+
+def me() -> str:
+    """Who did it, for the pause record: user@host."""
+    try:
+        import pwd
+
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+# --- reading -------------------------------------------------------------------------
+
+
+def job_summary(job: Job, now: float) -> dict[str, Any]:
+    """One job as ``i2vd jobs`` lists it."""
+    return {
+        "id": job.id,
+        "state": job.state,
+        "source": job.relative,
+        "inbox": job.inbox or job.inbox_root,
+        "rule": job.rule_name,
+        "variant": job.variant or None,
+        "engine": job.engine,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "progress": round(job.progress, 3),
+        "age": round(max(0.0, now - job.created_at), 1),
+        "error": job.error,
+        "hint": job.hint,
+    }
+
+
+def job_details(job: Job, now: float) -> dict[str, Any]:
+    """Everything about one job (``i2vd show``)."""
+    data = job_summary(job, now)
+    data.update(
+        {
+            "rule_as_queued": job.rule_data,
+            "rule_file": job.rule_file,
+            "sha256": job.sha256,
+            "size_bytes": job.size_bytes,
+            "created_at": _iso(job.created_at),
+            "started_at": _iso(job.started_at),
+            "finished_at": _iso(job.finished_at),
+            "not_before": _iso(job.not_before) if job.not_before else None,
+            "timings": json.loads(job.timings_json) if job.timings_json else None,
+            "outputs": {
+                "video": job.video_path,
+                "sidecar": job.sidecar_path,
+                "original": job.source_dest,
+            },
+            "duplicate_of": job.duplicate_of,
+            "lease_owner": job.lease_owner,
+            "cancel_requested": bool(getattr(job, "cancel_requested", False)),
+            "text": job.text or None,
+            "companions": job.companions,
+        }
+    )
+    return data
+
+
+def list_jobs(store: JobStore, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    now = store.now()
+    states = None if state is None else [state]
+    return [job_summary(job, now) for job in store.list_jobs(states, limit=limit)]
+
+
+def show(store: JobStore, job_id: int) -> dict[str, Any]:
+    job = store.get(job_id)
+    if job is None:
+        raise AdminProblem(f"there is no job {job_id}", "list the jobs with: i2vd jobs")
+    return job_details(job, store.now())
+
+
+def status(store: JobStore, settings: Settings) -> dict[str, Any]:
+    """The queue at a glance: who works on it, how much waits, what runs, paused or
+    not, the schedule windows, the last failure."""
+    now = store.now()
+    control = store.control.get()
+    daemons = [
+        {
+            "id": s.daemon.id,
+            "host": s.daemon.host,
+            "pid": s.daemon.pid,
+            "since": _iso(s.daemon.started_at),
+            "version": s.daemon.version,
+            "device": s.daemon.device,
+            "engines": s.daemon.engines,
+            "state": s.daemon.state,
+            "reason": s.daemon.reason or None,
+            "alive": s.alive,
+            "silent_for": round(s.silent_for, 1),
+        }
+        for s in store.daemons.listing(ALIVE_WITHIN)
+    ]
+    running = []
+    for job in store.list_jobs([JobState.RUNNING], limit=100):
+        item = job_summary(job, now)
+        item["elapsed"] = round(max(0.0, now - (job.started_at or now)), 1)
+        item["eta"] = _remaining(job, now)
+        item["owner"] = job.lease_owner
+        running.append(item)
+    failures = store.list_jobs([JobState.FAILED], limit=1)
+    moment = dt.datetime.fromtimestamp(now, dt.UTC)
+    windows = []
+    for engine in sorted({w.engine for w in settings.windows}):
+        state = is_open(settings.windows, engine, moment)
+        windows.append(
+            {
+                "engine": engine,
+                "open": state.open,
+                "reopens_at": state.reopens_at.astimezone().isoformat(timespec="minutes")
+                if state.reopens_at
+                else None,
+            }
+        )
+    return {
+        "paused": bool(control.paused),
+        "pause_now": bool(control.pause_now),
+        "paused_at": _iso(control.paused_at),
+        "paused_by": control.paused_by or None,
+        "counts": {state: n for state, n in sorted(store.count_by_state().items())},
+        "daemons": daemons,
+        "running": running,
+        "windows": windows,
+        "last_failure": _last_failure(failures, now),
+    }
+
+
+def _last_failure(failures: list[Job], now: float) -> dict[str, Any] | None:
+    if not failures:
+        return None
+    return job_summary(failures[0], now) | {"finished_at": _iso(failures[0].finished_at)}
+
+
+def _remaining(job: Job, now: float) -> float | None:
+    """Seconds left, from the pace so far (None before there is any progress)."""
+    if job.started_at is None or job.progress < 0.05:
+        return None
+    elapsed = max(0.0, now - job.started_at)
+    return round(elapsed * (1 - job.progress) / job.progress, 1)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if not timestamp:
+        return None
+    return dt.datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="seconds")
+
+
+# --- changing --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: int
+    ok: bool
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job, "ok": self.ok, "message": self.message}
+
+
+def pause(store: JobStore, now: bool = False) -> None:
+    store.control.pause(me(), stop_running=now)
+
+
+def resume(store: JobStore) -> None:
+    store.control.resume()
+
+
+def cancel(store: JobStore, settings: Settings, ids: Iterable[int]) -> list[Outcome]:
+    """A waiting job ends now and its image goes to failed/ (``i2vd retry`` brings it
+    back); a running one stops at its next step, and its worker does the same."""
+    outcomes = []
+    for job_id in ids:
+        result = str(store.request_cancel(job_id))
+        if result == "cancelled":
+            job = store.get(job_id)
+            where = set_aside(store, settings, job) if job is not None else None
+            tail = f"; its image is in {where}" if where else ""
+            outcomes.append(Outcome(job_id, True, f"job {job_id} cancelled{tail}"))
+        elif result == "requested":
+            outcomes.append(
+                Outcome(job_id, True, f"job {job_id} is running: it stops at its next step")
+            )
+        elif result == "ended":
+            job = store.get(job_id)
+            outcomes.append(
+                Outcome(job_id, False, f"job {job_id} has already ended ({job and job.state})")
+            )
+        else:
+            outcomes.append(Outcome(job_id, False, f"there is no job {job_id}"))
+    return outcomes
+
+
+def retry(
+    store: JobStore, settings: Settings, ids: Sequence[int] = (), failed: bool = False
+) -> list[Outcome]:
+    """Put failed (or cancelled) jobs' images back where they were dropped.
+
+    The image returns from failed/ to its place in the inbox and its stale report is
+    removed; the daemon's intake then queues it again with the rules in force now (so
+    a fixed rule applies). An image that never left the inbox is queued again as it
+    was. ``failed``: every failed job whose image is still in failed/.
+    """
+    if failed:
+        jobs = store.list_jobs([JobState.FAILED], limit=1_000_000)
+        return [_retry_one(store, settings, job) for job in jobs if _in_failed(settings, job)]
+    outcomes = []
+    for job_id in ids:
+        job = store.get(job_id)
+        if job is None:
+            outcomes.append(Outcome(job_id, False, f"there is no job {job_id}"))
+        else:
+            outcomes.append(_retry_one(store, settings, job))
+    return outcomes
+
+
+def _retry_one(store: JobStore, settings: Settings, job: Job) -> Outcome:
+    assert job.id is not None
+    job_id = job.id
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+        return Outcome(
+            job_id, False, f"job {job_id} is {job.state}; only failed or cancelled jobs are retried"
+        )
+    source = Path(job.source)
+    found = _in_failed(settings, job)
+    if found is not None:
+        image, report = found
+        if source.exists():
+            return Outcome(
+                job_id,
+                False,
+                f"job {job_id}: another file is at {job.relative} in the inbox; its failed "
+                f"image stays in {image}",
+            )
+        source.parent.mkdir(parents=True, exist_ok=True)
+        place(image, source)
+        _companions_back(job, image)
+        report.unlink(missing_ok=True)
+        return Outcome(
+            job_id, True, f"job {job_id}: {job.relative} is back in the inbox and is queued again"
+        )
+    if not _same_file(source, job):
+        return Outcome(
+            job_id,
+            False,
+            f"job {job_id}: its image is neither in {settings.failed_dir} nor in the inbox "
+            "any more; drop it into the inbox again",
+        )
+    try:  # it never left the inbox (it could not be moved): the same job again
+        queued = store.retry(job_id)
+    except Problem as exc:
+        return Outcome(job_id, False, f"job {job_id}: {exc.message}")
+    if queued is None:
+        return Outcome(job_id, False, f"job {job_id} changed meanwhile; see i2vd show {job_id}")
+    return Outcome(job_id, True, f"job {job_id} queued again: {job.relative}")
+
+
+def _in_failed(settings: Settings, job: Job) -> tuple[Path, Path] | None:
+    """The image in failed/ that this job put there, found by its report (names may
+    have taken a -2 suffix) and checked by content."""
+    folder = settings.failed_dir / PurePosixPath(job.relative).parent
+    if not folder.is_dir():
+        return None
+    for report in folder.glob("*.error.json"):
+        try:
+            data = json.loads(report.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("job") != job.id:
+            continue
+        image = report.with_name(report.name.removesuffix(".error.json"))
+        if _same_file(image, job):
+            return image, report
+    return None
+
+
+def _same_file(path: Path, job: Job) -> bool:
+    from .images import sha256_of
+
+    try:
+        return path.is_file() and sha256_of(path.read_bytes()) == job.sha256
+    except OSError:
+        return False
+
+
+def _companions_back(job: Job, image: Path) -> None:
+    """The ``<stem>.txt``/``.yaml`` that went to failed/ with the image go back too."""
+    for name in job.companions:
+        original = Path(name)
+        moved = image.with_name(image.stem + original.suffix)
+        if moved.is_file() and not original.exists():
+            place(moved, original)
+
+
+def set_aside(store: JobStore, settings: Settings, job: Job) -> Path | None:
+    """Move a cancelled job's image to failed/ with a report, unless other variants of
+    the same drop still need it (the last of them settles it)."""
+    if any(s.state in ("queued", "running", "retrying") for s in store.siblings(job)):
+        return None
+    source = Path(job.source)
+    if not source.is_file():
+        return None
+    report = {
+        "error": "cancelled by an administrator",
+        "hint": f"to make it after all: i2vd retry {job.id}",
+        "rule": job.rule_name,
+        "source": job.relative,
+        "sha256": job.sha256,
+        "job": job.id,
+    }
+    relative = PurePosixPath(job.relative)
+    return quarantine(source, settings.failed_dir / relative.parent, report)

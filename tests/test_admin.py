@@ -1,0 +1,271 @@
+"""The admin commands against a running daemon: real subprocesses, a real queue file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, Layout, make_image, wait_for
+
+pytestmark = pytest.mark.slow
+
+# 1024p, 60 s at 24 fps (1,440 frames): a job that runs for a while and reports
+# every frame as a step.
+LONG_RULE = """\
+name: long
+match: {patterns: ["long*"]}
+priority: 10
+engine: motion
+preset: quick
+params: {resolution: 1024}
+motion: {duration: 60, fps: 24}
+"""
+
+# Valid for `rules check`, fails when the worker renders its prompt.
+FAILING_RULE = """\
+name: broken
+match: {patterns: ["broken*"]}
+priority: 5
+engine: motion
+preset: quick
+params: {resolution: 256}
+prompt: "{{ 1 // 0 }}"
+"""
+
+DIFFUSION_RULE = """\
+name: ai
+match: {folders: ["ai/**"]}
+priority: 20
+engine: diffusion
+model: ./models/never-loaded
+"""
+
+
+def i2vd(layout: Layout, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", *args, "--config", str(layout.config_file)],
+        cwd=layout.root,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def as_json(layout: Layout, *args: str) -> Any:
+    code, out, err = i2vd(layout, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def job_state(layout: Layout, job_id: int) -> dict[str, Any]:
+    data: dict[str, Any] = as_json(layout, "show", str(job_id))
+    return data
+
+
+def first_job(layout: Layout, state: str | None = None) -> dict[str, Any]:
+    args = ("jobs", "--state", state) if state else ("jobs",)
+    rows = wait_for(lambda: as_json(layout, *args), 30, 0.2)
+    row: dict[str, Any] = rows[0]
+    return row
+
+
+def test_status_jobs_and_show_describe_a_running_daemon(layout: Layout, daemon: Any) -> None:
+    proc = daemon()
+    proc.wait_started()
+    make_image(layout.inbox / "trip" / "a.jpg")
+    wait_for(lambda: (layout.outbox / "trip" / "a.motion.mp4").exists(), 30)
+
+    status = wait_for(lambda: (s := as_json(layout, "status"))["daemons"] and s, 10, 0.2)
+    assert status["paused"] is False
+    assert status["counts"] == {"done": 1}
+    (me,) = status["daemons"]
+    assert me["pid"] == proc.proc.pid and me["alive"] and me["version"]
+    assert status["running"] == [] and status["last_failure"] is None
+
+    code, text, _ = i2vd(layout, "status")
+    assert code == 0 and "daemons: 1 running" in text and "1 done" in text
+
+    (row,) = as_json(layout, "jobs")
+    assert {"id", "state", "source", "rule", "attempts", "progress", "error", "hint"} <= set(row)
+    assert (row["state"], row["source"], row["rule"]) == ("done", "trip/a.jpg", "motion")
+    code, text, _ = i2vd(layout, "jobs", "--state", "done")
+    assert code == 0 and "trip/a.jpg" in text
+    assert as_json(layout, "jobs", "--state", "failed") == []
+
+    shown = job_state(layout, row["id"])
+    assert shown["rule_as_queued"]["name"] == "motion"
+    assert shown["outputs"]["video"].endswith("trip/a.motion.mp4")
+    assert {"generate", "encode"} <= set(shown["timings"])
+    code, text, _ = i2vd(layout, "show", str(row["id"]))
+    assert code == 0 and "rule as queued:" in text
+    code, _, err = i2vd(layout, "show", "999")
+    assert code == 1 and "there is no job 999" in err
+    assert proc.stop() == 0
+
+
+def test_retry_of_a_failed_image_ends_as_one_video_and_no_stale_report(
+    layout: Layout, daemon: Any
+) -> None:
+    layout.rule("broken", FAILING_RULE)
+    layout.write_config(max_attempts=1)
+    proc = daemon()
+    proc.wait_started()
+    make_image(layout.inbox / "broken.jpg")
+    wait_for(lambda: layout.files(layout.failed) == ["broken.jpg", "broken.jpg.error.json"], 30)
+    failed = first_job(layout, "failed")
+    status = as_json(layout, "status")
+    assert status["last_failure"]["id"] == failed["id"] and status["last_failure"]["error"]
+
+    layout.rule("broken", FAILING_RULE.replace('prompt: "{{ 1 // 0 }}"\n', ""))  # fixed
+    time.sleep(1.0)  # the rule reload is debounced
+    code, out, err = i2vd(layout, "retry", str(failed["id"]))
+    assert code == 0, err
+    assert "back in the inbox" in out
+    wait_for(lambda: (layout.outbox / "broken.broken.mp4").exists(), 30)
+    wait_for(lambda: layout.files(layout.inbox) == [], 10)
+    assert layout.files(layout.outbox) == ["broken.broken.json", "broken.broken.mp4", "broken.jpg"]
+    assert layout.files(layout.failed) == []
+    code, _, err = i2vd(layout, "retry", str(failed["id"]))
+    assert code == 1 and "neither in" in err  # nothing left to retry
+    assert proc.stop() == 0
+
+
+def test_cancel_of_a_queued_and_of_a_running_job(layout: Layout, daemon: Any) -> None:
+    layout.rule("long", LONG_RULE)
+    proc = daemon()
+    proc.wait_started()
+    make_image(layout.inbox / "long-1.jpg", 1024, 768, seed=1)
+    running = wait_for(
+        lambda: [r for r in as_json(layout, "jobs", "--state", "running") if r["progress"] > 0],
+        60,
+        0.1,
+    )[0]
+    make_image(layout.inbox / "long-2.jpg", 1024, 768, seed=2)
+    waiting = wait_for(lambda: as_json(layout, "jobs", "--state", "queued"), 30, 0.1)[0]
+
+    code, out, err = i2vd(layout, "cancel", str(waiting["id"]), str(running["id"]))
+    assert code == 0, err
+    assert f"job {waiting['id']} cancelled" in out
+    assert f"job {running['id']} is running: it stops at its next step" in out
+    wait_for(lambda: job_state(layout, running["id"])["state"] == "cancelled", 30, 0.2)
+    assert job_state(layout, waiting["id"])["state"] == "cancelled"
+    # Both images wait in failed/ with a report saying how to bring them back.
+    wait_for(lambda: len(layout.files(layout.failed)) == 4, 10)
+    report = json.loads((layout.failed / "long-1.jpg.error.json").read_text())
+    assert report["error"] == "cancelled by an administrator"
+    assert [p for p in layout.files(layout.outbox) if "long" in p] == []
+    code, _, err = i2vd(layout, "cancel", str(running["id"]))
+    assert code == 1 and "already ended" in err
+    assert proc.stop() == 0
+
+
+def test_pause_holds_across_a_restart_and_resume_releases(layout: Layout, daemon: Any) -> None:
+    proc = daemon()
+    proc.wait_started()
+    code, out, _ = i2vd(layout, "pause")
+    assert code == 0 and "paused" in out
+    make_image(layout.inbox / "a.jpg")
+    wait_for(lambda: as_json(layout, "jobs", "--state", "queued"), 30, 0.2)  # intake goes on
+    time.sleep(2.0)
+    assert not (layout.outbox / "a.motion.mp4").exists()
+    assert proc.stop() == 0
+
+    again = daemon()
+    again.wait_started()
+    status = as_json(layout, "status")
+    assert status["paused"] is True and status["counts"] == {"queued": 1}
+    time.sleep(2.0)
+    assert not (layout.outbox / "a.motion.mp4").exists()
+    assert i2vd(layout, "resume")[0] == 0
+    wait_for(lambda: (layout.outbox / "a.motion.mp4").exists(), 30)
+    assert as_json(layout, "status")["paused"] is False
+    assert again.stop() == 0
+
+
+def test_pause_now_puts_the_running_job_back_without_using_an_attempt(
+    layout: Layout, daemon: Any
+) -> None:
+    layout.rule("long", LONG_RULE)
+    proc = daemon()
+    proc.wait_started()
+    make_image(layout.inbox / "long-1.jpg", 1024, 768)
+    job = wait_for(
+        lambda: [r for r in as_json(layout, "jobs", "--state", "running") if r["progress"] > 0],
+        60,
+        0.1,
+    )[0]
+    assert i2vd(layout, "pause", "--now")[0] == 0
+    wait_for(lambda: job_state(layout, job["id"])["state"] == "queued", 30, 0.2)
+    assert job_state(layout, job["id"])["attempts"] == 0
+    assert i2vd(layout, "resume")[0] == 0
+    wait_for(lambda: job_state(layout, job["id"])["state"] == "done", 90, 0.3)
+    assert proc.stop() == 0
+
+
+def test_a_closed_window_keeps_diffusion_jobs_queued_while_motion_jobs_run(
+    layout: Layout, daemon: Any
+) -> None:
+    layout.rule("ai", DIFFUSION_RULE)
+    now = time.gmtime()
+    start = f"{(now.tm_hour + 2) % 24:02d}:00"
+    end = f"{(now.tm_hour + 3) % 24:02d}:00"
+    layout.write_config(windows=[{"engine": "diffusion", "start": start, "end": end}])
+    proc = daemon()
+    proc.wait_started()
+    make_image(layout.inbox / "ai" / "portrait.jpg")
+    make_image(layout.inbox / "b.jpg", seed=3)
+    wait_for(lambda: (layout.outbox / "b.motion.mp4").exists(), 30)
+    time.sleep(1.5)
+    rows = as_json(layout, "jobs")
+    assert {(r["source"], r["state"]) for r in rows} == {
+        ("ai/portrait.jpg", "queued"),
+        ("b.jpg", "done"),
+    }
+    (window,) = as_json(layout, "status")["windows"]
+    assert window["engine"] == "diffusion" and window["open"] is False
+    assert window["reopens_at"]
+    code, text, _ = i2vd(layout, "status")
+    assert code == 0 and "window diffusion: closed until" in text
+    assert proc.stop() == 0
+
+
+SENTINEL = """\
+import os, pathlib
+pathlib.Path(os.environ["TORCH_SENTINEL"]).write_text("imported")
+raise ImportError("the admin commands must not import torch")
+"""
+
+
+def test_admin_commands_never_import_torch(layout: Layout, tmp_path: Path) -> None:
+    fake = tmp_path / "sentinel" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(SENTINEL)
+    marker = tmp_path / "torch-was-imported"
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(fake.parent), str(REPO)]),
+        "TORCH_SENTINEL": str(marker),
+    }
+    layout.rule("ai", DIFFUSION_RULE)
+    for args in (
+        ("status",),
+        ("status", "--json"),
+        ("jobs",),
+        ("show", "1"),
+        ("retry", "1"),
+        ("cancel", "1"),
+        ("pause",),
+        ("resume",),
+    ):
+        code, _, err = i2vd(layout, *args, env=env)
+        assert code in (0, 1), (args, err)
+        assert not marker.exists(), args
