@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Settings, SettingsError, load_settings
+from .names import ReadableNames
 from .rules import ProblemKind
 
 # 0 and 1 come from the service (1: --once saw a failure); the others are decided here.
@@ -181,6 +184,8 @@ def run(settings: Settings, once: bool) -> int:
 
     # A live progress line only for `run --once` in a terminal (never under systemd).
     progress = setup(settings.log_level, live=once)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ReadableNames())  # undecodable bytes of names as \xNN
 
     from .service import Service, StartupError  # keeps `i2vd --help` light
 
@@ -189,6 +194,13 @@ def run(settings: Settings, once: bool) -> int:
     except StartupError as exc:
         print(f"i2vd: cannot start: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    finally:
+        # The process is ending: from here until it is gone (interpreter teardown takes
+        # a moment, and puts back the default handlers that kill), a late SIGTERM or
+        # SIGHUP is ignored, so the exit code stays the service's own.
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _missing_rules_dir(rules_dir: Path) -> bool:

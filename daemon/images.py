@@ -164,6 +164,13 @@ def _load(source: bytes | Path, min_side: int | None = None) -> Image.Image:
     except FileNotFoundError:
         raise  # gone, not bad: the caller decides
     except UnidentifiedImageError:
+        if _has_image_signature(source):
+            # Pillow says "cannot identify" also for a known format whose header is
+            # broken (a PNG with a bad checksum): that is damage, not a wrong extension.
+            raise BadImage(
+                "the image data is damaged (its header cannot be read)",
+                "export or copy the image again; the file on disk is incomplete or corrupt",
+            ) from None
         raise BadImage(
             "this file is not an image i2vd can open: it may be another kind of file, or "
             "damaged",
@@ -183,6 +190,23 @@ def _load(source: bytes | Path, min_side: int | None = None) -> Image.Image:
             "copy or export the image again and drop it into the folder",
             detail=f"{type(exc).__name__}: {exc}",
         ) from None
+
+
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\0", b"MM\0*")
+
+
+def _has_image_signature(source: bytes | Path) -> bool:
+    """Whether ``source`` starts like a PNG, JPEG, GIF, BMP, TIFF or WebP file."""
+    try:
+        if isinstance(source, bytes):
+            head = source[:16]
+        else:
+            with open(source, "rb") as handle:
+                head = handle.read(16)
+    except OSError:
+        return False
+    webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return webp or head.startswith(_SIGNATURES)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

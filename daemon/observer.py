@@ -107,6 +107,13 @@ class FolderObserver:
                 continue
             self._watches[folder] = (watch, inode)
 
+    def forget(self, folder: Path) -> None:
+        """Drop ``folder``'s watch, so the next ``watch`` schedules it anew."""
+        known = self._watches.pop(folder, None)
+        if known is not None and self.observer is not None:
+            with contextlib.suppress(KeyError, OSError):
+                self.observer.unschedule(known[0])
+
     def stop(self) -> None:
         if self.observer is not None:
             self.observer.stop()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import original
+from .names import readable
 from .ownership import Identity, identity, inode, is_copy_of_source, sidecar_field
 from .plan import OutputPlan
 from .publish import describe_os_error, place, write_json
@@ -99,10 +100,10 @@ def duplicate_sidecar(
     assert done.video_path and done.sidecar_path
     document: dict[str, Any] = json.loads(Path(done.sidecar_path).read_text(encoding="utf-8"))
     document.update(
-        source=job.relative,
+        source=readable(job.relative),
         variant=job.variant or None,
         source_handling=rule.source,
-        outputs=plan.outputs,
+        outputs=[readable(name) for name in plan.outputs],
         duplicate_of=Path(done.video_path).relative_to(scope.settings.outbox).as_posix(),
         job=job.id,
         timings={
@@ -130,7 +131,8 @@ def discard_partial(scope: Scope, job: Job) -> None:
         return  # the original already moved: the publish is complete, keep it
     video, sidecar = Path(current.video_path), Path(current.sidecar_path or "")
     leftovers = [
-        video if inode(video) == current.video_inode else None,
+        # No recorded inode: the video was never placed (both would read None).
+        video if current.video_inode is not None and inode(video) == current.video_inode else None,
         sidecar if sidecar_field(sidecar, "job") == current.id else None,
         moved if current.source_dest and is_copy_of_source(moved, current) else None,
     ]

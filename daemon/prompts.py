@@ -9,6 +9,7 @@ against it.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from .names import safe_stem
 from .problems import Problem
 
 _TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -71,8 +73,10 @@ def template_context(
     facts = facts or ImageFacts()
     folder = "" if str(relative.parent) == "." else relative.parent.as_posix()
     return {
-        "stem": relative.stem,
-        "name": relative.name,
+        # Any file name makes a usable output name: control characters replaced, a
+        # long name shortened with a hash of the whole (README: Names).
+        "stem": safe_stem(relative.stem, CONTEXT_NAME_BYTES),
+        "name": safe_stem(relative.name, CONTEXT_NAME_BYTES),
         "ext": relative.suffix.lstrip("."),
         "folder": folder,
         "folders": list(relative.parent.parts) if folder else [],
@@ -116,6 +120,9 @@ def clean_text(raw: str) -> str:
 
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 NAME_LIMIT_BYTES = 200
+# A file's stem or name in templates: leaves room in NAME_LIMIT_BYTES for the rest of
+# an output name template (".{{ rule }}", a variant).
+CONTEXT_NAME_BYTES = 150
 
 
 def safe_output_name(rendered: str) -> str:
@@ -126,10 +133,11 @@ def safe_output_name(rendered: str) -> str:
             "a '/', a '\\' or a control character, or start with '.')",
             detail=f"output name {rendered!r}",
         )
-    if len(rendered.encode()) > NAME_LIMIT_BYTES:
+    size = len(os.fsencode(rendered))  # bytes that are not UTF-8 count as one each
+    if size > NAME_LIMIT_BYTES:
         raise TemplateProblem(
-            f"the video's file name would be too long ({len(rendered.encode())} bytes; the "
-            f"limit is {NAME_LIMIT_BYTES})",
+            f"the video's file name would be too long ({size} bytes; the limit is "
+            f"{NAME_LIMIT_BYTES})",
             detail=f"output name {rendered!r}",
         )
     return rendered

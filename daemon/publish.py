@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .names import cut
 from .problems import RetryableProblem
 
 TEMP_MARK = ".i2vd-tmp"
@@ -32,13 +33,15 @@ class PublishError(RetryableProblem):
 def temp_name(dest: Path) -> Path:
     """A hidden sibling of ``dest`` that watchers and users ignore, and sweeps can find.
     Only a prefix of the name is kept, so long names stay within the 255-byte limit."""
-    prefix = dest.name.encode()[:150].decode(errors="ignore")
-    return dest.with_name(f".{prefix}.{secrets.token_hex(4)}{TEMP_MARK}")
+    return dest.with_name(f".{cut(dest.name, 150)}.{secrets.token_hex(4)}{TEMP_MARK}")
 
 
 def write_json(dest: Path, data: dict[str, Any]) -> None:
     """Write a new JSON file whole or not at all; an existing ``dest`` is never replaced."""
-    payload = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+    # A name that is not UTF-8 is written as a \\udcXX escape: still valid JSON, and
+    # read back to the very same name.
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    payload = text.encode("utf-8", errors="backslashreplace")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(dest)
     try:
@@ -134,8 +137,8 @@ def free_stem(folder: Path, stem: str, suffixes: Iterable[str], taken: Taken = P
     added) is shortened, so a long file name can always be published or quarantined.
     """
     suffixes = list(suffixes)
-    room = NAME_MAX - max(len(s.encode()) for s in suffixes) - len("-999")
-    stem = stem.encode()[:room].decode(errors="ignore")
+    room = NAME_MAX - max(len(os.fsencode(s)) for s in suffixes) - len("-999")
+    stem = cut(stem, room)
     candidate, n = stem, 1
     while any(taken(folder / f"{candidate}{s}") for s in suffixes):
         n += 1
@@ -195,6 +198,8 @@ def describe_os_error(exc: OSError, path: Path) -> PublishError:
     """Turn a failed file operation into a message and a hint a user can act on; the
     system's own words go to the detail."""
     detail = f"{exc.strerror or exc} (errno {exc.errno})"
+    if path.name.endswith(TEMP_MARK):
+        path = path.parent  # the folder to act on, never a hidden temporary
     if exc.errno == errno.ENOSPC:
         return PublishError(
             f"no space left on the device holding {path}",

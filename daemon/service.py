@@ -39,6 +39,8 @@ from .last_good import record_path
 from .lifecycle import Lifecycle
 from .logs import ProgressLine
 from .migrate import SchemaTooNew
+from .mounts import MountGate
+from .os_errors import report_intake_problem
 from .publish import sweep_temporaries
 from .queue_view import STOPPED, Activity, daemon_state
 from .rules import LoadedRule
@@ -86,6 +88,8 @@ class Service:
         self._started_at = time.time()
         self._scanned = threading.Event()
         self._intake_errors = 0
+        # Files intake could not take, with the reason last said (each is said once).
+        self.intake_problems: dict[Path, str] = {}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -175,6 +179,13 @@ class Service:
         for path in sweep_temporaries([s.outbox, s.failed_dir]):
             log.info("removed a temporary left by an earlier crash: %s", path)
         self._sweep_work_dir()
+        self.gate = MountGate(
+            [*(("inbox", root) for root in s.inbox), ("outbox", s.outbox),
+             ("failed folder", s.failed_dir)],
+            s.state_dir,
+            on_return=self._root_returned,
+        )
+        self.gate.arm()
         self.lifecycle.starting("loading the rules")
         self._load_rules()
 
@@ -234,6 +245,7 @@ class Service:
         self.scheduler.add_job(self._release_idle, "interval", seconds=RELEASE_IDLE_SECONDS)
         self.status_pages = StatusPages(s, self.store)
         self.scheduler.add_job(self._write_status, "interval", seconds=s.status_page_seconds)
+        self.scheduler.add_job(self.gate.check, "interval", seconds=1.0)
         self.scheduler.start()
         self.lifecycle.starting("scanning the inboxes")
         self._rescan()  # whatever arrived while the daemon was down
@@ -426,10 +438,12 @@ class Service:
             for root, path in self.tracker.poll(time.time()):
                 try:
                     outcome: str = self.intake.take(root, path).outcome
-                except Exception:
-                    # One unreadable file must not stop intake of the others.
-                    log.exception("intake of %s failed; it stays in the inbox", path)
-                    outcome = "error"
+                    self.intake_problems.pop(path, None)
+                except Exception as exc:
+                    # One file that cannot be taken must not stop intake of the others.
+                    outcome = "error" if self.gate.available(root) else "vanished"
+                    if outcome == "error":
+                        report_intake_problem(self.intake_problems, path, exc, self.settings)
                 if outcome in ("unreadable", "error"):
                     self._intake_errors += 1
 
@@ -466,12 +480,22 @@ class Service:
     def _rescan(self) -> None:
         present: set[Path] = set()
         for root in self.settings.inbox:
+            if not self.gate.available(root):
+                continue  # paused until it is back (said once by the gate)
             for path in scan(root, self.settings.status_files):
                 self.tracker.note(path)
                 present.add(path)
         with self._intake_lock:
             self.intake.retain(present)
 
+    def _root_returned(self, root: Path) -> None:
+        """A root is back: watch it again (its old watch died with the mount), scan it
+        now rather than at the next rescan, and let waiting jobs run."""
+        if root in self.settings.inbox:
+            self.watcher.rearm(root)
+            for path in scan(root):
+                self.tracker.note(path)
+        self._wake.set()
     def _new_worker(
         self,
         can_run: Capabilities,
@@ -492,6 +516,7 @@ class Service:
             on_step=self._job_step,
             holding=lambda: self.control.gate().held(),
             on_end=self._job_ended,
+            gate=self.gate,
         )
 
     def _job_ended(self, claimed: Job) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__
 from .engines import Clip
+from .names import readable
 from .rules import ResolvedParams, Rule
 from .store import Job
 
@@ -63,7 +64,7 @@ def build_sidecar(
         **clip.effective_extra,
     )
     document: dict[str, Any] = {
-        "source": job.relative,
+        "source": readable(job.relative),  # undecodable bytes as \xNN
         "sha256": job.sha256,
         "rule": rule.name,
         "rule_file": job.rule_file,
@@ -84,7 +85,7 @@ def build_sidecar(
         "timings": {key: round(value, 4) for key, value in timings.items()},
         "device": clip.device,
         "versions": dict(package_versions(tuple(clip.extra.get("packages", ())))),
-        "outputs": outputs,
+        "outputs": [readable(name) for name in outputs],
         "duplicate_of": None,
         "job": job.id,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -43,6 +43,8 @@ __all__ = [
     "Queued",
 ]
 
+from .attempts import after_crash
+
 
 class LeaseLost(Exception):
     """This daemon's lease on the job ran out and another daemon may hold it: publish
@@ -255,6 +257,17 @@ class JobStore(QueueAdmin):
             attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
         )
 
+    def postpone(self, job_id: int, until: float, owner: str | None = None) -> bool:
+        """Back to the queue until ``until``, the attempt handed back: a folder the job
+        needs is unavailable (an unmounted share), which is no fault of the job's."""
+        return self._end_lease(
+            job_id,
+            owner,
+            state=JobState.QUEUED,
+            not_before=until,
+            attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
+        )
+
     def recover(
         self,
         host: str | None,
@@ -265,8 +278,9 @@ class JobStore(QueueAdmin):
         ``host``, at start-up) they were leased on ``host`` by a process that ``alive``
         says no longer runs.
 
-        Attempts are not refunded: a file that kills the daemon every time must still
-        reach its ``max_attempts`` instead of looping forever.
+        The attempt counts only if the crash fell while the picture was decoded,
+        rendered or encoded (``attempts.after_crash``): a file that kills the daemon every time
+        must still reach its ``max_attempts`` instead of looping forever.
         """
         now = self.now() if now is None else now
         gone = (col(Job.lease_expires) < now) | col(Job.lease_expires).is_(None)
@@ -288,7 +302,12 @@ class JobStore(QueueAdmin):
             statement = (
                 update(Job)
                 .where(col(Job.id) == job.id, col(Job.state) == JobState.RUNNING, still_gone)
-                .values(state=JobState.QUEUED, lease_owner=None, lease_expires=None)
+                .values(
+                    state=JobState.QUEUED,
+                    lease_owner=None,
+                    lease_expires=None,
+                    attempts=after_crash(col(Job.attempts), col(Job.progress)),
+                )
             )
             with self._session() as session:
                 changed = session.execute(statement).rowcount  # type: ignore[attr-defined]

@@ -11,10 +11,25 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, text
+from sqlalchemy import BigInteger, Column, Index, String, TypeDecorator, text
 from sqlmodel import Field, SQLModel
 
 from .capabilities import Capabilities
+from .names import from_db, to_db
+
+
+class FileName(TypeDecorator[str]):
+    """A path or name as text, any bytes a file system allows included: a name that is
+    not valid UTF-8 is stored in the escaped form of ``names.to_db`` (same column type)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else to_db(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else from_db(value)
 
 
 class JobState(StrEnum):
@@ -70,11 +85,12 @@ class Job(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
-    source: str  # absolute path where the image was found (by the daemon that queued it)
-    inbox_root: str
+    # Absolute path where the image was found (by the daemon that queued it).
+    source: str = Field(sa_type=FileName)
+    inbox_root: str = Field(sa_type=FileName)
     # The inbox's name: each host maps it to its own mount point.
     inbox: str = ""
-    relative: str  # inbox-relative, POSIX separators
+    relative: str = Field(sa_type=FileName)  # inbox-relative, POSIX separators
     sha256: str
     size_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     rule_name: str
@@ -118,9 +134,9 @@ class Job(SQLModel, table=True):
     duplicate_of: int | None = None
     # Output paths are recorded before they are written, so a retry after a crash
     # knows exactly which half-published files are its own to remove.
-    video_path: str | None = None
-    sidecar_path: str | None = None
-    source_dest: str | None = None
+    video_path: str | None = Field(default=None, sa_type=FileName)
+    sidecar_path: str | None = Field(default=None, sa_type=FileName)
+    source_dest: str | None = Field(default=None, sa_type=FileName)
     # The published video's inode, recorded around placing it: only a file with this
     # inode is this job's to remove after a failure, or to reuse for a duplicate.
     video_inode: int | None = Field(default=None, sa_column=Column(BigInteger))

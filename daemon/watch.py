@@ -220,6 +220,12 @@ class InboxWatcher:
     def stop(self) -> None:
         self._observer.stop()
 
+    def rearm(self, root: Path) -> None:
+        """Watch ``root`` afresh: after its share was unmounted and mounted again, the
+        old watch is dead though the folder looks the same."""
+        self._observer.forget(root)
+        self._observer.watch(self.tracker.roots)
+
     def _queue_folder_rescan(self, folder: Path) -> None:
         with self._lock:
             self._folder_rescans.append(folder)

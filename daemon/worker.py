@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from . import admin, failure, outputs, recovery
+from .attempts import RENDER_DONE, RENDER_STARTED, rendering
 from .breaker import GPU_ENGINES, DeviceBreaker, DeviceFault
 from .capabilities import ALL_ENGINES, Capabilities
 from .config import Settings
 from .control import JobCancelled
 from .engines import Engine, JobInterrupted
 from .images import read_facts, sha256_of
+from .mounts import MountGate, ShareUnavailable, job_roots
 from .ownership import identity
 from .plan import context_for, plan_output, source_pixels_needed
 from .problems import Problem, RetryableProblem
@@ -41,6 +43,8 @@ __all__ = ["Worker", "engine_options", "model_location", "source_pixels_needed"]
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_SECONDS = 10.0
+# How long a job waits before looking again for a folder that is unavailable.
+SHARE_WAIT_SECONDS = 5.0
 
 
 class PermanentFailure(Problem):
@@ -74,6 +78,8 @@ class Worker:
     on_end: Callable[[Job], None] = lambda job: None
     # Engines whose jobs must not start now (i2vd pause, schedule windows).
     holding: Callable[[], frozenset[str]] = frozenset
+    # Whether each folder is there (an unmounted share is not "files deleted").
+    gate: MountGate | None = None
     _last_progress_write: float = 0.0
     _last_progress_log: float = 0.0
 
@@ -130,6 +136,8 @@ class Worker:
         work_file = self.settings.work_dir / f"job-{job.id}.mp4"
         try:
             rule = Rule.model_validate(job.rule_data)
+            if self._waits_for_share(job):
+                return  # nothing is decided from a folder that is not there
             if recovery.finish_interrupted_publish(scope, job, rule):
                 return
             if job.attempts > job.max_attempts:
@@ -167,10 +175,12 @@ class Worker:
             self.store.cancel(job.id, time.time(), str(exc), owner=self.owner)
             log.info("job %d cancelled: %s", job.id, exc)
         except Problem as exc:
-            failure.job_failed(scope, job, rule, exc)
+            if not self._waits_for_share(job):
+                failure.job_failed(scope, job, rule, exc)
         except OSError as exc:
-            problem = describe_os_error(exc, Path(exc.filename or job.source))
-            failure.job_failed(scope, job, rule, problem)
+            if not self._waits_for_share(job):
+                problem = describe_os_error(exc, Path(exc.filename or job.source))
+                failure.job_failed(scope, job, rule, problem)
         except Exception as exc:
             log.exception("job %d: unexpected error", job.id)
             bug = Bug(
@@ -206,12 +216,14 @@ class Worker:
 
         done = outputs.reusable(scope, job)
         if done is not None:
+            self._require_shares(job)
             log.info("job %d: same image and rule as job %d; reusing its video", job.id, done.id)
             document = outputs.duplicate_sidecar(scope, job, rule, plan, done, started)
             assert done.video_path is not None
             video = Path(done.video_path)
             outputs.publish(scope, job, rule, plan, video, read_as, document, duplicate_of=done)
         else:
+            self._mark_progress(job, RENDER_STARTED)  # from here a crash is the picture's
             rendered = render_video(
                 self.settings,
                 self.engines,
@@ -221,6 +233,7 @@ class Worker:
                 work_file,
                 lambda progress: self._checkpoint(job, progress),
             )
+            self._mark_progress(job, RENDER_DONE)  # encoded: the crash window closes
             timings = {
                 "queued": started - job.created_at,
                 "load": rendered.clip.load_seconds,
@@ -237,6 +250,7 @@ class Worker:
                 timings,
                 plan.outputs,
             )
+            self._require_shares(job)
             outputs.publish(scope, job, rule, plan, work_file, read_as, document)
         timings = document["timings"]
         log.info(
@@ -280,9 +294,33 @@ class Worker:
         now = time.monotonic()
         if now - self._last_progress_write >= 1.0:
             self._last_progress_write = now
-            self.store.heartbeat(
-                job.id, self.owner, None, self.settings.lease_seconds, round(done, 3)
-            )
+            self._mark_progress(job, rendering(round(done, 3)))
         if now - self._last_progress_log >= PROGRESS_LOG_SECONDS:
             self._last_progress_log = now
             log.info("job %d: %.0f%% done", job.id, 100 * done)
+
+    def _mark_progress(self, job: Job, progress: float) -> None:
+        """Progress in the job row, which also tells crash recovery whether the picture
+        was being worked on (``attempts``)."""
+        assert job.id is not None
+        self.store.heartbeat(job.id, self.owner, None, self.settings.lease_seconds, progress)
+
+    # --- shares ------------------------------------------------------------------
+
+    def _require_shares(self, job: Job) -> None:
+        """Before publishing: never write into an empty mountpoint or a folder made
+        anew where a renamed one was."""
+        if self.gate is not None and not self.gate.all_available(job_roots(job, self.settings)):
+            raise ShareUnavailable(f"a folder {job.relative} needs is unavailable")
+
+    def _waits_for_share(self, job: Job) -> bool:
+        """True while a folder the job needs (its inbox, the outbox, the failed folder)
+        is unavailable: the job goes back to wait, its attempt handed back, its partial
+        outputs kept for the retry to finish from what provably exists. The gate says
+        once which folder and what to check."""
+        if self.gate is None or self.gate.all_available(job_roots(job, self.settings)):
+            return False
+        assert job.id is not None
+        self.store.postpone(job.id, time.time() + SHARE_WAIT_SECONDS, owner=self.owner)
+        log.debug("job %d waits for an unavailable folder", job.id)
+        return True

@@ -33,7 +33,7 @@ params: {resolution: 1024, frames: 32}
 
 # 512p, 30 s at 60 fps (1,800 frames): several seconds, so a second file waits queued behind it.
 SLOWER_RULE = SLOW_RULE.replace("resolution: 1024", "resolution: 512") + (
-    "motion: {duration: 30, fps: 60}\n"
+    "motion: {duration: 60, fps: 60}\n"
 )
 
 

@@ -41,6 +41,7 @@ REVIEWED_VALUES = {
 # in the code ({…}: a value filled in). Reviewed for plain words; a new one joins here.
 LISTED = {
     ("BadImage", "the file is empty: nothing of the picture arrived"),
+    ("BadImage", "the image data is damaged (its header cannot be read)"),
     ("BadImage", "the image data is damaged or cut short: perhaps it was only half-copied"),
     ("BadImage", "the picture is too large: more than 200 megapixels"),
     (
@@ -128,6 +129,7 @@ LISTED = {
     ("PublishError", "permission denied for {path}: i2vd may not use that folder"),
     ("PublishError", "{path} already exists: another file took its name while the video was made"),
     ("PublishError", "{path} is on a read-only filesystem: nothing can be written there"),
+    ("ShareUnavailable", "a folder {job.relative} needs is unavailable"),
     (
         "TemplateProblem",
         "the rule's output name for this image is not a plain file name (it would hold "
@@ -135,8 +137,7 @@ LISTED = {
     ),
     (
         "TemplateProblem",
-        "the video's file name would be too long ({len(rendered.encode())} bytes; the "
-        "limit is {NAME_LIMIT_BYTES})",
+        "the video's file name would be too long ({size} bytes; the limit is {NAME_LIMIT_BYTES})",
     ),
     ("TemplateProblem", "{what} template of this image's rule could not be filled in"),
     ("TemplateProblem", "{what} template of this image's rule could not be filled in: {sentence}"),

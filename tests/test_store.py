@@ -163,6 +163,7 @@ def test_recover(store: JobStore) -> None:
     assert store.claim("other:33", 100.0, 1000).id == live_other  # type: ignore[union-attr]
     assert store.claim("me2:44", 100.0, 1000).id == similar_host  # type: ignore[union-attr]
 
+    store.heartbeat(mine, "me:11", 100.0, 1000, progress=0.5)  # its render had begun
     recovered = store.recover("me", now=200.0)
     assert sorted(j.id for j in recovered) == sorted([mine, expired])
     states = {i: store.get(i) for i in (mine, expired, live_other, similar_host, waiting)}
@@ -172,7 +173,7 @@ def test_recover(store: JobStore) -> None:
     assert states[live_other].lease_owner == "other:33"  # type: ignore[union-attr]
     assert states[similar_host].state == "running"  # type: ignore[union-attr]
     assert states[waiting].state == "queued"  # type: ignore[union-attr]
-    # Attempts are not refunded by recovery.
+    # Attempts of a job whose render had begun are not refunded by recovery.
     assert states[mine].attempts == 1  # type: ignore[union-attr]
     assert store.recover("me", now=200.0) == []
 
