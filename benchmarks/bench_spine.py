@@ -76,6 +76,7 @@ STARTED = "i2vd started"
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.M)
 SENTINEL_ENV = "BENCH_HEAVY_IMPORT_LOG"  # not I2VD_*: the daemon's settings forbid unknowns
 HEAVY = ("torch", "diffusers", "transformers")
+STATUS_FILES = ("i2vd-status.html", "i2vd-status.json")  # on by default: not outputs
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -114,7 +115,10 @@ def make_layout(root: Path, rule_name: str, rule: str) -> Path:
 
 
 def files(folder: Path, pattern: str = "*") -> list[Path]:
-    return [p for p in folder.rglob(pattern) if p.is_file()] if folder.exists() else []
+    """The files below ``folder``, less the status page (i2vd-status.html/.json)."""
+    if not folder.exists():
+        return []
+    return [p for p in folder.rglob(pattern) if p.is_file() and p.name not in STATUS_FILES]
 
 
 def db_rows(root: Path, query: str) -> list[tuple[Any, ...]]:

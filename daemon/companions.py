@@ -76,8 +76,11 @@ def read_companions(image: Path) -> Companions:
             try:
                 overrides = load_overrides(path)
             except RuleFileError as exc:
+                # Each problem is file:line:column: field: what is wrong, in the
+                # person's own file: what they need to fix it, so it stays in the words.
+                problems = "; ".join(str(p) for p in exc.problems)
                 raise CompanionProblem(
-                    "; ".join(str(p) for p in exc.problems),
+                    f"the settings file beside the image has a mistake: {problems}",
                     "fix the image's .yaml (README: Per-image overrides), then drop the "
                     "image and its .yaml again",
                 ) from None
@@ -88,17 +91,23 @@ def _read_text(path: Path) -> str:
     try:
         if path.stat().st_size > MAX_TEXT_BYTES:
             raise CompanionProblem(
-                f"{path.name} is larger than {MAX_TEXT_BYTES // 1024} KiB",
-                f"a prompt file holds a prompt (at most {MAX_TEXT_CHARS} characters are used)",
+                f"{path.name} is too long for a prompt: larger than {MAX_TEXT_BYTES // 1024} KiB",
+                f"keep it to a prompt (i2vd uses at most {MAX_TEXT_CHARS} characters), then "
+                "drop the image again",
             )
         raw = path.read_bytes()
     except OSError as exc:
         raise CompanionProblem(
-            f"cannot read {path.name}: {exc.strerror}", "give the service user read access"
+            f"i2vd could not read {path.name}, the text beside the image",
+            "check that the file opens, or ask whoever looks after i2vd to let it read this "
+            "folder; then drop the image again",
+            detail=str(exc.strerror or exc),
         ) from None
     try:
         return clean_text(raw.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise CompanionProblem(
-            f"{path.name} is not UTF-8 text", "save it as UTF-8, then drop the image again"
+            f"{path.name} is not plain text i2vd can read (it is not UTF-8)",
+            "save it as plain text in UTF-8 (most editors offer this under Save as), then "
+            "drop the image again",
         ) from None

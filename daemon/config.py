@@ -29,6 +29,7 @@ from .webhooks import Webhook
 from .windows import Window
 
 ENV_PREFIX = "I2VD_"
+STATUS_PAGE_NAME, STATUS_JSON_NAME = "i2vd-status.html", "i2vd-status.json"
 
 
 class SettingsError(Exception):
@@ -101,6 +102,14 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     metrics_textfile: Path | None = None
     webhooks: list[Webhook] = Field(default_factory=list)
+    # The status page people see in the share (README 'What the share shows'): its two
+    # file names at the root of every inbox and of the outbox, how often at most it is
+    # rewritten, and how many finished and failed images it lists.
+    status_page: bool = True
+    status_page_name: str = STATUS_PAGE_NAME
+    status_json_name: str = STATUS_JSON_NAME
+    status_page_seconds: float = Field(3.0, ge=0.5, le=3600)
+    status_page_items: int = Field(20, ge=1, le=1000)
     # Directory that relative paths are resolved against: the config file's folder
     # when there is one, else the working directory.
     base_dir: Path = Field(default_factory=Path.cwd)
@@ -156,6 +165,23 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
 
+    @field_validator("status_page_name", "status_json_name")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        # A plain visible name: the page lives at the root of each folder, and a hidden
+        # or partial name would be hidden from the very people it is for.
+        if not value or "/" in value or "\\" in value or value in (".", ".."):
+            raise ValueError("must be a plain file name, without folders")
+        if value.startswith(".") or value.endswith("~"):
+            raise ValueError("must not be a hidden name (starting with a dot)")
+        return value
+
+    @property
+    def status_files(self) -> frozenset[str]:
+        """The status page's own files: never taken as drops, whatever the rules say.
+        Reserved even with the page off, so a page left from earlier is never a job."""
+        return frozenset(name.lower() for name in (self.status_page_name, self.status_json_name))
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         base = self.base_dir.expanduser().resolve()
@@ -183,6 +209,8 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"{key} ({folder}) and the inbox {inbox} must not be inside one another"
                     )
+        if len(self.status_files) < 2:
+            raise ValueError("status_page_name and status_json_name must be different names")
 
     @classmethod
     def settings_customise_sources(

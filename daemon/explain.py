@@ -94,7 +94,7 @@ class Explainer:
             return report
         path = place.path
         report.update(inbox=str(place.inbox), relative=str(place.relative), exists=path.is_file())
-        ignored = ignored_because(place)
+        ignored = ignored_because(place, self.settings.status_files)
         if ignored is not None:
             report["verdict"] = f"never taken: {ignored}"
             report["errors"].append(report["verdict"])
@@ -216,7 +216,10 @@ class Explainer:
             check_engine(rule.engine)
         except EngineUnavailable as exc:
             # The daemon's own start-up check: every image of this rule would fail.
-            report["errors"].append(f"{exc}: every image of this rule would fail ({exc.hint})")
+            detail = f" [{exc.detail}]" if exc.detail else ""
+            report["errors"].append(
+                f"{exc}: every image of this rule would fail ({exc.hint}){detail}"
+            )
         outputs = []
         for index, (variant, variant_rule) in enumerate(companions.apply(rule)):
             output = self._output(variant, variant_rule, place, folder, facts, companions)

@@ -88,6 +88,8 @@ def explain_encoder_failure(scope: Scope, problem: Problem) -> Problem:
     if free >= LOW_DISK_BYTES:
         return problem
     return VideoError(
-        f"only {free // 2**20} MiB free on the disk holding {work_dir} ({problem})",
-        "free disk space there, or point state_dir at a larger disk",
+        f"the disk holding i2vd's working folder is full (only {free // 2**20} MiB free)",
+        "ask whoever looks after i2vd to free disk space there, or to move state_dir to a "
+        "larger disk",
+        detail=f"{work_dir}: {problem.message}" + (f"; {problem.detail}" if problem.detail else ""),
     )

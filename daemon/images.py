@@ -146,7 +146,11 @@ def _user_comment(value: object) -> str:
 def _load(source: bytes | Path, min_side: int | None = None) -> Image.Image:
     empty = not source if isinstance(source, bytes) else source.stat().st_size == 0
     if empty:
-        raise BadImage("the file is empty (0 bytes)", "copy the image again; the upload was lost")
+        raise BadImage(
+            "the file is empty: nothing of the picture arrived",
+            "copy the image into the folder again",
+            detail="0 bytes",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -168,15 +172,23 @@ def _load(source: bytes | Path, min_side: int | None = None) -> Image.Image:
                 "export or copy the image again; the file on disk is incomplete or corrupt",
             ) from None
         raise BadImage(
-            "not an image Pillow can read (wrong extension, or not an image at all)",
-            "save it as JPEG, PNG, WebP, BMP or TIFF and drop it again",
+            "this file is not an image i2vd can open: it may be another kind of file, or "
+            "damaged",
+            "open it on your computer to check it, save it as JPEG, PNG, WebP, BMP or TIFF, "
+            "and drop it again",
+            detail="Pillow cannot identify the image format (wrong extension, or no image)",
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"image too large: {exc}", "scale it below 200 megapixels") from None
+        raise BadImage(
+            "the picture is too large: more than 200 megapixels",
+            "make it smaller (below 200 megapixels) and drop it again",
+            detail=str(exc),
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(
-            f"the image data is damaged or cut short ({exc})",
-            "export or copy the image again; the file on disk is incomplete or corrupt",
+            "the image data is damaged or cut short: perhaps it was only half-copied",
+            "copy or export the image again and drop it into the folder",
+            detail=f"{type(exc).__name__}: {exc}",
         ) from None
 
 

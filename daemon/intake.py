@@ -23,7 +23,7 @@ from .companions import (
     read_companions,
 )
 from .images import BadImage, check_image, sha256_file, sha256_of
-from .reports import failure_report, quarantine_original
+from .reports import clear_stale_reports, failure_report, quarantine_original
 from .rules import LoadedRule, Rule, pick_rule
 from .store import PENDING, Job, JobState, JobStore
 
@@ -127,6 +127,9 @@ class Intake:
             self._handled[path] = (fingerprint, known.id if known else None)
             return IntakeResult(Outcome.KNOWN, known)
 
+        # Taken again after failing (moved back by hand): its old report goes.
+        for report in clear_stale_reports(self.failed_dir, relative.as_posix()):
+            log.info("%s is taken again: removed its earlier report %s", relative, report)
         job = self._new_job(root, path, relative, sha256, stat.st_size, loaded)
         try:
             check_image(path)
@@ -223,7 +226,7 @@ class Intake:
         job.state, job.attempts, job.finished_at = JobState.FAILED, 1, now
         job.error, job.hint = str(exc), exc.hint
         job = self.store.enqueue(job)
-        report = failure_report(job, str(exc), exc.hint)
+        report = failure_report(job, exc.message, exc.hint, **exc.report_extra())
         dest = quarantine_original(self.store, job, self.failed_dir, report, companion_paths(path))
         if dest is not None:
             log.warning("job %d failed: %s: %s -> %s", job.id, job.relative, exc, dest)

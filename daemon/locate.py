@@ -4,13 +4,13 @@ and whether the watcher would ever take it (the watcher's own name test)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .companions import is_companion
 from .problems import Problem
-from .watch import is_candidate_name
+from .watch import DEFAULT_RESERVED, is_candidate_name
 
 
 class PathProblem(Problem):
@@ -70,9 +70,11 @@ def _inbox_list(inboxes: Sequence[Path]) -> str:
     return ", ".join(str(i) for i in inboxes)
 
 
-def ignored_because(place: Place) -> str | None:
+def ignored_because(place: Place, reserved: Collection[str] = DEFAULT_RESERVED) -> str | None:
     """Why the watcher would never take this path, or None."""
     for part in place.relative.parts:
+        if part.lower() in reserved:
+            return f"{part!r} is the name of i2vd's status page, which is never a job"
         if not is_candidate_name(part):
             return (
                 f"{part!r} is a hidden, temporary or partial name: the watcher waits for it "

@@ -97,10 +97,17 @@ def render(template: str, context: Mapping[str, Any], what: str) -> str:
     try:
         return _TEMPLATES.from_string(template).render(**context).strip()
     except TemplateError as exc:
-        raise TemplateProblem(f"{what} template {template!r}: {exc}") from None
+        # Jinja's own sentence names what is wrong ("'nope' is undefined") in words a
+        # rule writer reads; the template itself goes to the detail.
+        sentence = exc.message or type(exc).__name__
+        raise TemplateProblem(
+            f"{what} template of this image's rule could not be filled in: {sentence}",
+            detail=f"template {template!r}: {type(exc).__name__}: {exc}",
+        ) from None
     except Exception as exc:  # {{ 1 / 0 }}, {{ stem + 1 }}: still the template's fault
         raise TemplateProblem(
-            f"{what} template {template!r}: {type(exc).__name__}: {exc}"
+            f"{what} template of this image's rule could not be filled in",
+            detail=f"template {template!r}: {type(exc).__name__}: {exc}",
         ) from None
 
 
@@ -122,10 +129,15 @@ def safe_output_name(rendered: str) -> str:
     """An output stem that cannot leave its folder or hide itself."""
     if not rendered or _UNSAFE_NAME.search(rendered) or rendered.startswith("."):
         raise TemplateProblem(
-            f"output name {rendered!r} is not a plain file name "
-            "(no '/', '\\', control characters, or leading '.')"
+            "the rule's output name for this image is not a plain file name (it would hold "
+            "a '/', a '\\' or a control character, or start with '.')",
+            detail=f"output name {rendered!r}",
         )
     size = len(os.fsencode(rendered))  # bytes that are not UTF-8 count as one each
     if size > NAME_LIMIT_BYTES:
-        raise TemplateProblem(f"output name is {size} bytes; the limit is {NAME_LIMIT_BYTES}")
+        raise TemplateProblem(
+            f"the video's file name would be too long ({size} bytes; the limit is "
+            f"{NAME_LIMIT_BYTES})",
+            detail=f"output name {rendered!r}",
+        )
     return rendered

@@ -55,6 +55,23 @@ def write_json(dest: Path, data: dict[str, Any]) -> None:
     _fsync_dir(dest.parent)
 
 
+def replace_file(dest: Path, payload: bytes) -> None:
+    """Replace ``dest`` whole: readers see the old file or the new one, never a mix. A
+    symlink at ``dest`` is replaced itself, never written through.
+
+    Not synced: this is for files rewritten every few seconds and rebuilt at start
+    (the status page), where a sync per write would cost on network shares.
+    """
+    tmp = temp_name(dest)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def place(src: Path, dest: Path, keep_src: bool = False, link: bool = False) -> None:
     """Move ``src`` to ``dest`` (or copy it with ``keep_src``, or hard-link it with
     ``link``), atomically and across filesystems too. Never overwrites: an existing
@@ -178,24 +195,40 @@ def sweep_temporaries(roots: Iterable[Path]) -> list[Path]:
 
 
 def describe_os_error(exc: OSError, path: Path) -> PublishError:
-    """Turn a failed file operation into a message and a hint a user can act on."""
+    """Turn a failed file operation into a message and a hint a user can act on; the
+    system's own words go to the detail."""
+    detail = f"{exc.strerror or exc} (errno {exc.errno})"
     if path.name.endswith(TEMP_MARK):
         path = path.parent  # the folder to act on, never a hidden temporary
     if exc.errno == errno.ENOSPC:
-        return PublishError(f"no space left on the device holding {path}", "free disk space there")
+        return PublishError(
+            f"no space left on the device holding {path}",
+            "free disk space there",
+            detail=detail,
+        )
     if exc.errno in (errno.EACCES, errno.EPERM):
         return PublishError(
-            f"permission denied for {path} ({exc.strerror})",
-            "give the i2vd service user read and write access to that folder",
+            f"permission denied for {path}: i2vd may not use that folder",
+            "ask whoever looks after i2vd to give its service user read and write access "
+            "to that folder",
+            detail=detail,
+        )
+    if exc.errno == errno.EEXIST:
+        return PublishError(
+            f"{path} already exists: another file took its name while the video was made",
+            "nothing to do: i2vd tries again under the next free name",
+            detail=detail,
         )
     if exc.errno == errno.EROFS:
         return PublishError(
-            f"{path} is on a read-only filesystem ({exc.strerror})",
-            "mount it writable for the i2vd service user",
+            f"{path} is on a read-only filesystem: nothing can be written there",
+            "ask whoever looks after i2vd to mount it writable for its service user",
+            detail=detail,
         )
     return PublishError(
-        f"could not access {path}: {exc.strerror or exc}",
+        f"could not access {path}",
         "check that the folder exists and its share is mounted",
+        detail=detail,
     )
 
 

@@ -8,6 +8,8 @@ whoever wrote it.
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -32,6 +34,32 @@ def failure_report(job: Job, error: str, hint: str, **more: Any) -> dict[str, An
     }
     report.update(more)
     return report
+
+
+def clear_stale_reports(failed_dir: Path, relative: str) -> list[Path]:
+    """The image at inbox path ``relative`` is taken in again (moved back from failed/
+    by hand): the reports of its earlier failures are stale. Removed are only reports
+    naming this path whose image is no longer beside them (one copied back rather than
+    moved keeps its report), so a new failure is reported under the image's own name
+    and failed/ keeps nothing of an image that then succeeds."""
+    path = PurePosixPath(relative)
+    folder = failed_dir / path.parent
+    removed = []
+    for report in folder.glob(f"{glob.escape(Path(path.name).stem)}*.error.json"):
+        try:
+            source = json.loads(report.read_text(encoding="utf-8")).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue  # not one of ours, or unreadable: leave it
+        image = report.with_name(report.name.removesuffix(".error.json"))
+        if source != relative or image.exists() or (folder / path.name).exists():
+            continue
+        try:
+            report.unlink()
+        except OSError as exc:
+            log.warning("could not remove the stale report %s: %s", report, exc)
+            continue
+        removed.append(report)
+    return removed
 
 
 def failed_folder(failed_dir: Path, job: Job) -> Path:

@@ -12,6 +12,7 @@ that read best next to the start-up that schedules it.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -41,18 +42,23 @@ from .migrate import SchemaTooNew
 from .mounts import MountGate
 from .os_errors import report_intake_problem
 from .publish import sweep_temporaries
+from .queue_view import STOPPED, Activity, daemon_state
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
+from .status_page import StatusPages
 from .store import Capabilities, Job, JobState, JobStore
 from .tables import DaemonState
 from .wakeup import QueueListener
 from .watch import InboxWatcher, SettleTracker, scan
+from .windows import is_open
 from .worker import Worker, engine_options
 
 log = logging.getLogger(__name__)
 
 RELEASE_IDLE_SECONDS = 30.0
 FORGET_SILENT_DAEMONS_SECONDS = 86400.0
+# A daemon heard from this recently counts as one more worker in the page's estimates.
+STATUS_ALIVE_SECONDS = 60.0
 
 
 class StartupError(Exception):
@@ -183,7 +189,7 @@ class Service:
         self.lifecycle.starting("loading the rules")
         self._load_rules()
 
-        self.tracker = SettleTracker(s.inbox, s.settle_seconds)
+        self.tracker = SettleTracker(s.inbox, s.settle_seconds, s.status_files)
         self.intake = Intake(
             self.store,
             self.ruleset.rules,
@@ -203,6 +209,7 @@ class Service:
             for _ in range(s.motion_job_slots() - 1)
         ]
         self._register(can_run)
+        self._engines = can_run.engines
         # On PostgreSQL other daemons' new jobs wake this one at once (polling stays).
         self._listener: QueueListener | None = None
         if self.store.dialect == "postgresql":
@@ -236,11 +243,14 @@ class Service:
             seconds=max(1.0, s.lease_seconds / 4),
         )
         self.scheduler.add_job(self._release_idle, "interval", seconds=RELEASE_IDLE_SECONDS)
+        self.status_pages = StatusPages(s, self.store)
+        self.scheduler.add_job(self._write_status, "interval", seconds=s.status_page_seconds)
         self.scheduler.add_job(self.gate.check, "interval", seconds=1.0)
         self.scheduler.start()
         self.lifecycle.starting("scanning the inboxes")
         self._rescan()  # whatever arrived while the daemon was down
         self._scanned.set()
+        self._write_status(force=True)
         try:
             self.lifecycle.start_metrics()
         except OSError as exc:
@@ -307,6 +317,7 @@ class Service:
             self.store.daemons.heartbeat(self.owner, DaemonState.FAULTED, breaker.reason)
         else:
             self.store.daemons.unregister(self.owner)
+        self._write_status(STOPPED, force=True)
         log.info("stopped")
 
     def _install_signal_handlers(self) -> None:
@@ -421,7 +432,7 @@ class Service:
 
     def _settle_tick(self) -> None:
         for folder in self.watcher.take_folder_rescans():
-            for path in scan(folder):
+            for path in scan(folder, self.settings.status_files):
                 self.tracker.note(path)
         with self._intake_lock:
             for root, path in self.tracker.poll(time.time()):
@@ -435,6 +446,27 @@ class Service:
                         report_intake_problem(self.intake_problems, path, exc, self.settings)
                 if outcome in ("unreadable", "error"):
                     self._intake_errors += 1
+
+    def _write_status(self, state: Activity | None = None, force: bool = False) -> None:
+        """The status page in the share; a failure to build it never stops a job."""
+        try:
+            if state is None:
+                state = self._activity()
+            # Estimates count every live daemon on the queue as a worker.
+            workers = len(self.store.daemons.alive(STATUS_ALIVE_SECONDS))
+            self.status_pages.refresh(time.time(), state, force=force, workers=workers)
+        except SQLAlchemyError as exc:
+            log.warning("the status page was not updated: the queue could not be read (%s)", exc)
+
+    def _activity(self) -> Activity:
+        """Paused (the queue's switch) or outside a schedule window, for the page."""
+        moment = dt.datetime.now(dt.UTC)
+        closed: dict[str, float | None] = {}
+        for engine in self._engines:
+            window = is_open(self.settings.windows, engine, moment)
+            if not window.open:
+                closed[engine] = window.reopens_at.timestamp() if window.reopens_at else None
+        return daemon_state(bool(self.store.control.get().paused), closed, self._engines)
 
     def _recover_expired(self) -> None:
         """Jobs of a daemon that died elsewhere (or under another hostname, as containers
@@ -450,7 +482,7 @@ class Service:
         for root in self.settings.inbox:
             if not self.gate.available(root):
                 continue  # paused until it is back (said once by the gate)
-            for path in scan(root):
+            for path in scan(root, self.settings.status_files):
                 self.tracker.note(path)
                 present.add(path)
         with self._intake_lock:

@@ -57,14 +57,17 @@ class VideoError(RetryableProblem):
     """Encoding failed, or the written file is not what was asked for. Retryable: an
     encoder hiccup or a full scratch disk may be gone next time."""
 
-    default_hint = "ffmpeg failed; its message is above and in the log"
+    default_hint = "ask whoever looks after i2vd to check the log for the video encoder's message"
 
 
 class EncoderFailed(VideoError):
     """ffmpeg stopped before it had taken every frame, or exited with an error; what it
     said is in ``detail``."""
 
-    default_hint = "i2vd tries again by itself; if it keeps failing, the log has ffmpeg's message"
+    default_hint = (
+        "nothing to do: i2vd tries again by itself; if it keeps failing, ask whoever looks "
+        "after i2vd to check the log for ffmpeg's message"
+    )
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,10 @@ class Mp4Writer:
         queued_frames: int = 4,
     ) -> None:
         if width % 2 or height % 2:
-            raise VideoError(f"H.264 4:2:0 needs even sides, got {width}x{height}")
+            raise VideoError(
+                f"the video needs even sides, got {width}x{height}",
+                detail="H.264 in 4:2:0 needs even width and height",
+            )
         self.path, self.frames = path, 0
         self._bytes = width * height * 3 // 2
         # A file, not a pipe: nobody has to read it while ffmpeg runs. Closed by finish/abort.
@@ -208,13 +214,15 @@ class Mp4Writer:
     def write(self, frame: np.ndarray) -> None:
         """Queue one I420 picture; blocks while the queue is full (the encoder sets the pace)."""
         if self._broken is not None or self._proc.poll() is not None:
-            self._fail("the video encoder stopped before it had every frame")
+            raise EncoderFailed(
+                "the video encoder stopped before it had every frame", detail=self._last_words()
+            )
         data = np.ascontiguousarray(frame).data.cast("B")
         if data.nbytes != self._bytes:
             self.abort()
             raise VideoError(
-                f"frame {self.frames} has {data.nbytes} bytes, not the {self._bytes} of the "
-                "video's size"
+                f"frame {self.frames} of the video came out the wrong size",
+                detail=f"{data.nbytes} bytes, not the {self._bytes} of the video's size",
             )
         self._queue.put(data)
         self.frames += 1
@@ -225,7 +233,9 @@ class Mp4Writer:
         self._feeder.join()
         code = self._proc.wait()
         if code != 0 or self._broken is not None:
-            self._fail(f"the video encoder failed (exit status {code})")
+            raise EncoderFailed(
+                "the video encoder failed", detail=f"exit status {code}: {self._last_words()}"
+            )
         self._stderr.close()
 
     def abort(self) -> None:
@@ -239,7 +249,8 @@ class Mp4Writer:
         self._stderr.close()
         self.path.unlink(missing_ok=True)
 
-    def _fail(self, message: str) -> None:
+    def _last_words(self) -> str:
+        """What ffmpeg said before it ended (for the detail); the writer is aborted."""
         self._proc.wait()  # the pipe broke, or it exited: it is ending; its last words matter
         try:
             self._stderr.seek(0)
@@ -247,7 +258,7 @@ class Mp4Writer:
         except (OSError, ValueError):
             said = ""
         self.abort()
-        raise EncoderFailed(message, detail=said or repr(self._broken))
+        return said or repr(self._broken)
 
 
 def widen_pipe(fd: int) -> None:
@@ -281,7 +292,7 @@ def encode_mp4(
     iterator = iter(frames)
     first = next(iterator, None)
     if first is None:
-        raise VideoError("no frames to encode")
+        raise VideoError("no frames were made, so there is no video to save")
     width, height = frame_size_of(first)
     with Mp4Writer(path, width, height, fps, settings) as writer:
         writer.write(as_i420(first))
@@ -346,7 +357,10 @@ def interpolate(frames: Sequence[Frame], fps: int, target_fps: int) -> list[Fram
     error = proc.stderr.read().decode(errors="replace")
     feeder.join()
     if proc.wait() != 0:
-        raise VideoError(f"frame interpolation failed: {error.strip()[-500:]}")
+        raise VideoError(
+            "smoothing the motion between frames (frame interpolation) failed",
+            detail=f"ffmpeg minterpolate: {error.strip()[-500:]}",
+        )
     frame_bytes = width * height * 3
     count = len(raw) // frame_bytes
     array = np.frombuffer(raw[: count * frame_bytes], dtype=np.uint8)
@@ -389,7 +403,10 @@ def probe(path: Path) -> VideoInfo:
     stream = _STREAM.search(result.stderr)
     counts = _FRAMES.findall(result.stderr)
     if result.returncode != 0 or not stream or not counts:
-        raise VideoError(f"{path.name} is not a readable video: {result.stderr.strip()[-300:]}")
+        raise VideoError(
+            f"{path.name} is not a readable video: the finished file could not be checked",
+            detail=f"ffprobe: {result.stderr.strip()[-300:]}",
+        )
     return VideoInfo(
         width=int(stream["w"]),
         height=int(stream["h"]),
@@ -410,7 +427,8 @@ def verify(path: Path, width: int, height: int, fps: int, frames: int) -> VideoI
     if found != expected or abs(info.fps - fps) > 1e-3 or info.pix_fmt != "yuv420p" or not tagged:
         raise VideoError(
             f"{path.name} came out as {info.width}x{info.height}, {info.frames} frames at "
-            f"{info.fps:g} fps ({info.pix_fmt}), colours {info.colour or 'untagged'}; expected "
-            f"{width}x{height}, {frames} frames at {fps} fps (yuv420p), colours tv, bt709"
+            f"{info.fps:g} fps; expected {width}x{height}, {frames} frames at {fps} fps",
+            detail=f"pixel format {info.pix_fmt}, colours {info.colour or 'untagged'}; "
+            "expected yuv420p, colours tv, bt709",
         )
     return info

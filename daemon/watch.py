@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG
@@ -25,6 +25,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from .config import STATUS_JSON_NAME, STATUS_PAGE_NAME
 from .observer import FolderObserver, ObserverKind
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,20 @@ _PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".
 _SYSTEM_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
 
 
-def is_candidate_name(name: str) -> bool:
-    """False for hidden, temporary and partial names: they wait until renamed."""
+# The status page's own files (settings ``status_page_name``/``status_json_name``).
+DEFAULT_RESERVED = frozenset(name.lower() for name in (STATUS_PAGE_NAME, STATUS_JSON_NAME))
+
+
+def is_candidate_name(name: str, reserved: Collection[str] = DEFAULT_RESERVED) -> bool:
+    """False for hidden, temporary and partial names: they wait until renamed; and for
+    ``reserved`` names (lower case), i2vd's own status files, which no rule may take."""
     lower = name.lower()
     return not (
         lower.startswith((".", "~$"))
         or lower.endswith("~")
         or lower.endswith(_PARTIAL_SUFFIXES)
         or lower in _SYSTEM_NAMES
+        or lower in reserved
     )
 
 
@@ -69,9 +76,15 @@ class _Sighting:
 class SettleTracker:
     """Candidates waiting to stop changing. Thread-safe; ``poll`` does the I/O."""
 
-    def __init__(self, roots: list[Path], settle_seconds: float) -> None:
+    def __init__(
+        self,
+        roots: list[Path],
+        settle_seconds: float,
+        reserved: Collection[str] = DEFAULT_RESERVED,
+    ) -> None:
         self.roots = roots
         self.settle_seconds = settle_seconds
+        self.reserved = reserved
         self._lock = threading.Lock()
         # path -> (root, when noted), waiting for the next poll
         self._noted: dict[Path, tuple[Path, float]] = {}
@@ -81,7 +94,8 @@ class SettleTracker:
         """Record that ``path`` may be new or changed. Cheap: called from event threads."""
         root = self._root_of(path)
         # Every part counts: files inside hidden folders (.Trash-1000/, .sync/) wait too.
-        if root is not None and all(map(is_candidate_name, path.relative_to(root).parts)):
+        parts = path.relative_to(root).parts if root is not None else ()
+        if root is not None and all(is_candidate_name(p, self.reserved) for p in parts):
             with self._lock:
                 self._noted.setdefault(path, (root, time.time()))
 
@@ -129,7 +143,7 @@ class SettleTracker:
         return None
 
 
-def scan(root: Path) -> Iterator[Path]:
+def scan(root: Path, reserved: Collection[str] = DEFAULT_RESERVED) -> Iterator[Path]:
     """Every candidate file under ``root``; symlinked files and folders are not followed."""
     stack = [root]
     while stack:
@@ -140,7 +154,7 @@ def scan(root: Path) -> Iterator[Path]:
             log.warning("cannot list %s: %s", folder, exc.strerror)
             continue
         for entry in entries:
-            if not is_candidate_name(entry.name) or entry.is_symlink():
+            if not is_candidate_name(entry.name, reserved) or entry.is_symlink():
                 continue
             if entry.is_dir(follow_symlinks=False):
                 stack.append(Path(entry.path))

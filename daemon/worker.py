@@ -56,7 +56,7 @@ class Bug(RetryableProblem):
     """An exception nobody expected: retried, since it may not recur, and logged with
     its traceback."""
 
-    default_hint = "this is a bug in i2vd; the log has the traceback"
+    default_hint = "tell whoever looks after i2vd: this is a fault in i2vd, the log has details"
 
 
 @dataclass
@@ -144,10 +144,11 @@ class Worker:
                 # Shutdowns refund their attempt, so only crashes got it this far.
                 job.attempts = job.max_attempts
                 raise PermanentFailure(
-                    f"i2vd stopped (crash, kill or power loss) during each of this job's "
-                    f"{job.max_attempts} attempts",
-                    "the image may crash the decoder or exhaust memory: check the log around "
-                    "those attempts, then move the image back into the inbox to try again",
+                    f"i2vd stopped while making this video, {job.max_attempts} times in a "
+                    "row (it crashed, was stopped by force, or the computer lost power)",
+                    "the picture may be too much for this computer: ask whoever looks after "
+                    "i2vd to check the log around those times, then move the image back into "
+                    "the inbox to try again",
                 )
             self._process(scope, job, rule, work_file)
             if self.breaker.faulted and job.engine in GPU_ENGINES:
@@ -182,7 +183,10 @@ class Worker:
                 failure.job_failed(scope, job, rule, problem)
         except Exception as exc:
             log.exception("job %d: unexpected error", job.id)
-            failure.job_failed(scope, job, rule, Bug(f"unexpected error: {exc!r}"))
+            bug = Bug(
+                "something went wrong inside i2vd itself", detail=f"{type(exc).__name__}: {exc}"
+            )
+            failure.job_failed(scope, job, rule, bug)
         finally:
             work_file.unlink(missing_ok=True)
 

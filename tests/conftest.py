@@ -122,6 +122,8 @@ class Layout:
             "rescan_seconds": 30,
             "retry_delay_seconds": 0.2,
             "log_level": "DEBUG",
+            # Off unless a test is about it: the others compare whole folder listings.
+            "status_page": False,
         }
         values.update(self.settings)
         values.update(overrides)

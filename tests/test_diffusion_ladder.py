@@ -206,7 +206,8 @@ def test_floor_of_the_ladder_fails_with_a_hint(
         engine.render(make_request(wan, 512, frames=16, steps=2, diffusion=settings))
     message = str(caught.value)
     assert "out of memory on cpu" in message and "9 frames" in message
-    assert "vae_tiling, fewer_frames" in message and FAKE_OOM in message
+    detail = caught.value.detail or ""
+    assert "vae_tiling, fewer_frames" in detail and FAKE_OOM in detail
     assert "resolution" in caught.value.hint and "GPU" in caught.value.hint
     assert len(fake.calls) == 3
     assert [(e["rung"], e["result"]) for e in caught.value.backoff] == [

@@ -350,8 +350,8 @@ def test_explain_hypothetical_path(rules: Layout, capsys: pytest.CaptureFixture[
     v1, calm = report["winner"]["outputs"]
     assert v1["prompt"] is None
     assert v1["errors"] == [
-        "prompt template '{{ text or description or stem }} waving, {{ orientation }} "
-        "{{ width }}x{{ height }}': 'description' is undefined"
+        "prompt template of this image's rule could not be filled in: 'description' is "
+        "undefined"
     ]
     assert calm["prompt"] == "calm bob" and calm["errors"] == []
     assert v1["frame"]["width"] is None
@@ -443,18 +443,20 @@ def test_explain_failures_of_an_existing_image(
     assert not half["ok"] and half["image"] is None
     assert half["errors"][0].startswith("the image data is damaged or cut short")
     assert not zoe["ok"] and zoe["errors"] == [
+        "the settings file beside the image has a mistake: "
         f"{image.with_suffix('.yaml')}:1:18: params.frames: Input should be less than or "
         "equal to 32 (got 99) (the job would fail; fix the image's .yaml (README: Per-image "
         "overrides), then drop the image and its .yaml again)"
     ]
     assert not odd["ok"]
     assert odd["errors"][0] == (
-        "not an image Pillow can read (wrong extension, or not an image at all): the job "
-        "would fail (save it as JPEG, PNG, WebP, BMP or TIFF and drop it again)"
+        "this file is not an image i2vd can open: it may be another kind of file, or "
+        "damaged: the job would fail (open it on your computer to check it, save it as "
+        "JPEG, PNG, WebP, BMP or TIFF, and drop it again)"
     )
     assert odd["errors"][1] == (
-        "output name 'odd/x' is not a plain file name (no '/', '\\', control characters, "
-        "or leading '.')"
+        "the rule's output name for this image is not a plain file name (it would hold a "
+        "'/', a '\\' or a control character, or start with '.')"
     )
 
 

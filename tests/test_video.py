@@ -106,7 +106,8 @@ def test_verify_refuses_a_mismatch(clip16: tuple[Path, list[np.ndarray]],
     with pytest.raises(VideoError) as err:
         verify(clip16[0], width, height, fps, frames)
     message = str(err.value)
-    assert "came out as 128x96, 16 frames at 8 fps (yuv420p)" in message
+    assert "came out as 128x96, 16 frames at 8 fps;" in message
+    assert "pixel format yuv420p" in (err.value.detail or "")
     assert f"expected {width}x{height}, {frames} frames at {fps} fps" in message
 
 

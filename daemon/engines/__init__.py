@@ -33,14 +33,18 @@ def check_engine(name: str) -> None:
     if name == "motion":
         return
     if name != "diffusion":
-        raise EngineUnavailable(f"unknown engine {name!r}", "use 'motion' or 'diffusion'")
+        raise EngineUnavailable(
+            f"this rule asks for an engine i2vd does not have ({name!r})",
+            "ask whoever looks after i2vd to set the rule's engine to motion or diffusion",
+        )
     missing = [p for p in _DIFFUSION_PACKAGES if importlib.util.find_spec(p) is None]
     if missing:
         raise EngineUnavailable(
-            f"engine 'diffusion' needs {', '.join(missing)}, which this host does not have",
-            "install it with: pip install 'i2vd[diffusion]' (GPU hosts: install the CUDA "
-            "build of torch first), restart i2vd, then move the image back into the inbox; "
-            "or drop it into a folder served by a 'motion' rule",
+            "this computer cannot make AI (diffusion) videos: their software is not installed",
+            "drop the image into a folder served by a 'motion' rule, or ask whoever looks "
+            "after i2vd to install it: pip install 'i2vd[diffusion]' (GPU hosts: the CUDA "
+            "build of torch first), restart i2vd, then move the image back into the inbox",
+            detail=f"engine 'diffusion' needs {', '.join(missing)}, which this host does not have",
         )
 
 

@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OOM_HINT = (
-    "lower the rule's preset or its params (resolution, frames), allow smaller outputs "
-    "(diffusion.min_frames, diffusion.min_resolution, more rungs in diffusion.ladder), free "
-    "GPU memory held by other processes (see nvidia-smi), or use a GPU with more memory"
+    "ask whoever looks after i2vd to make the rule ask for less (a smaller preset, "
+    "resolution or number of frames), to allow smaller outputs (diffusion.min_frames, "
+    "diffusion.min_resolution, more rungs in diffusion.ladder), to free GPU memory held by "
+    "other processes (see nvidia-smi), or to use a GPU with more memory"
 )
 
 
@@ -217,11 +218,12 @@ class Climb:
             if rung is None:
                 raise OutOfMemory(
                     f"out of memory on {self.ctx.device} with {self.resident.source.model!r} "
-                    f"even at {self.plan.width}x{self.plan.height}, {self.plan.frames} frames "
-                    f"after {attempt} attempt(s); rungs taken: {', '.join(self.taken) or 'none'} "
-                    f"(last error: {error})",
+                    f"even at {self.plan.width}x{self.plan.height}, {self.plan.frames} frames, "
+                    "the smallest this rule allows",
                     OOM_HINT,
                     self.backoff,
+                    detail=f"after {attempt} attempt(s); rungs taken: "
+                    f"{', '.join(self.taken) or 'none'}; last error: {error}",
                 )
 
     def _step(self, rung: str) -> str | None:

@@ -152,8 +152,9 @@ class DiffusionEngine:
         if failure is not None:
             release_memory(device)
             raise OutOfMemory(
-                f"model {source.model!r} does not fit in {device} memory as {dtype} ({failure})",
+                f"out of memory: the AI model {source.model!r} does not fit on {device}",
                 OOM_HINT,
+                detail=f"as {dtype}: {failure}",
             )
         seconds = time.monotonic() - started
         log.info("loaded model %s in %.1f s", source.model, seconds)
@@ -189,9 +190,9 @@ class DiffusionEngine:
     def _render(self, request: RenderRequest) -> Clip:
         if not request.model:
             raise EngineUnavailable(
-                "engine 'diffusion' needs a model",
-                "set the rule's 'model' to a local pipeline folder or a hub id such as "
-                "ali-vilab/i2vgen-xl",
+                "this rule makes AI videos but needs a model, and it names none",
+                "ask whoever looks after i2vd to set the rule's 'model' to a local pipeline "
+                "folder or a hub id such as ali-vilab/i2vgen-xl",
             )
         settings = request.diffusion
         source = locate(request.model)

@@ -40,7 +40,8 @@ def offline() -> bool:
 def fetch_hint(hub_id: str, offline: bool) -> str:
     """The exact commands that get the weights, for the situation at hand."""
     hint = (
-        f"download it into the Hugging Face cache with `hf download {hub_id}` (older "
+        "ask whoever looks after i2vd to fetch the model: download it into the Hugging Face "
+        f"cache with `hf download {hub_id}` (older "
         f"huggingface_hub: `huggingface-cli download {hub_id}`)"
     )
     if offline:
@@ -99,18 +100,21 @@ def hub_state(hub_id: str) -> HubState:
     if offline():
         if index is None:
             raise ModelUnavailable(
-                f"model {hub_id!r} is not in the Hugging Face cache "
-                f"({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE is set, so i2vd may not "
-                "download it",
+                f"the AI model {hub_id!r} is not on this computer yet, and i2vd is set not "
+                "to download models",
                 fetch_hint(hub_id, offline=True),
+                detail=f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and "
+                "HF_HUB_OFFLINE is set, so i2vd may not download it",
             )
         return HubState(index, reachable=False)
     why = unreachable()
     if why is not None and index is None:
         raise ModelUnavailable(
-            f"model {hub_id!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}), "
-            f"and the Hugging Face hub cannot be reached from this host ({why})",
+            f"the AI model {hub_id!r} is not on this computer yet, and this computer cannot "
+            "reach the site it is downloaded from",
             fetch_hint(hub_id, offline=False),
+            detail=f"not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and the "
+            f"Hugging Face hub cannot be reached from this host ({why})",
         )
     return HubState(index, reachable=why is None)
 

@@ -45,11 +45,17 @@ class OutOfMemory(Problem):
     same device would fail the same way. ``hint`` says what to change."""
 
     def __init__(
-        self, message: str, hint: str, backoff: list[dict[str, Any]] | None = None
+        self,
+        message: str,
+        hint: str,
+        backoff: list[dict[str, Any]] | None = None,
+        *,
+        detail: str | None = None,
     ) -> None:
         # Every attempt, as Clip.backoff would have listed them, goes into the failure
         # report: what the ladder tried is the user's next step.
-        super().__init__(message, hint, extra={"backoff": backoff} if backoff else None)
+        extra = {"backoff": backoff} if backoff else None
+        super().__init__(message, hint, detail=detail, extra=extra)
         self.backoff = backoff or []
 
 

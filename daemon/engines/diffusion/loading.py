@@ -69,14 +69,18 @@ def locate(model: str) -> ModelSource:
         return _hub_source(model)
     if path.exists():
         raise ModelUnavailable(
-            f"model {model!r}: {path.resolve()} is not a folder",
-            "point the rule's 'model' at the folder holding the pipeline (model_index.json "
-            "and its sub-folders) or at a hub id such as ali-vilab/i2vgen-xl",
+            f"the AI model this rule names, {model!r}, is a file, not a model folder",
+            "ask whoever looks after i2vd to point the rule's 'model' at the folder holding "
+            "the pipeline (model_index.json and its sub-folders) or at a hub id such as "
+            "ali-vilab/i2vgen-xl",
+            detail=f"{path.resolve()} is not a folder",
         )
     raise ModelUnavailable(
-        f"model folder {path.resolve()} does not exist (rule's model: {model!r})",
-        "mount or copy the pipeline folder there (e.g. `hf download ali-vilab/i2vgen-xl "
-        f"--local-dir {path}`), or fix the rule's 'model'; the job is retried",
+        f"the AI model this rule uses is not on this computer: {path.resolve()} does not exist",
+        "ask whoever looks after i2vd to mount or copy the model folder there (e.g. `hf "
+        f"download ali-vilab/i2vgen-xl --local-dir {path}`), or to fix the rule's 'model'; "
+        "i2vd tries again by itself",
+        detail=f"rule's model: {model!r}",
     )
 
 
@@ -86,21 +90,24 @@ def _class_name(folder: Path, model: str) -> str:
         data = json.loads(index.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelUnavailable(
-            f"model folder {folder} has no model_index.json, so it is not a diffusers pipeline "
-            "(or it is still being copied)",
-            "copy the whole pipeline folder (model_index.json and its sub-folders), e.g. "
-            f"`hf download ali-vilab/i2vgen-xl --local-dir {folder}`",
+            f"the AI model folder {folder} is incomplete, or still being copied",
+            "ask whoever looks after i2vd to copy the whole pipeline folder (model_index.json "
+            f"and its sub-folders), e.g. `hf download ali-vilab/i2vgen-xl --local-dir {folder}`",
+            detail=f"{folder} has no model_index.json, so it is not a diffusers pipeline",
         ) from None
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(
-            f"cannot read {index}: {exc}",
-            "check the file (a copy may be in progress, or it is damaged)",
+            f"the AI model's description file {index} could not be read",
+            "ask whoever looks after i2vd to check the file (a copy may be in progress, or "
+            "it is damaged)",
+            detail=f"{type(exc).__name__}: {exc}",
         ) from None
     name = data.get("_class_name") if isinstance(data, dict) else None
     if not isinstance(name, str):
         raise ModelUnavailable(
-            f"{index} names no pipeline class ('_class_name')",
-            "the folder does not hold a diffusers pipeline; download one again",
+            f"the folder of the AI model ({index.parent}) does not hold a usable model",
+            "ask whoever looks after i2vd to download the model again",
+            detail=f"{index} names no pipeline class ('_class_name')",
         )
     return name
 
@@ -118,21 +125,26 @@ def _hub_source(model: str) -> ModelSource:
         index = hf_hub_download(model, "model_index.json")
     except GatedRepoError:
         raise ModelUnavailable(
-            f"model {model!r} is gated on the Hugging Face hub and this host has no access",
-            f"accept its licence on its hub page, log in with `hf auth login`, then "
-            f"`hf download {model}`",
+            f"the AI model {model!r} needs its licence accepted before this computer may "
+            "download it",
+            f"ask whoever looks after i2vd to accept its licence on its hub page, log in "
+            f"with `hf auth login`, then `hf download {model}`",
+            detail="gated repository on the Hugging Face hub",
         ) from None
     except RepositoryNotFoundError:
         raise ModelUnavailable(
-            f"model {model!r} was not found on the Hugging Face hub",
-            "check the spelling of the rule's 'model' (owner/name), or log in with "
-            "`hf auth login` if it is private",
+            f"the AI model {model!r} that this rule names does not exist online",
+            "ask whoever looks after i2vd to check the spelling of the rule's 'model' "
+            "(owner/name), or to log in with `hf auth login` if it is private",
+            detail="repository not found on the Hugging Face hub",
         ) from None
     except Exception as exc:  # the hub answered the probe but not this request
         raise ModelUnavailable(
-            f"model {model!r} is not in the Hugging Face cache and its download failed "
-            f"({type(exc).__name__}: {_first_line(exc)})",
+            f"the AI model {model!r} is not on this computer yet, and it could not be "
+            "downloaded now",
             fetch_hint(model, offline=False),
+            detail=f"not in the Hugging Face cache and its download failed "
+            f"({type(exc).__name__}: {_first_line(exc)})",
         ) from None
     return ModelSource(model, None, model, _class_name(Path(index).parent, model))
 
@@ -141,17 +153,17 @@ def family_of(source: ModelSource) -> Family:
     family = BY_CLASS.get(source.class_name)
     if family is None:
         raise EngineUnavailable(
-            f"model {source.model!r} is a {source.class_name}, which the diffusion engine "
-            "does not support",
-            f"use a model of a supported family: {supported()}",
+            f"the AI model {source.model!r} is of a kind i2vd cannot make videos with",
+            f"ask whoever looks after i2vd to use a model of a supported family: {supported()}",
+            detail=f"{source.class_name} is not supported by the diffusion engine",
         )
     missing = [name for name in family.requires if importlib.util.find_spec(name) is None]
     if missing:
         raise EngineUnavailable(
-            f"{family.label} models need the package(s) {', '.join(missing)}, which this "
-            "host does not have",
-            f"install with: pip install {' '.join(missing)}, restart i2vd, then move the "
-            "image back into the inbox",
+            f"this computer lacks software that {family.label} models need",
+            f"ask whoever looks after i2vd to install it (pip install {' '.join(missing)}) "
+            "and restart i2vd, then move the image back into the inbox",
+            detail=f"missing Python package(s): {', '.join(missing)}",
         )
     return family
 
@@ -260,16 +272,17 @@ def load_pipeline(
                 continue
             if variant is not None and _no_such_variant(exc):
                 raise EngineUnavailable(
-                    f"model {source.model!r} has no {variant!r} weights variant",
-                    "set the rule's diffusion.variant to auto or null (the full-precision "
-                    "weights are then used)",
+                    f"the AI model {source.model!r} has no {variant!r} weights variant, "
+                    "which the rule asks for",
+                    "ask whoever looks after i2vd to set the rule's diffusion.variant to auto "
+                    "or null (the full-precision weights are then used)",
                 ) from None
             if isinstance(exc, ImportError):
                 raise EngineUnavailable(
-                    f"loading {source.model!r} needs a package this host does not have: "
-                    f"{_first_line(exc)}",
-                    "install the package it names with pip, restart i2vd, then move the image "
-                    "back into the inbox",
+                    f"this computer lacks software that the AI model {source.model!r} needs",
+                    "ask whoever looks after i2vd to install the package the detail names "
+                    "(with pip) and restart i2vd, then move the image back into the inbox",
+                    detail=_first_line(exc),
                 ) from None
             raise _load_failure(source, exc) from None
         pipe.set_progress_bar_config(disable=True)
@@ -293,17 +306,21 @@ def _load_failure(source: ModelSource, exc: BaseException) -> Exception:
     reason = f"{type(exc).__name__}: {_first_line(exc)}"
     if source.folder is not None:
         return ModelUnavailable(
-            f"could not load the pipeline in {source.folder}: {reason}",
-            "the folder looks incomplete or damaged: copy or download it again "
-            f"(e.g. `hf download <hub id> --local-dir {source.folder}`); the job is retried",
+            f"the AI model in {source.folder} could not be loaded: it looks incomplete or "
+            "damaged",
+            "ask whoever looks after i2vd to copy or download it again (e.g. `hf download "
+            f"<hub id> --local-dir {source.folder}`); i2vd tries again by itself",
+            detail=reason,
         )
     if source.local_only:
         return ModelUnavailable(
-            f"model {source.hub_id!r} is only partly in the Hugging Face cache and the hub "
-            f"cannot be reached to fetch the rest: {reason}",
+            f"the AI model {source.hub_id!r} is only partly on this computer, and the rest "
+            "cannot be downloaded now",
             fetch_hint(str(source.hub_id), offline=offline()),
+            detail=f"partly in the Hugging Face cache, the hub unreachable: {reason}",
         )
     return ModelUnavailable(
-        f"could not load model {source.hub_id!r} from the Hugging Face hub or its cache: {reason}",
+        f"the AI model {source.hub_id!r} could not be loaded",
         fetch_hint(str(source.hub_id), offline=offline()),
+        detail=f"from the Hugging Face hub or its cache: {reason}",
     )
