@@ -11,15 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_procs import job_for
 
 from daemon.admin import status
 from daemon.admin_text import status_text
+from daemon.capabilities import Capabilities
 from daemon.config import Settings
 from daemon.mounts import MountGate
 from daemon.os_errors import INTAKE_PROBLEMS_FILE, report_intake_problem, save_intake_problems
 from daemon.store import JobStore
-from daemon.capabilities import Capabilities
+from store_procs import job_for
 
 
 @pytest.fixture
