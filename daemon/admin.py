@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .config import Settings
+from .estimates import phase_of, remaining_time
 from .mounts import read_status
 from .names import readable
 from .os_errors import read_intake_problems
@@ -209,11 +210,12 @@ def _last_failure(failures: list[Job], now: float) -> dict[str, Any] | None:
 
 
 def _remaining(job: Job, now: float) -> float | None:
-    """Seconds left, from the pace so far (None before there is any progress)."""
-    if job.started_at is None or job.progress < 0.05:
+    """Seconds left, from the pace so far (None before there is any progress), by the
+    same estimate the status page in the share uses."""
+    if job.started_at is None:
         return None
-    elapsed = max(0.0, now - job.started_at)
-    return round(elapsed * (1 - job.progress) / job.progress, 1)
+    phase, _ = phase_of(job.progress, job.engine)
+    return remaining_time(max(0.0, now - job.started_at), job.progress, phase, None)[0]
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -92,3 +92,17 @@ def test_files_intake_could_not_take_are_shown_until_taken(
     save_intake_problems(problems, settings.state_dir)
     assert status(store, settings)["not_taken"] == []
     assert "not taken" not in status_text(status(store, settings))
+
+
+def test_a_running_jobs_time_left_is_the_share_pages_estimate(
+    store: JobStore, settings: Settings
+) -> None:
+    store.enqueue(job_for(1))
+    job = store.claim("cpu:1", now=store.now() - 20)
+    assert job is not None and job.id is not None
+    assert status(store, settings)["running"][0]["eta"] is None  # no progress yet
+    store.heartbeat(job.id, "cpu:1", progress=0.5)
+    (running,) = status(store, settings)["running"]
+    assert 19 <= running["eta"] <= 25  # as long again as the 20 s so far
+    store.heartbeat(job.id, "cpu:1", progress=1.0)  # encoding: no pace to go by
+    assert status(store, settings)["running"][0]["eta"] is None
