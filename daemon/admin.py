@@ -14,11 +14,15 @@ import logging
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .config import Settings
+from .estimates import phase_of, remaining_time
+from .mounts import read_status
+from .names import readable
+from .os_errors import read_intake_problems
 from .problems import Problem
 from .publish import place, quarantine
 from .store import Job, JobState, JobStore
@@ -173,7 +177,30 @@ def status(store: JobStore, settings: Settings) -> dict[str, Any]:
         "running": running,
         "windows": windows,
         "last_failure": _last_failure(failures, now),
+        "stranded": _stranded(store),
+        "roots": [
+            asdict(root) | {"path": readable(root.path)} for root in read_status(settings.state_dir)
+        ],
+        "not_taken": [
+            {"path": readable(path), "reason": reason}
+            for path, reason in read_intake_problems(settings.state_dir)
+        ],
     }
+
+
+def _stranded(store: JobStore) -> list[dict[str, Any]]:
+    """Waiting jobs that no live daemon can run, by kind: a wait that would otherwise
+    look like a slow queue."""
+    return [
+        {
+            "inbox": kind.inbox,
+            "engine": kind.engine,
+            "model": kind.model or None,
+            "memory_gb": kind.memory_gb,
+            "jobs": count,
+        }
+        for kind, count in sorted(store.stranded(ALIVE_WITHIN).items())
+    ]
 
 
 def _last_failure(failures: list[Job], now: float) -> dict[str, Any] | None:
@@ -183,11 +210,12 @@ def _last_failure(failures: list[Job], now: float) -> dict[str, Any] | None:
 
 
 def _remaining(job: Job, now: float) -> float | None:
-    """Seconds left, from the pace so far (None before there is any progress)."""
-    if job.started_at is None or job.progress < 0.05:
+    """Seconds left, from the pace so far (None before there is any progress), by the
+    same estimate the status page in the share uses."""
+    if job.started_at is None:
         return None
-    elapsed = max(0.0, now - job.started_at)
-    return round(elapsed * (1 - job.progress) / job.progress, 1)
+    phase, _ = phase_of(job.progress, job.engine)
+    return remaining_time(max(0.0, now - job.started_at), job.progress, phase, None)[0]
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -64,6 +64,7 @@ def status_text(data: dict[str, Any]) -> str:
             f"  running: job {job['id']} {job['source']} (rule {job['rule']}) "
             f"{100 * job['progress']:.0f}%, {_age(job['elapsed'])} so far{eta}"
         )
+    lines.extend(_trouble(data))
     last = data.get("last_failure")
     if last:
         lines.append(
@@ -73,6 +74,29 @@ def status_text(data: dict[str, Any]) -> str:
         if last.get("hint"):
             lines.append(f"  hint: {last['hint']}")
     return "\n".join(lines)
+
+
+def _trouble(data: dict[str, Any]) -> list[str]:
+    """What waits on someone: jobs no daemon can run, missing shares, files not taken."""
+    lines = []
+    for kind in data.get("stranded", []):
+        needs = [f"model {kind['model']}"] if kind["model"] else []
+        if kind["memory_gb"]:
+            needs.append(f"{kind['memory_gb']:g} GiB")
+        detail = f" ({', '.join(needs)})" if needs else ""
+        lines.append(
+            f"{kind['jobs']} waiting job{'s' if kind['jobs'] != 1 else ''} in inbox "
+            f"{kind['inbox']} need engine {kind['engine']}{detail} and no running daemon "
+            "can run them: start one that can (README: Several GPUs and hosts)"
+        )
+    for root in data.get("roots", []):
+        if not root["available"]:
+            lines.append(f"{root['kind']} {root['path']} is unavailable: {root['reason']}")
+    not_taken = data.get("not_taken", [])
+    if not_taken:
+        lines.append(f"not taken from the inboxes ({len(not_taken)}; they are tried again):")
+        lines.extend(f"  {item['path']}: {item['reason']}" for item in not_taken)
+    return lines
 
 
 def _when(iso: str | None) -> str:

@@ -8,7 +8,9 @@ keeps its traceback (once).
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import os
 from pathlib import Path
 
 from sqlalchemy.exc import OperationalError
@@ -87,6 +89,7 @@ def report_intake_problem(
     if problems.get(path) == reason:
         return
     problems[path] = reason
+    save_intake_problems(problems, settings.state_dir)
     name = readable(str(path))
     if described is None:
         log.exception("intake of %s failed; it stays in the inbox", name)
@@ -97,3 +100,29 @@ def report_intake_problem(
         reason,
         described[1],
     )
+
+
+INTAKE_PROBLEMS_FILE = "intake-problems.json"
+
+
+def save_intake_problems(problems: dict[Path, str], state_dir: Path) -> None:
+    """The files intake could not take, for ``i2vd status`` (another process). Best
+    effort and atomic: a full state disk must not stop intake, and a reader never
+    sees half a file."""
+    target = state_dir / INTAKE_PROBLEMS_FILE
+    tmp = target.with_name(f".{INTAKE_PROBLEMS_FILE}.tmp")
+    data = [{"path": str(path), "reason": reason} for path, reason in problems.items()]
+    try:
+        tmp.write_text(json.dumps({"not_taken": data}, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def read_intake_problems(state_dir: Path) -> list[tuple[str, str]]:
+    """(path, reason) of each file the running daemon could not take."""
+    try:
+        data = json.loads((state_dir / INTAKE_PROBLEMS_FILE).read_text(encoding="utf-8"))
+        return [(str(item["path"]), str(item["reason"])) for item in data["not_taken"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []

@@ -40,7 +40,7 @@ from .lifecycle import Lifecycle
 from .logs import ProgressLine
 from .migrate import SchemaTooNew
 from .mounts import MountGate
-from .os_errors import report_intake_problem
+from .os_errors import report_intake_problem, save_intake_problems
 from .publish import sweep_temporaries
 from .queue_view import STOPPED, Activity, daemon_state
 from .rules import LoadedRule
@@ -100,6 +100,8 @@ class Service:
         """
         self._install_signal_handlers()
         self._start()
+        # What an earlier run could not take is judged afresh by this one.
+        save_intake_problems(self.intake_problems, self.settings.state_dir)
         drained = False
         try:
             while not self.stop_event.wait(0.2):
@@ -180,8 +182,11 @@ class Service:
             log.info("removed a temporary left by an earlier crash: %s", path)
         self._sweep_work_dir()
         self.gate = MountGate(
-            [*(("inbox", root) for root in s.inbox), ("outbox", s.outbox),
-             ("failed folder", s.failed_dir)],
+            [
+                *(("inbox", root) for root in s.inbox),
+                ("outbox", s.outbox),
+                ("failed folder", s.failed_dir),
+            ],
             s.state_dir,
             on_return=self._root_returned,
         )
@@ -438,7 +443,8 @@ class Service:
             for root, path in self.tracker.poll(time.time()):
                 try:
                     outcome: str = self.intake.take(root, path).outcome
-                    self.intake_problems.pop(path, None)
+                    if self.intake_problems.pop(path, None) is not None:
+                        save_intake_problems(self.intake_problems, self.settings.state_dir)
                 except Exception as exc:
                     # One file that cannot be taken must not stop intake of the others.
                     outcome = "error" if self.gate.available(root) else "vanished"
@@ -496,6 +502,7 @@ class Service:
             for path in scan(root):
                 self.tracker.note(path)
         self._wake.set()
+
     def _new_worker(
         self,
         can_run: Capabilities,
