@@ -66,7 +66,12 @@ def drop_images(inbox: Path, count: int, first: int = 0) -> list[str]:
 
 
 def assert_each_image_published_once(outbox: Path, names: list[str], jobs: list[Job]) -> None:
-    files = sorted(p.name for p in outbox.rglob("*") if p.is_file())
+    # The share's status page and the root marker are i2vd's own, not an image's.
+    files = sorted(
+        p.name
+        for p in outbox.rglob("*")
+        if p.is_file() and not p.name.startswith((".", "i2vd-status."))
+    )
     suffixes = (".jpg", ".motion.mp4", ".motion.json")
     expected = sorted(f"{Path(n).stem}{suffix}" for n in names for suffix in suffixes)
     assert files == expected  # no "-2" copies, nothing missing
@@ -111,7 +116,9 @@ def test_two_daemons_on_one_sqlite_file(layout: Layout, daemon) -> None:
 
     jobs = queue_rows(url)
     assert_each_image_published_once(layout.outbox, names, jobs)
-    assert [j.attempts for j in jobs if j.id == killed_job] == [2]
+    # Killed while running: an attempt is counted only if the kill fell inside the
+    # picture's own work (decode to encode; README: Jobs and failures), so 1 or 2.
+    assert [j.attempts for j in jobs if j.id == killed_job] in ([1], [2])
     assert layout.files(layout.inbox) == []
     assert layout.files(layout.failed) == []
     assert [p for p in layout.root.rglob("*.i2vd-tmp")] == []
@@ -243,12 +250,14 @@ def test_three_hosts_on_postgresql_each_seeing_the_share_elsewhere(
 
         jobs = queue_rows(url)
         assert_each_image_published_once(share / "out", names, jobs)
-        assert [j.attempts for j in jobs if j.id == killed_job] == [2]
+        assert [j.attempts for j in jobs if j.id == killed_job] in ([1], [2])
         assert {j.inbox for j in jobs} == {"photos"}
         # No host's own path is in the queue: each saw the share somewhere else.
         assert all((j.video_path or "").startswith("@outbox/") for j in jobs)
-        assert sorted(p.name for p in (share / "in").iterdir()) == []
-        assert list((share / "failed").rglob("*")) == []
+        # Only i2vd's own files are left: the status page and the hidden root marker.
+        own = (".", "i2vd-status.")
+        assert [p.name for p in (share / "in").iterdir() if not p.name.startswith(own)] == []
+        assert [p for p in (share / "failed").rglob("*") if not p.name.startswith(own)] == []
         assert list(share.rglob("*.i2vd-tmp")) == []
         for name in ("alpha", "beta", "gamma"):
             assert list((tmp_path / name / "state" / "work").glob("*")) == []
