@@ -460,7 +460,9 @@ class Service:
                 state = self._activity()
             # Estimates count every live daemon on the queue as a worker.
             workers = len(self.store.daemons.alive(STATUS_ALIVE_SECONDS))
-            self.status_pages.refresh(time.time(), state, force=force, workers=workers)
+            self.status_pages.refresh(
+                time.time(), state, force, workers, unavailable=self.gate.unavailable()
+            )
         except SQLAlchemyError as exc:
             log.warning("the status page was not updated: the queue could not be read (%s)", exc)
 

@@ -125,6 +125,18 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A root the daemon cannot reach now, named as the page names it (an inbox's
+    name, "outbox" or "failed folder"; never a path on the daemon's host)."""
+
+    kind: str  # "inbox", "outbox" or "failed folder"
+    name: str
+    available: bool
+    reason: str
+    since: float
+
+
+@dataclass(frozen=True)
 class Snapshot:
     updated: float
     daemon: Activity
@@ -133,6 +145,7 @@ class Snapshot:
     done: tuple[Done, ...] = ()
     failed: tuple[Failed, ...] = ()
     inboxes: tuple[str, ...] = ()
+    shares: tuple[Share, ...] = ()  # the unavailable roots
 
     def for_inbox(self, inbox: str) -> Snapshot:
         """The same picture limited to one inbox's images (positions stay queue-wide)."""
@@ -161,6 +174,7 @@ class Snapshot:
             "running": [_item_json(r, "started_at") for r in self.running],
             "done": [_item_json(d, "finished_at") for d in self.done],
             "failed": [_item_json(f, "finished_at") for f in self.failed],
+            "shares": [_item_json(share, "since") for share in self.shares],
         }
 
 

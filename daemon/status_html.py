@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .queue_view import Done, Failed, Running, Snapshot, Waiting
+from .snapshot import Share
 
 REFRESH_SECONDS = 10
 NONE = "-"
@@ -125,7 +126,7 @@ def render(snapshot: Snapshot, scope: PageScope) -> str:
         "has stopped and the lists below may be out of date.</p>",
         f'<p id="daemon" class="state state-{e(daemon.state)}"><strong>{e(state)}</strong>'
         f" — {e(daemon.message)}.{reopens}</p>",
-        f'<p class="counts">{counts}</p></header>',
+        f'<p class="counts">{counts}</p>{_shares_banner(snapshot.shares)}</header>',
         _section("running", "In progress", snapshot.running, "Nothing is being made now.",
                  ["Image", "Rule", "Step", "Running for", "Time left"],
                  lambda r: _running_row(r, several)),
@@ -142,6 +143,25 @@ def render(snapshot: Snapshot, scope: PageScope) -> str:
         "</body></html>",
     ]  # fmt: skip
     return "\n".join(parts) + "\n"
+
+
+def _shares_banner(shares: tuple[Share, ...]) -> str:
+    if not shares:
+        return ""
+    lines = "".join(f"<p>{e(share_words(share))}</p>" for share in shares)
+    return f'<div id="shares" class="state state-paused">{lines}</div>'
+
+
+def share_words(share: Share) -> str:
+    """An unavailable root in plain words: what it means and whom to ask."""
+    if share.kind == "inbox":
+        what, wait = f"The inbox '{share.name}'", "Images there wait"
+    else:
+        what, wait = f"The {share.kind}", "Finished videos wait in the queue"
+    return (
+        f"{what} cannot be reached right now: {share.reason}. {wait}; nothing is lost. "
+        "Ask whoever looks after i2vd to check the share."
+    )
 
 
 def _section(

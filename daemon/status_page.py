@@ -13,13 +13,16 @@ from __future__ import annotations
 import glob
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .mounts import RootStatus
 from .publish import TEMP_MARK, replace_file
 from .queue_view import Activity, QueueView, Snapshot
+from .snapshot import Share
 from .status_html import HEARTBEAT_SECONDS, PageScope, render
 from .store import JobStore
 
@@ -55,10 +58,17 @@ class StatusPages:
         self._last_look = float("-inf")
 
     def refresh(
-        self, now: float, daemon: Activity, force: bool = False, workers: int = 1
+        self,
+        now: float,
+        daemon: Activity,
+        force: bool = False,
+        workers: int = 1,
+        unavailable: Sequence[RootStatus] = (),
     ) -> list[Path]:
         """Rewrite the pages that changed; the folders whose pages were written.
-        ``force`` writes every page now (start, stop)."""
+        ``force`` writes every page now (start, stop); ``unavailable`` are the roots
+        that cannot be reached: every page says so, and none is written into them
+        (that would fill an empty mountpoint)."""
         if not self.settings.status_page:
             return []
         if not force and now - self._last_look < self.settings.status_page_seconds:
@@ -67,11 +77,23 @@ class StatusPages:
             self._sweep()
         self._last_look = now
         snapshot = self.view.snapshot(now, daemon, workers)
+        snapshot = replace(snapshot, shares=tuple(self._share(r) for r in unavailable))
+        gone = {Path(r.path) for r in unavailable}
         written = []
         for folder, scoped, scope in self._pages(snapshot):
+            if folder in gone:
+                continue
             if self._write(folder, scoped, scope, now, force):
                 written.append(folder)
         return written
+
+    def _share(self, root: RootStatus) -> Share:
+        """A root as the page names it: never its path on this host."""
+        name = root.kind
+        if root.kind == "inbox":
+            names = {str(folder): n for n, folder in self.settings.inbox_names.items()}
+            name = self.view.label(names.get(root.path, Path(root.path).name))
+        return Share(root.kind, name, root.available, root.reason, root.since)
 
     def _sweep(self) -> None:
         """Temporaries of the page that a crash left (hidden, so never taken as drops;

@@ -22,6 +22,7 @@ from daemon.config import Settings
 from daemon.estimates import claim_order, phase_of, remaining_time, size_of
 from daemon.host_paths import HostPaths
 from daemon.intake import Intake
+from daemon.mounts import RootStatus
 from daemon.queue_view import PAUSED, RUNNING, STOPPED, QueueView, Snapshot, daemon_state
 from daemon.rules import load_rules
 from daemon.status_html import href
@@ -192,6 +193,40 @@ def test_inbox_pages_show_their_own_images_and_link_only_inside(tmp_path: Path) 
     # The video is in the outbox, outside the inbox: named there, never linked.
     assert "n.everything.mp4" in north_html and 'href="n.everything' not in north_html
     assert all(h.startswith("i2vd-status.json") for h in _hrefs(north_html))
+
+
+def test_an_unreachable_inbox_is_shown_on_the_pages_still_written(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    for folder in ("north", "south", "outbox", "failed", "rules", "state"):
+        (tmp_path / folder).mkdir()
+    layout.rule("motion", CATCH_ALL)
+    layout.settings["inbox"] = ["north", "south"]
+    share = Share(layout)
+    north, south = share.settings.inbox
+    now = time.time()
+    assert north in share.pages.refresh(now, RUNNING)
+    reason = "the folder <holds no marker> & is empty"
+    gone = RootStatus("inbox", str(north), False, reason, now)
+    # The change alone rewrites the pages, even before the heartbeat is due.
+    later = now + share.settings.status_page_seconds
+    written = share.pages.refresh(later, RUNNING, unavailable=[gone])
+    assert north not in written and {south, share.settings.outbox} <= set(written)
+    for folder in (south, share.settings.outbox):
+        html, data = share.page(folder)
+        assert data["shares"] == [
+            {"kind": "inbox", "name": "north", "available": False, "reason": reason,
+             "since": data["shares"][0]["since"]}
+        ]  # fmt: skip
+        assert escape(reason) in html and reason not in html
+        assert "The inbox &#x27;north&#x27; cannot be reached right now" in html
+        assert "nothing is lost" in html
+        assert str(tmp_path) not in html and str(tmp_path) not in json.dumps(data)
+    # North's own page was not written into what may be an empty mountpoint.
+    assert json.loads((north / "i2vd-status.json").read_text())["shares"] == []
+    # Back again: the banner goes at the next look, heartbeat or not.
+    share.pages.refresh(later + share.settings.status_page_seconds, RUNNING)
+    html, data = share.page(south)
+    assert data["shares"] == [] and "cannot be reached" not in html
 
 
 def test_links_are_encoded_and_never_climb_out() -> None:
