@@ -262,15 +262,19 @@ class QueueView:
 
     # --- finished and failed -------------------------------------------------------
 
-    def _finished(self, session: Session) -> list[Done]:
-        jobs = self._here(
+    def _latest(self, session: Session, state: JobState, limit: int) -> list[Job]:
+        """This page's jobs that ended in ``state``, newest first."""
+        return self._here(
             session.exec(
                 select(Job)
-                .where(Job.state == JobState.DONE)
+                .where(Job.state == state)
                 .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
-                .limit(self._fetched)
+                .limit(limit)
             ).all()
         )
+
+    def _finished(self, session: Session) -> list[Done]:
+        jobs = self._latest(session, JobState.DONE, self._fetched)
         out = []
         for job in jobs:
             assert job.id is not None
@@ -297,14 +301,7 @@ class QueueView:
         return out
 
     def _failed(self, session: Session) -> list[Failed]:
-        jobs = self._here(
-            session.exec(
-                select(Job)
-                .where(Job.state == JobState.FAILED)
-                .order_by(col(Job.finished_at).desc(), col(Job.id).desc())
-                .limit(self._fetched * 3)
-            ).all()
-        )
+        jobs = self._latest(session, JobState.FAILED, self._fetched * 3)
         retaken = _retaken(session, jobs)
         out = []
         for job in jobs:
