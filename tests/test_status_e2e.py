@@ -218,3 +218,30 @@ def test_the_page_says_when_the_working_hours_start(
     assert "Outside working hours" in html and "It starts again at" in html
     assert not (layout.outbox / "tonight.motion.mp4").exists()
     assert proc.stop() == 0
+
+
+def test_the_outbox_page_says_when_the_inbox_cannot_be_reached(
+    layout: Layout, daemon: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    """The inbox's share goes away under a running daemon (its folder renamed, as an
+    unmounted share leaves no root): the outbox page, still written, says so in words;
+    when it is back the banner goes and its images are taken again."""
+    layout.write_config(status_page=True, status_page_seconds=0.5)
+    proc = daemon()
+    proc.wait_started()
+    wait_for(lambda: status(layout.outbox))
+    away = tmp_path / "share-away"
+    os.rename(layout.inbox, away)
+    shown = wait_for(lambda: page_shows(layout.outbox, lambda d: bool(d["shares"])), 30)
+    [share] = shown["shares"]
+    assert share["kind"] == "inbox" and share["reason"]
+    html = (layout.outbox / "i2vd-status.html").read_text("utf-8")
+    assert "cannot be reached right now" in html
+    assert not (layout.inbox / "i2vd-status.html").exists()  # nothing written into its place
+
+    os.rename(away, layout.inbox)
+    wait_for(lambda: page_shows(layout.outbox, lambda d: not d["shares"]), 30)
+    drop(layout, "back.jpg")
+    wait_for(lambda: page_shows(layout.outbox, lambda d: bool(d["done"])), 60)
+    assert (layout.outbox / "back.motion.mp4").is_file()
+    assert proc.stop() == 0
