@@ -14,6 +14,7 @@ To add a migration: change the models in ``daemon/tables.py``, then run
 from __future__ import annotations
 
 import fcntl
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
+
+from .schema_version import SchemaTooNew
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BASELINE = "0001"
@@ -52,15 +55,14 @@ def current(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-class SchemaTooNew(Exception):
-    """The queue was upgraded by a newer i2vd than this one."""
-
-
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate to ``revision``; safe to call from several daemons at once.
 
     Raises SchemaTooNew when the database is at a revision this i2vd does not know
     (a newer i2vd upgraded it: this host must be upgraded too)."""
+    # Alembic names each of its plugins at INFO on every run: noise in the daemon's log
+    # (the upgrades themselves are still logged).
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     with _migration_lock(engine), engine.connect() as conn:
         config = alembic_config(conn)
         tables = set(inspect(conn).get_table_names())

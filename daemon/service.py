@@ -38,13 +38,13 @@ from .intake import Intake
 from .last_good import record_path
 from .lifecycle import Lifecycle
 from .logs import ProgressLine
-from .migrate import SchemaTooNew
 from .mounts import MountGate
 from .os_errors import report_intake_problem, save_intake_problems
 from .publish import sweep_temporaries
 from .queue_view import STOPPED, Activity, daemon_state
 from .rules import LoadedRule
 from .ruleset import RuleSet, RulesWatcher
+from .schema_version import SchemaTooNew
 from .status_page import StatusPages
 from .store import Capabilities, Job, JobState, JobStore
 from .tables import DaemonState

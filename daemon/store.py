@@ -29,6 +29,7 @@ from .capabilities import Capabilities
 from .claim import claim_statement
 from .queue_admin import AlreadyQueued, CancelOutcome, QueueAdmin
 from .registry import Controls, Daemons
+from .schema_version import at_newest
 from .tables import DROP_KEY, PENDING, PENDING_SQL, Job, JobState
 
 __all__ = [
@@ -72,8 +73,8 @@ class JobStore(QueueAdmin):
 
     def __init__(self, url: str, migrate: bool = True) -> None:
         super().__init__(url)
-        if migrate:
-            from .migrate import upgrade  # Alembic is only needed when opening
+        if migrate and not at_newest(self.engine):
+            from .migrate import upgrade  # Alembic only when there is something to do
 
             upgrade(self.engine)
         self.daemons = Daemons(self.engine)

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, inspect
 from sqlmodel import SQLModel
 
 from conftest import REPO, Layout, make_image
-from daemon import migrate
+from daemon import migrate, schema_version
 from daemon.database import normalise_url
 from daemon.rules import load_rules
 from daemon.store import Job, JobState, JobStore
@@ -236,3 +236,22 @@ def test_a_queue_upgraded_by_a_newer_i2vd_is_refused_with_what_to_do(
     assert proc.wait(60) == 3
     assert "the queue database is at schema 0099, newer than this i2vd knows" in proc.log
     assert "Traceback" not in proc.log
+
+
+def test_the_newest_revision_is_read_from_the_file_names_as_alembic_reads_it() -> None:
+    assert schema_version.newest_revision() == migrate.head()
+
+
+def test_an_up_to_date_queue_is_opened_without_importing_alembic(queue_url: str) -> None:
+    """Almost every start finds the schema current: it costs one read, not Alembic's
+    import; a queue that is behind is still upgraded (the tests above)."""
+    JobStore(queue_url).close()  # made and brought up to date
+    probe = (
+        "import sys; from daemon.store import JobStore; "
+        f"JobStore({queue_url!r}).close(); "
+        "print('alembic' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert out.stdout.strip() == "False", out.stderr
