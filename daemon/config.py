@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BeforeValidator,
     Field,
     ModelWrapValidatorHandler,
+    PlainSerializer,
+    PlainValidator,
     PrivateAttr,
     ValidationError,
     field_validator,
@@ -25,30 +26,40 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as SourceError
 
+# The pieces the admin commands' light reader shares live in queue_settings, so the
+# two readers cannot drift; SettingsError is re-exported for `from .config import`.
+from .queue_settings import (
+    DEFAULT_FAILED_DIR,
+    DEFAULT_INBOX,
+    DEFAULT_OUTBOX,
+    DEFAULT_RULES_DIR,
+    DEFAULT_STATE_DIR,
+    ENV_PREFIX,
+    SettingsError,
+    check_folders,
+    config_file_from_env,
+    config_values,
+    default_database_url,
+    name_inboxes,
+    one_or_many,
+    resolve_base,
+    resolve_path,
+    split_inbox_names,
+)
 from .webhooks import Webhook
 from .windows import Window
 
-ENV_PREFIX = "I2VD_"
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+
 STATUS_PAGE_NAME, STATUS_JSON_NAME = "i2vd-status.html", "i2vd-status.json"
-
-
-class SettingsError(Exception):
-    """A setting is missing or invalid; the message names the key and the bad value."""
-
-
-def _one_or_many(value: Any) -> Any:
-    # `inbox: ./inbox` and `inbox: [a, b]` both mean "these folders"; an env var may
-    # also carry several folders as a JSON list or separated by the path separator.
-    if isinstance(value, str):
-        if value.lstrip().startswith("["):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not a valid JSON list: {exc}") from None
-        return [part for part in value.split(os.pathsep) if part]
-    if isinstance(value, Path):
-        return [value]
-    return value
+# A window is checked by its own validator (windows.py imports no pydantic); its
+# ValueError names the key and the bad value, and pydantic adds `windows.N`. Dumped
+# as the mapping it was read from.
+CheckedWindow = Annotated[
+    Window,
+    PlainValidator(Window.from_mapping),
+    PlainSerializer(dataclasses.asdict, return_type=dict[str, Any]),
+]
 
 
 class Settings(BaseSettings):
@@ -61,13 +72,13 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    inbox: Annotated[list[Path], NoDecode, BeforeValidator(_one_or_many)] = Field(
-        default_factory=lambda: [Path("inbox")], min_length=1
+    inbox: Annotated[list[Path], NoDecode, BeforeValidator(one_or_many)] = Field(
+        default_factory=lambda: [DEFAULT_INBOX], min_length=1
     )
-    outbox: Path = Path("outbox")
-    failed_dir: Path = Path("failed")
-    rules_dir: Path = Path("rules")
-    state_dir: Path = Path("state")
+    outbox: Path = DEFAULT_OUTBOX
+    failed_dir: Path = DEFAULT_FAILED_DIR
+    rules_dir: Path = DEFAULT_RULES_DIR
+    state_dir: Path = DEFAULT_STATE_DIR
     database_url: str = ""
     # The engines this daemon claims jobs of on a shared queue (None: every engine; a
     # job whose engine is not installed here then fails with the install hint).
@@ -95,7 +106,7 @@ class Settings(BaseSettings):
     motion_jobs: int = Field(0, ge=0, le=64)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # When each engine may take new jobs (README "Schedule windows"); none: always.
-    windows: list[Window] = Field(default_factory=list)
+    windows: list[CheckedWindow] = Field(default_factory=list)
     # Prometheus: /metrics on metrics_host:metrics_port while running (off unless set);
     # metrics_textfile is rewritten for node_exporter's textfile collector.
     metrics_port: int | None = Field(None, ge=1, le=65535)
@@ -130,18 +141,10 @@ class Settings(BaseSettings):
     def _named_inboxes(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
         """``inbox: {photos: /mnt/share/in, …}``: the names apart, the folders as a list."""
         names: list[str] | None = None
-        if isinstance(data, dict):
-            value = data.get("inbox")
-            if isinstance(value, str) and value.lstrip().startswith("{"):
-                try:
-                    value = json.loads(value)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"inbox: not a valid JSON object: {exc}") from None
-            if isinstance(value, dict):
-                names = [str(name) for name in value]
-                if not all(name.strip() for name in names):
-                    raise ValueError("inbox: every inbox name must be a non-empty word")
-                data = {**data, "inbox": list(value.values())}
+        if isinstance(data, dict) and "inbox" in data:
+            names, folders = split_inbox_names(data["inbox"])
+            if names is not None:
+                data = {**data, "inbox": folders}
         settings = handler(data)
         settings._inbox_names = names
         return settings
@@ -149,8 +152,7 @@ class Settings(BaseSettings):
     @property
     def inbox_names(self) -> dict[str, Path]:
         """Each inbox's name and its folder on this host."""
-        names = self._inbox_names or [str(folder) for folder in self.inbox]
-        return dict(zip(names, self.inbox, strict=True))
+        return name_inboxes(self._inbox_names, self.inbox)
 
     def inbox_name(self, folder: Path) -> str:
         """The name of the inbox ``folder`` (one of ``inbox``)."""
@@ -184,33 +186,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
-        base = self.base_dir.expanduser().resolve()
+        base = resolve_base(self.base_dir)
         self.base_dir = base
-        self.inbox = [(base / p.expanduser()).resolve() for p in self.inbox]
+        self.inbox = [resolve_path(base, p) for p in self.inbox]
         for key in ("outbox", "failed_dir", "rules_dir", "state_dir"):
-            setattr(self, key, (base / Path(getattr(self, key)).expanduser()).resolve())
+            setattr(self, key, resolve_path(base, getattr(self, key)))
         if self.metrics_textfile is not None:
-            self.metrics_textfile = (base / self.metrics_textfile.expanduser()).resolve()
+            self.metrics_textfile = resolve_path(base, self.metrics_textfile)
         if not self.database_url:
-            self.database_url = f"sqlite:///{self.state_dir / 'i2vd.db'}"
-        self._check_layout()
-        return self
-
-    def _check_layout(self) -> None:
-        """Refuse folder layouts that would make i2vd re-ingest its own output or take an
-        image twice; the message names both folders."""
-        for i, inbox in enumerate(self.inbox):
-            for other in self.inbox[i + 1 :]:
-                if _overlap(inbox, other):
-                    raise ValueError(f"inbox folders {inbox} and {other} overlap")
-            for key in ("outbox", "failed_dir", "state_dir"):
-                folder: Path = getattr(self, key)
-                if _overlap(inbox, folder):
-                    raise ValueError(
-                        f"{key} ({folder}) and the inbox {inbox} must not be inside one another"
-                    )
+            self.database_url = default_database_url(self.state_dir)
+        check_folders(self.inbox, self.outbox, self.failed_dir, self.state_dir)
         if len(self.status_files) < 2:
             raise ValueError("status_page_name and status_json_name must be different names")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -230,40 +218,16 @@ class Settings(BaseSettings):
         return self.state_dir / "work"
 
 
-def _overlap(a: Path, b: Path) -> bool:
-    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
-
-
 def load_settings(config_file: Path | None = None) -> Settings:
     """Build settings from ``config_file`` (or ``I2VD_CONFIG``) and the environment."""
-    if config_file is None and os.environ.get(f"{ENV_PREFIX}CONFIG"):
-        config_file = Path(os.environ[f"{ENV_PREFIX}CONFIG"])
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        values = _read_config_file(config_file)
-        values.setdefault("base_dir", config_file.resolve().parent)
+    config_file = config_file_from_env(config_file)
+    values = config_values(config_file)
     try:
         return Settings(**values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, config_file)) from None
     except SourceError as exc:  # an environment variable that cannot be parsed at all
         raise SettingsError(f"invalid settings: {exc}") from None
-
-
-def _read_config_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"config file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"config file {path} must hold a mapping of setting: value")
-    return data
 
 
 def _describe(exc: ValidationError, config_file: Path | None) -> str:
@@ -273,12 +237,24 @@ def _describe(exc: ValidationError, config_file: Path | None) -> str:
         if not key:  # a check across several settings: its message names them
             lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
             continue
-        env = ENV_PREFIX + key.upper().replace(".", "__")
+        env = _env_name(err["loc"])
         origin = f"in {config_file} or {env}" if config_file else f"from {env} or the default"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown setting ({origin}); see README 'Settings'")
         else:
-            lines.append(f"  {key}{shown} ({origin}): {err['msg']}")
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}{shown} ({origin}): {message}")
     return "\n".join(lines)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    """The variable that sets the value at ``loc``: ``I2VD_<A>__<B>`` for nested keys;
+    an item of a list (``windows.0``) has none of its own, only the list's variable."""
+    keys: list[str] = []
+    for part in loc:
+        if not isinstance(part, str):
+            break
+        keys.append(part.upper())
+    return ENV_PREFIX + "__".join(keys)

@@ -15,24 +15,35 @@ fall-back.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from pydantic import BaseModel, ConfigDict, field_validator
 
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Far enough to find the next opening of a window open on one day a week.
 _LOOKAHEAD_DAYS = 8
+Engine = Literal["diffusion", "motion"]
+StopAtClose = Literal["finish", "now"]
+_KEYS = ("engine", "start", "end", "days", "timezone", "stop_at_close")
+_REQUIRED = ("engine", "start", "end")
+# A clock time as people write it: 22:00, 6:30, 22:00:30.
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?")
 
 
-class Window(BaseModel):
-    """One recurring window for one engine (times are the zone's wall-clock times)."""
+@dataclass(frozen=True)
+class Window:
+    """One recurring window for one engine (times are the zone's wall-clock times).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    A plain dataclass rather than a pydantic model, so that the admin commands can
+    read the windows without importing pydantic; ``from_mapping`` is the one
+    validator, which ``Settings`` uses too. Building a ``Window`` directly checks
+    the same rules (``__post_init__``), so no invalid window exists.
+    """
 
     # The engines a rule may name (rules.Rule.engine); a typo must not pass silently.
-    engine: Literal["diffusion", "motion"]
+    engine: Engine
     start: dt.time
     end: dt.time
     # The days the window *opens* on: "mon-fri", "sat,sun", "mon-wed,fri", "*".
@@ -40,33 +51,42 @@ class Window(BaseModel):
     timezone: str = "UTC"
     # At the close: let the running job finish, or stop it at its next step and
     # put it back in the queue.
-    stop_at_close: Literal["finish", "now"] = "finish"
+    stop_at_close: StopAtClose = "finish"
 
-    @field_validator("start", "end", mode="before")
-    @classmethod
-    def _clock_time(cls, value: object) -> object:
-        # YAML reads an unquoted 22:00 as the integer 1320 (sexagesimal minutes).
-        if isinstance(value, int) and not isinstance(value, bool):
-            hours, minutes = divmod(value, 60)
-            return dt.time(hours % 24, minutes)
-        return value
+    def __post_init__(self) -> None:
+        _engine(self.engine)
+        for key in ("start", "end"):
+            value = getattr(self, key)
+            if not isinstance(value, dt.time) or value.tzinfo is not None:
+                raise ValueError(f"{key} {value!r}: must be a time of day without a zone")
+        _days(self.days)
+        _zone(self.timezone)
+        _stop_at_close(self.stop_at_close)
 
-    @field_validator("days")
     @classmethod
-    def _known_days(cls, value: str) -> str:
-        parse_days(value)
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+    def from_mapping(cls, data: object) -> Window:
+        """A window from its settings (a mapping, as in YAML or JSON). Raises
+        ``ValueError`` naming the key and the bad value; unknown keys are refused."""
+        if isinstance(data, Window):
+            return data
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a window must be a mapping of {', '.join(_KEYS)}, not {data!r}")
+        unknown = [key for key in data if key not in _KEYS]
+        if unknown:
             raise ValueError(
-                f"unknown time zone {value!r}; use a name such as Europe/Berlin or UTC"
-            ) from None
-        return value
+                f"{unknown[0]!r} is not a window setting; a window has {', '.join(_KEYS)}"
+            )
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise ValueError(f"{missing[0]} is missing; every window needs engine, start and end")
+        return cls(
+            engine=_engine(data["engine"]),
+            start=_clock_time("start", data["start"]),
+            end=_clock_time("end", data["end"]),
+            days=_days(data.get("days", "*")),
+            timezone=_zone(data.get("timezone", "UTC")),
+            stop_at_close=_stop_at_close(data.get("stop_at_close", "finish")),
+        )
 
     @property
     def day_set(self) -> frozenset[int]:
@@ -114,6 +134,61 @@ def _day(name: str, text: str) -> int:
             f"days {text!r}: {name.strip()!r} is not a day; write e.g. mon-fri, sat,sun or *"
         )
     return DAY_NAMES.index(key)
+
+
+def _engine(value: object) -> Engine:
+    if value == "diffusion":
+        return "diffusion"
+    if value == "motion":
+        return "motion"
+    raise ValueError(f"engine {value!r}: must be diffusion or motion")
+
+
+def _stop_at_close(value: object) -> StopAtClose:
+    if value == "finish":
+        return "finish"
+    if value == "now":
+        return "now"
+    raise ValueError(f"stop_at_close {value!r}: must be finish or now")
+
+
+def _days(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"days {value!r}: write the days as text, e.g. mon-fri, sat,sun or *")
+    parse_days(value)
+    return value
+
+
+def _clock_time(key: str, value: object) -> dt.time:
+    """A wall-clock time from "HH:MM[:SS]", a ``datetime.time``, or YAML's reading of
+    an unquoted 22:00: the integer 1320 (YAML 1.1 counts minutes in base 60)."""
+    if isinstance(value, dt.time) and value.tzinfo is None:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        hours, minutes = divmod(value, 60)
+        return dt.time(hours % 24, minutes)
+    if isinstance(value, str):
+        match = _CLOCK.fullmatch(value.strip())
+        if match:
+            hours, minutes, seconds = (int(part or 0) for part in match.groups())
+            if hours < 24 and minutes < 60 and seconds < 60:
+                return dt.time(hours, minutes, seconds)
+    raise ValueError(
+        f'{key} {value!r}: not a time of day; write it as HH:MM in quotes, e.g. "22:00"'
+    )
+
+
+def _zone(value: object) -> str:
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: a name that is a folder of the zone database ("Europe").
+        raise ValueError(
+            f"unknown time zone {value!r}; use a name such as Europe/Berlin or UTC"
+        ) from None
+    return value
 
 
 def _utc(day: dt.date, time: dt.time, zone: ZoneInfo) -> dt.datetime:

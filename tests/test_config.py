@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -55,8 +56,14 @@ def test_config_file_paths_resolve_against_its_folder(
     conf_dir = tmp_path / "etc"
     config = write_config(
         conf_dir,
-        {"inbox": ["drop", "../shared/in"], "outbox": "out", "state_dir": "var/state",
-         "settle_seconds": 0.5, "device": "cuda:1", "watch_mode": "polling"},
+        {
+            "inbox": ["drop", "../shared/in"],
+            "outbox": "out",
+            "state_dir": "var/state",
+            "settle_seconds": 0.5,
+            "device": "cuda:1",
+            "watch_mode": "polling",
+        },
     )
     settings = load_settings(config)
     base = conf_dir.resolve()
@@ -151,8 +158,9 @@ def test_unknown_env_var_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("log_level", "LOUD", "log_level = 'LOUD'"),
     ],
 )
-def test_invalid_value_names_key_and_value(tmp_path: Path, key: str, value: object,
-                                           shown: str) -> None:
+def test_invalid_value_names_key_and_value(
+    tmp_path: Path, key: str, value: object, shown: str
+) -> None:
     config = write_config(tmp_path, {key: value})
     with pytest.raises(SettingsError) as err:
         load_settings(config)
@@ -254,3 +262,41 @@ def test_settings_direct_construction_resolves_paths(tmp_path: Path) -> None:
     settings = Settings(base_dir=tmp_path, inbox=["x", "y"], outbox="o")
     assert settings.inbox == [tmp_path.resolve() / "x", tmp_path.resolve() / "y"]
     assert settings.outbox == tmp_path.resolve() / "o"
+
+
+def test_windows_from_the_file_and_from_I2VD_WINDOWS(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unquoted, YAML reads 22:00 as the integer 1320; it still means ten at night.
+    config = write_config(
+        tmp_path, "windows:\n  - {engine: diffusion, start: 22:00, end: '06:00', days: mon-fri}\n"
+    )
+    (window,) = load_settings(config).windows
+    assert (window.engine, window.start, window.end) == ("diffusion", dt.time(22), dt.time(6))
+    assert (window.days, window.timezone, window.stop_at_close) == ("mon-fri", "UTC", "finish")
+    monkeypatch.setenv(
+        "I2VD_WINDOWS", '[{"engine": "motion", "start": "01:00", "end": "02:00", "days": "*"}]'
+    )
+    (window,) = load_settings(config).windows
+    assert (window.engine, window.start, window.days) == ("motion", dt.time(1), "*")
+
+
+@pytest.mark.parametrize(
+    ("window", "words"),
+    [
+        ({"days": "mon-fry"}, "days 'mon-fry': 'fry' is not a day"),
+        ({"start": "25:00"}, "start '25:00': not a time of day"),
+        ({"engine": "gpu"}, "engine 'gpu': must be diffusion or motion"),
+        ({"colour": "red"}, "'colour' is not a window setting"),
+    ],
+)
+def test_a_bad_window_names_its_place_and_the_bad_value(
+    tmp_path: Path, window: dict[str, str], words: str
+) -> None:
+    night = {"engine": "diffusion", "start": "22:00", "end": "06:00"}
+    config = write_config(tmp_path, {"windows": [night, {**night, **window}]})
+    with pytest.raises(SettingsError) as err:
+        load_settings(config)
+    message = str(err.value)
+    assert f"windows.1 (in {config} or I2VD_WINDOWS): {words}" in message
+    assert "windows.0" not in message and "Value error" not in message

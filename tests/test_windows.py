@@ -7,7 +7,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from daemon.windows import Window, closed_engines, closing, is_open, parse_days
 
@@ -24,7 +23,7 @@ def night(**extra: object) -> Window:
         "timezone": "Europe/Berlin",
     }
     values.update(extra)
-    return Window.model_validate(values)
+    return Window.from_mapping(values)
 
 
 def berlin(*args: int, fold: int = 0) -> dt.datetime:
@@ -142,23 +141,61 @@ def test_days_are_parsed_with_ranges_lists_and_wrapping() -> None:
 def test_an_unquoted_yaml_time_is_read_as_a_clock_time() -> None:
     # YAML 1.1 reads 22:00 as 1320 (minutes in base 60).
     data = yaml.safe_load("engine: diffusion\nstart: 22:00\nend: 6:30\n")
-    window = Window.model_validate(data)
+    window = Window.from_mapping(data)
     assert (window.start, window.end) == (dt.time(22), dt.time(6, 30))
+
+
+def test_clock_times_are_read_from_text_or_a_time() -> None:
+    window = night(start="22:00:30", end=dt.time(6, 15))
+    assert (window.start, window.end) == (dt.time(22, 0, 30), dt.time(6, 15))
+    assert night(start="6:30", end=" 07:00 ").start == dt.time(6, 30)
+    assert night().stop_at_close == "finish" and night(days="*").timezone == "Europe/Berlin"
+    assert Window.from_mapping({"engine": "motion", "start": "1:00", "end": "2:00"}) == Window(
+        engine="motion", start=dt.time(1), end=dt.time(2), days="*", timezone="UTC"
+    )
 
 
 @pytest.mark.parametrize(
     "bad,words",
     [
-        ({"days": "mon-fry"}, "'fry' is not a day"),
-        ({"timezone": "Europe/Berlim"}, "unknown time zone"),
-        ({"engine": "difusion"}, "engine"),
-        ({"start": "25:00"}, "start"),
-        ({"stop_at_close": "later"}, "stop_at_close"),
+        ({"days": "mon-fry"}, "days 'mon-fry': 'fry' is not a day"),
+        ({"days": 5}, "days 5: write the days as text"),
+        ({"timezone": "Europe/Berlim"}, "unknown time zone 'Europe/Berlim'"),
+        ({"timezone": "Europe"}, "unknown time zone 'Europe'"),
+        ({"engine": "difusion"}, "engine 'difusion': must be diffusion or motion"),
+        ({"start": "25:00"}, "start '25:00': not a time of day"),
+        ({"end": "06:61"}, "end '06:61': not a time of day"),
+        # A zone on the time itself would contradict the window's timezone.
+        ({"start": "22:00+01:00"}, "start '22:00+01:00': not a time of day"),
+        ({"start": 22.5}, "start 22.5: not a time of day"),
+        ({"end": None}, "end None: not a time of day"),
+        ({"stop_at_close": "later"}, "stop_at_close 'later': must be finish or now"),
+        ({"colour": "red"}, "'colour' is not a window setting"),
     ],
 )
 def test_bad_windows_are_refused_with_words_that_say_what_to_write(
-    bad: dict[str, str], words: str
+    bad: dict[str, object], words: str
 ) -> None:
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(ValueError) as caught:
         night(**bad)
     assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"engine": "motion", "start": "22:00"}, "end is missing"),
+        ({"start": "22:00", "end": "06:00"}, "engine is missing"),
+        ("22:00-06:00", "a window must be a mapping of engine, start, end"),
+    ],
+)
+def test_incomplete_windows_are_refused(data: object, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        Window.from_mapping(data)
+
+
+def test_a_window_built_directly_is_checked_too() -> None:
+    with pytest.raises(ValueError, match="engine 'gpu'"):
+        Window(engine="gpu", start=dt.time(1), end=dt.time(2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="start 60: must be a time of day"):
+        Window(engine="motion", start=60, end=dt.time(2))  # type: ignore[arg-type]
