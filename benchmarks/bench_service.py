@@ -146,18 +146,19 @@ def bench_admin_in_process(work: Path, repeats: int) -> dict[str, list[float]]:
     the big queue, without the interpreter start and imports of a fresh command."""
     from daemon import admin
     from daemon.config import load_settings
+    from daemon.queue_settings import QueueSettings
 
     config = layout(work / "admin-inproc")
     ids = fill_queue(config, QUEUED)
-    settings = load_settings(config)
-    store = admin.open_store(settings)
+    settings = QueueSettings.of(load_settings(config))
+    queue = admin.open_queue(settings)
     calls = {
-        "open the queue": lambda: admin.open_store(settings).close(),
-        "status": lambda: admin.status(store, settings),
-        "jobs (50)": lambda: admin.list_jobs(store, None, 50),
-        "jobs --state queued --limit 1000": lambda: admin.list_jobs(store, "queued", 1000),
-        "show ID": lambda: admin.show(store, ids[0]),
-        "pause + resume": lambda: (admin.pause(store), admin.resume(store)),
+        "open the queue": lambda: admin.open_queue(settings).close(),
+        "status": lambda: admin.status(queue, settings),
+        "jobs (50)": lambda: admin.list_jobs(queue, None, 50),
+        "jobs --state queued --limit 1000": lambda: admin.list_jobs(queue, "queued", 1000),
+        "show ID": lambda: admin.show(queue, ids[0]),
+        "pause + resume": lambda: (admin.pause(queue), admin.resume(queue)),
     }
     results: dict[str, list[float]] = {}
     for name, call in calls.items():
@@ -167,7 +168,7 @@ def bench_admin_in_process(work: Path, repeats: int) -> dict[str, list[float]]:
             call()
             times.append(time.perf_counter() - start)
         results[name] = times
-    store.close()
+    queue.close()
     return results
 
 

@@ -2,8 +2,10 @@
 resume. ``i2vd`` prints what these return; scripts may call them directly.
 
 Every verb works on the queue's database, so it works while daemons run (on this host
-or others) and reaches all of them. None imports torch: an admin command answers in a
-fraction of a second, also on a GPU host whose CUDA is broken.
+or others) and reaches all of them. They take the queue as ``admin_queue.AdminQueue``
+(plain DB-API) and the settings as ``QueueSettings``, and this module imports no ORM,
+torch, PIL or numpy: an admin command answers in a fraction of a second, also with a
+big queue, and also on a GPU host whose CUDA is broken.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from .config import Settings
+from .admin_queue import AdminQueue, CancelOutcome
+from .digests import sha256_file
 from .estimates import phase_of, remaining_time
+from .host_paths import HostPaths
+from .job_states import PENDING, JobState
 from .mounts import read_status
 from .names import readable
 from .os_errors import read_intake_problems
 from .problems import Problem
 from .publish import place, quarantine
-from .store import Job, JobState, JobStore
+from .queue_settings import QueueSettings
+from .records import JobRecord
 from .windows import is_open
 
 log = logging.getLogger(__name__)
@@ -39,15 +45,20 @@ class AdminProblem(Problem):
     """An admin request that cannot be carried out as asked (no such job, wrong state)."""
 
 
-def open_store(settings: Settings, migrate: bool = False) -> JobStore:
-    """The queue as this host sees it. Without ``migrate`` the schema is taken as the
-    daemon left it (it upgrades it at start), which spares every command Alembic's
-    import; ``i2vd`` opens again with ``migrate`` if a table or column is missing."""
-    from .host_paths import HostPaths
+def open_queue(settings: QueueSettings) -> AdminQueue:
+    """The queue as this host sees it (its paths localized with this host's folders).
+    Raises ``dbapi.QueueUnavailable`` when it cannot be opened, ``dbapi.SchemaMissing``
+    when no daemon has created or upgraded it yet (see :func:`upgrade`)."""
+    return AdminQueue(settings.database_url, HostPaths.of(settings))
 
-    store = JobStore(settings.database_url, migrate=migrate)
-    store.host_paths = HostPaths(settings.inbox_names, settings.outbox)  # paths as seen here
-    return store
+
+def upgrade(settings: QueueSettings) -> None:
+    """Create or upgrade the queue's schema as a starting daemon does (Alembic, under
+    its lock). Only for a queue :func:`open_queue` found missing a table or column:
+    it imports the ORM and Alembic, which the verbs themselves never need."""
+    from .store import JobStore
+
+    JobStore(settings.database_url, migrate=True).close()
 
 
 def me() -> str:
@@ -64,7 +75,7 @@ def me() -> str:
 # --- reading -------------------------------------------------------------------------
 
 
-def job_summary(job: Job, now: float) -> dict[str, Any]:
+def job_summary(job: JobRecord, now: float) -> dict[str, Any]:
     """One job as ``i2vd jobs`` lists it."""
     return {
         "id": job.id,
@@ -83,7 +94,7 @@ def job_summary(job: Job, now: float) -> dict[str, Any]:
     }
 
 
-def job_details(job: Job, now: float) -> dict[str, Any]:
+def job_details(job: JobRecord, now: float) -> dict[str, Any]:
     """Everything about one job (``i2vd show``)."""
     data = job_summary(job, now)
     data.update(
@@ -112,24 +123,24 @@ def job_details(job: Job, now: float) -> dict[str, Any]:
     return data
 
 
-def list_jobs(store: JobStore, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    now = store.now()
+def list_jobs(queue: AdminQueue, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    now = queue.now()
     states = None if state is None else [state]
-    return [job_summary(job, now) for job in store.list_jobs(states, limit=limit)]
+    return [job_summary(job, now) for job in queue.list_jobs(states, limit=limit)]
 
 
-def show(store: JobStore, job_id: int) -> dict[str, Any]:
-    job = store.get(job_id)
+def show(queue: AdminQueue, job_id: int) -> dict[str, Any]:
+    job = queue.get(job_id)
     if job is None:
         raise AdminProblem(f"there is no job {job_id}", "list the jobs with: i2vd jobs")
-    return job_details(job, store.now())
+    return job_details(job, queue.now())
 
 
-def status(store: JobStore, settings: Settings) -> dict[str, Any]:
+def status(queue: AdminQueue, settings: QueueSettings) -> dict[str, Any]:
     """The queue at a glance: who works on it, how much waits, what runs, paused or
     not, the schedule windows, the last failure."""
-    now = store.now()
-    control = store.control.get()
+    now = queue.now()
+    control = queue.control()
     daemons = [
         {
             "id": s.daemon.id,
@@ -144,16 +155,16 @@ def status(store: JobStore, settings: Settings) -> dict[str, Any]:
             "alive": s.alive,
             "silent_for": round(s.silent_for, 1),
         }
-        for s in store.daemons.listing(ALIVE_WITHIN)
+        for s in queue.daemons(ALIVE_WITHIN)
     ]
     running = []
-    for job in store.list_jobs([JobState.RUNNING], limit=100):
+    for job in queue.list_jobs([JobState.RUNNING], limit=100):
         item = job_summary(job, now)
         item["elapsed"] = round(max(0.0, now - (job.started_at or now)), 1)
         item["eta"] = _remaining(job, now)
         item["owner"] = job.lease_owner
         running.append(item)
-    failures = store.list_jobs([JobState.FAILED], limit=1)
+    failures = queue.list_jobs([JobState.FAILED], limit=1)
     moment = dt.datetime.fromtimestamp(now, dt.UTC)
     windows = []
     for engine in sorted({w.engine for w in settings.windows}):
@@ -172,12 +183,12 @@ def status(store: JobStore, settings: Settings) -> dict[str, Any]:
         "pause_now": bool(control.pause_now),
         "paused_at": _iso(control.paused_at),
         "paused_by": control.paused_by or None,
-        "counts": {state: n for state, n in sorted(store.count_by_state().items())},
+        "counts": {state: n for state, n in sorted(queue.count_by_state().items())},
         "daemons": daemons,
         "running": running,
         "windows": windows,
         "last_failure": _last_failure(failures, now),
-        "stranded": _stranded(store),
+        "stranded": _stranded(queue),
         "roots": [
             asdict(root) | {"path": readable(root.path)} for root in read_status(settings.state_dir)
         ],
@@ -188,7 +199,7 @@ def status(store: JobStore, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _stranded(store: JobStore) -> list[dict[str, Any]]:
+def _stranded(queue: AdminQueue) -> list[dict[str, Any]]:
     """Waiting jobs that no live daemon can run, by kind: a wait that would otherwise
     look like a slow queue."""
     return [
@@ -199,17 +210,17 @@ def _stranded(store: JobStore) -> list[dict[str, Any]]:
             "memory_gb": kind.memory_gb,
             "jobs": count,
         }
-        for kind, count in sorted(store.stranded(ALIVE_WITHIN).items())
+        for kind, count in sorted(queue.stranded(ALIVE_WITHIN).items())
     ]
 
 
-def _last_failure(failures: list[Job], now: float) -> dict[str, Any] | None:
+def _last_failure(failures: list[JobRecord], now: float) -> dict[str, Any] | None:
     if not failures:
         return None
     return job_summary(failures[0], now) | {"finished_at": _iso(failures[0].finished_at)}
 
 
-def _remaining(job: Job, now: float) -> float | None:
+def _remaining(job: JobRecord, now: float) -> float | None:
     """Seconds left, from the pace so far (None before there is any progress), by the
     same estimate the status page in the share uses."""
     if job.started_at is None:
@@ -237,31 +248,31 @@ class Outcome:
         return {"job": self.job, "ok": self.ok, "message": self.message}
 
 
-def pause(store: JobStore, now: bool = False) -> None:
-    store.control.pause(me(), stop_running=now)
+def pause(queue: AdminQueue, now: bool = False) -> None:
+    queue.pause(me(), stop_running=now)
 
 
-def resume(store: JobStore) -> None:
-    store.control.resume()
+def resume(queue: AdminQueue) -> None:
+    queue.resume()
 
 
-def cancel(store: JobStore, settings: Settings, ids: Iterable[int]) -> list[Outcome]:
+def cancel(queue: AdminQueue, settings: QueueSettings, ids: Iterable[int]) -> list[Outcome]:
     """A waiting job ends now and its image goes to failed/ (``i2vd retry`` brings it
     back); a running one stops at its next step, and its worker does the same."""
     outcomes = []
     for job_id in ids:
-        result = str(store.request_cancel(job_id))
-        if result == "cancelled":
-            job = store.get(job_id)
-            where = set_aside(store, settings, job) if job is not None else None
+        result = queue.request_cancel(job_id)
+        if result == CancelOutcome.CANCELLED:
+            job = queue.get(job_id)
+            where = set_aside(queue, settings, job) if job is not None else None
             tail = f"; its image is in {where}" if where else ""
             outcomes.append(Outcome(job_id, True, f"job {job_id} cancelled{tail}"))
-        elif result == "requested":
+        elif result == CancelOutcome.REQUESTED:
             outcomes.append(
                 Outcome(job_id, True, f"job {job_id} is running: it stops at its next step")
             )
-        elif result == "ended":
-            job = store.get(job_id)
+        elif result == CancelOutcome.ENDED:
+            job = queue.get(job_id)
             outcomes.append(
                 Outcome(job_id, False, f"job {job_id} has already ended ({job and job.state})")
             )
@@ -271,7 +282,7 @@ def cancel(store: JobStore, settings: Settings, ids: Iterable[int]) -> list[Outc
 
 
 def retry(
-    store: JobStore, settings: Settings, ids: Sequence[int] = (), failed: bool = False
+    queue: AdminQueue, settings: QueueSettings, ids: Sequence[int] = (), failed: bool = False
 ) -> list[Outcome]:
     """Put failed (or cancelled) jobs' images back where they were dropped.
 
@@ -281,20 +292,19 @@ def retry(
     was. ``failed``: every failed job whose image is still in failed/.
     """
     if failed:
-        jobs = store.list_jobs([JobState.FAILED], limit=1_000_000)
-        return [_retry_one(store, settings, job) for job in jobs if _in_failed(settings, job)]
+        jobs = queue.list_jobs([JobState.FAILED], limit=1_000_000)
+        return [_retry_one(queue, settings, job) for job in jobs if _in_failed(settings, job)]
     outcomes = []
     for job_id in ids:
-        job = store.get(job_id)
+        job = queue.get(job_id)
         if job is None:
             outcomes.append(Outcome(job_id, False, f"there is no job {job_id}"))
         else:
-            outcomes.append(_retry_one(store, settings, job))
+            outcomes.append(_retry_one(queue, settings, job))
     return outcomes
 
 
-def _retry_one(store: JobStore, settings: Settings, job: Job) -> Outcome:
-    assert job.id is not None
+def _retry_one(queue: AdminQueue, settings: QueueSettings, job: JobRecord) -> Outcome:
     job_id = job.id
     if job.state not in (JobState.FAILED, JobState.CANCELLED):
         return Outcome(
@@ -326,7 +336,7 @@ def _retry_one(store: JobStore, settings: Settings, job: Job) -> Outcome:
             "any more; drop it into the inbox again",
         )
     try:  # it never left the inbox (it could not be moved): the same job again
-        queued = store.retry(job_id)
+        queued = queue.retry(job_id)
     except Problem as exc:
         return Outcome(job_id, False, f"job {job_id}: {exc.message}")
     if queued is None:
@@ -334,7 +344,7 @@ def _retry_one(store: JobStore, settings: Settings, job: Job) -> Outcome:
     return Outcome(job_id, True, f"job {job_id} queued again: {job.relative}")
 
 
-def _in_failed(settings: Settings, job: Job) -> tuple[Path, Path] | None:
+def _in_failed(settings: QueueSettings, job: JobRecord) -> tuple[Path, Path] | None:
     """The image in failed/ that this job put there, found by its report (names may
     have taken a -2 suffix) and checked by content."""
     folder = settings.failed_dir / PurePosixPath(job.relative).parent
@@ -353,16 +363,14 @@ def _in_failed(settings: Settings, job: Job) -> tuple[Path, Path] | None:
     return None
 
 
-def _same_file(path: Path, job: Job) -> bool:
-    from .images import sha256_of
-
+def _same_file(path: Path, job: JobRecord) -> bool:
     try:
-        return path.is_file() and sha256_of(path.read_bytes()) == job.sha256
+        return path.is_file() and sha256_file(path) == job.sha256
     except OSError:
         return False
 
 
-def _companions_back(job: Job, image: Path) -> None:
+def _companions_back(job: JobRecord, image: Path) -> None:
     """The ``<stem>.txt``/``.yaml`` that went to failed/ with the image go back too."""
     for name in job.companions:
         original = Path(name)
@@ -371,10 +379,46 @@ def _companions_back(job: Job, image: Path) -> None:
             place(moved, original)
 
 
-def set_aside(store: JobStore, settings: Settings, job: Job) -> Path | None:
+class SetAsideJob(Protocol):
+    """What :func:`set_aside` reads of a job: the daemon's (tables.Job) or the admin
+    commands' (records.JobRecord)."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def relative(self) -> str: ...
+    @property
+    def rule_name(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+
+
+J = TypeVar("J", bound=SetAsideJob)
+J_contra = TypeVar("J_contra", bound=SetAsideJob, contravariant=True)
+
+
+class DropJobs(Protocol[J_contra]):
+    """The queue as :func:`set_aside` needs it: the daemon's JobStore or AdminQueue."""
+
+    def siblings(self, job: J_contra) -> Sequence[SetAsideJob]: ...
+
+
+class HasFailedDir(Protocol):
+    """The settings :func:`set_aside` needs: the daemon's Settings or QueueSettings."""
+
+    @property
+    def failed_dir(self) -> Path: ...
+
+
+def set_aside(queue: DropJobs[J], settings: HasFailedDir, job: J) -> Path | None:
     """Move a cancelled job's image to failed/ with a report, unless other variants of
-    the same drop still need it (the last of them settles it)."""
-    if any(s.state in ("queued", "running", "retrying") for s in store.siblings(job)):
+    the same drop still need it (the last of them settles it). Called by ``i2vd
+    cancel`` for a waiting job, and by the daemon's worker for a running one."""
+    if any(s.state in PENDING for s in queue.siblings(job)):
         return None
     source = Path(job.source)
     if not source.is_file():

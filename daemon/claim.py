@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import TextClause, text
 
 from .capabilities import Capabilities
-from .database import now_sql
-from .tables import RUNNABLE_SQL, JobState
+from .dbapi import now_sql
+from .job_states import RUNNABLE_SQL, JobState
 
 RUNNABLE_WHERE = RUNNABLE_SQL + " AND not_before <= {now}"
 

@@ -8,25 +8,27 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import Settings, SettingsError, load_settings
+from .job_states import JobState
 from .names import ReadableNames
-from .rules import ProblemKind
+from .queue_settings import NeedsFullCheck, QueueSettings, SettingsError, load_queue_settings
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+# Imports here stay light: the admin verbs answer in a fraction of a second, so
+# pydantic (the full settings), the rules' models and the ORM are imported only by
+# the verbs that need them.
 
 # 0 and 1 come from the service (1: --once saw a failure); the others are decided here.
 EXIT_CONFIG, EXIT_STARTUP = 2, 3
-# As daemon.store.JobState; spelled out so `i2vd --help` imports no database code.
-JOB_STATES = ("queued", "running", "retrying", "done", "failed", "cancelled")
+JOB_STATES = tuple(state.value for state in JobState)
+# The verbs that work on the queue (admin.py); `doctor` is not one of them.
+ADMIN_VERBS = ("status", "jobs", "show", "retry", "cancel", "pause", "resume")
 # `rules check`: one code per cause; when several occur, the lowest wins (syntax first).
 EXIT_RULES_SYNTAX, EXIT_RULES_SCHEMA, EXIT_RULES_CONFLICT = 4, 5, 6
-_EXIT_BY_KIND = {
-    ProblemKind.READ: EXIT_RULES_SYNTAX,
-    ProblemKind.YAML: EXIT_RULES_SYNTAX,
-    ProblemKind.SCHEMA: EXIT_RULES_SCHEMA,
-    ProblemKind.CONFLICT: EXIT_RULES_CONFLICT,
-}
 
 CHECK_EPILOG = """\
 Every problem is printed on stdout as FILE:LINE:COLUMN: FIELD: MESSAGE, one per line;
@@ -163,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verb == "rules" and args.rules_verb == "check" and args.dir is not None:
         return rules_check(args.dir)
+    if args.verb in ADMIN_VERBS:
+        return admin(args)
+    from .config import SettingsError, load_settings
+
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
@@ -174,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return rules_explain(settings, args.paths, as_json=args.json)
     if args.verb == "run":
         return run(settings, once=args.once)
-    if args.verb == "doctor":
-        return doctor(settings, as_json=args.json)
-    return admin(settings, args)
+    return doctor(settings, as_json=args.json)
 
 
 def run(settings: Settings, once: bool) -> int:
@@ -212,7 +216,15 @@ def _missing_rules_dir(rules_dir: Path) -> bool:
 
 
 def rules_check(rules_dir: Path) -> int:
+    from .rules import ProblemKind
     from .rules_check import check_rules
+
+    exit_by_kind = {
+        ProblemKind.READ: EXIT_RULES_SYNTAX,
+        ProblemKind.YAML: EXIT_RULES_SYNTAX,
+        ProblemKind.SCHEMA: EXIT_RULES_SCHEMA,
+        ProblemKind.CONFLICT: EXIT_RULES_CONFLICT,
+    }
 
     if _missing_rules_dir(rules_dir):
         return EXIT_CONFIG
@@ -226,7 +238,7 @@ def rules_check(rules_dir: Path) -> int:
             "would stay in the inbox",
             file=sys.stderr,
         )
-    return min((_EXIT_BY_KIND[p.kind] for p in report.problems), default=0)
+    return min((exit_by_kind[p.kind] for p in report.problems), default=0)
 
 
 def rules_explain(settings: Settings, paths: list[str], as_json: bool) -> int:
@@ -257,54 +269,99 @@ def doctor(settings: Settings, as_json: bool) -> int:
     return 0 if healthy(findings) else 1
 
 
-def admin(settings: Settings, args: argparse.Namespace) -> int:
+def _queue_settings(config: Path | None) -> QueueSettings:
+    """What the admin verbs need of the settings: the one place that says how they
+    are read. The light reader first (no pydantic); whatever it does not vouch for
+    goes through the full validation, which answers or raises SettingsError."""
+    try:
+        return load_queue_settings(config)
+    except NeedsFullCheck:
+        from .config import load_settings
+
+        return QueueSettings.of(load_settings(config))
+
+
+def admin(args: argparse.Namespace) -> int:
     """The queue verbs: open the queue, call the library, print what it returned."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+    try:
+        settings = _queue_settings(args.config)
+    except SettingsError as exc:
+        print(f"i2vd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
     from . import admin as lib
+    from .dbapi import QueueDatabaseError, QueueUnavailable, SchemaMissing
 
-    for migrate in (False, True):
+    for upgraded in (False, True):
         try:
-            store = lib.open_store(settings, migrate=migrate)
-        except (SQLAlchemyError, ImportError) as exc:
-            print(
-                f"i2vd: cannot open the queue database: {exc}; check database_url "
-                "(i2vd doctor tells more)",
-                file=sys.stderr,
-            )
-            return EXIT_STARTUP
-        try:
-            return _admin_verb(lib, store, settings, args)
-        except (OperationalError, ProgrammingError):
-            if migrate:
-                raise
-            # A queue no daemon has upgraded yet (or none has ever opened): upgrade it.
-        finally:
-            store.close()
+            queue = lib.open_queue(settings)
+            try:
+                return _admin_verb(lib, queue, settings, args)
+            finally:
+                queue.close()
+        except SchemaMissing as exc:
+            if upgraded:
+                return _database_failed(exc)
+            # A queue no daemon has created or upgraded yet: upgrade it as a starting
+            # daemon would (the only case that imports the ORM and Alembic).
+            if not _upgrade(lib, settings):
+                return EXIT_STARTUP
+        except QueueUnavailable as exc:
+            return _cannot_open(exc)
+        except QueueDatabaseError as exc:
+            return _database_failed(exc)
     return EXIT_STARTUP
 
 
-def _admin_verb(lib: Any, store: Any, settings: Settings, args: argparse.Namespace) -> int:
+def _upgrade(lib: Any, settings: QueueSettings) -> bool:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        lib.upgrade(settings)
+    except (SQLAlchemyError, ImportError) as exc:
+        _cannot_open(exc)
+        return False
+    return True
+
+
+def _cannot_open(exc: Exception) -> int:
+    print(
+        f"i2vd: cannot open the queue database: {exc}; check database_url (i2vd doctor tells more)",
+        file=sys.stderr,
+    )
+    return EXIT_STARTUP
+
+
+def _database_failed(exc: Exception) -> int:
+    print(
+        f"i2vd: the queue database failed: {exc}; check database_url and the database "
+        "(i2vd doctor tells more)",
+        file=sys.stderr,
+    )
+    return EXIT_STARTUP
+
+
+def _admin_verb(lib: Any, queue: Any, settings: QueueSettings, args: argparse.Namespace) -> int:
     from . import admin_text as text
 
     if args.verb == "status":
-        data = lib.status(store, settings)
+        data = lib.status(queue, settings)
         print(_dump(data) if args.json else text.status_text(data))
         return 0
     if args.verb == "jobs":
-        rows = lib.list_jobs(store, args.state, max(1, args.limit))
+        rows = lib.list_jobs(queue, args.state, max(1, args.limit))
         print(_dump(rows) if args.json else text.jobs_text(rows))
         return 0
     if args.verb == "show":
         try:
-            data = lib.show(store, args.id)
+            data = lib.show(queue, args.id)
         except lib.AdminProblem as exc:
             print(f"i2vd: {exc.message}; {exc.hint}", file=sys.stderr)
             return 1
         print(_dump(data) if args.json else text.show_text(data))
         return 0
     if args.verb == "pause":
-        lib.pause(store, now=args.now)
+        lib.pause(queue, now=args.now)
         print(
             "paused: running jobs stop at their next step and go back to the queue"
             if args.now
@@ -312,16 +369,16 @@ def _admin_verb(lib: Any, store: Any, settings: Settings, args: argparse.Namespa
         )
         return 0
     if args.verb == "resume":
-        lib.resume(store)
+        lib.resume(queue)
         print("resumed")
         return 0
     if args.verb == "retry" and not args.ids and not args.failed:
         print("i2vd: name job IDs to retry, or --failed for every failed job", file=sys.stderr)
         return 1
     outcomes = (
-        lib.retry(store, settings, args.ids, failed=args.failed)
+        lib.retry(queue, settings, args.ids, failed=args.failed)
         if args.verb == "retry"
-        else lib.cancel(store, settings, args.ids)
+        else lib.cancel(queue, settings, args.ids)
     )
     if args.json:
         print(_dump([o.to_json() for o in outcomes]))

@@ -15,21 +15,7 @@ from sqlalchemy.exc import ArgumentError
 from sqlalchemy.sql import bindparam
 from sqlmodel import create_engine
 
-# Seconds since the epoch, as a float, evaluated by the database when the statement
-# runs. SQLite's julianday('now') has millisecond precision; statement_timestamp() is
-# PostgreSQL's start of the current statement (now() would be the transaction's).
-_NOW_SQL = {
-    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
-    "postgresql": "(extract(epoch FROM statement_timestamp())::float8)",
-}
-
-
-def now_sql(dialect: str) -> str:
-    """The database clock as SQL text, for hand-written statements."""
-    try:
-        return _NOW_SQL[dialect]
-    except KeyError:
-        raise ValueError(f"i2vd's queue runs on SQLite or PostgreSQL, not {dialect}") from None
+from .dbapi import SQLITE_TIMEOUT, now_sql, prepare_sqlite
 
 
 def clock(dialect: str, now: float | None) -> ColumnElement[float]:
@@ -55,19 +41,13 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_TIMEOUT}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            # The busy timeout first: switching to WAL needs a lock that a daemon
-            # starting at the same moment may hold.
-            cursor.execute("PRAGMA busy_timeout=30000")
-            # WAL lets readers (the CLI, status) work while the worker writes; FULL
-            # syncs each commit so a power cut never loses a queued job.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.close()
+            prepare_sqlite(dbapi_conn)  # the same as the admin commands' connections
 
         return engine
     if not url.startswith("postgresql"):

@@ -12,11 +12,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from .config import Settings
-from .tables import Job
+if TYPE_CHECKING:  # the admin commands import this module: it stays light
+    from .config import Settings
+    from .queue_settings import QueueSettings
 
 OUTBOX = "@outbox/"
+
+
+class JobPaths(Protocol):
+    """The path fields of a job: an ORM row (tables.Job) or a plain one (records.py)."""
+
+    inbox: str
+    relative: str
+    inbox_root: str
+    source: str
+    video_path: str | None
+    sidecar_path: str | None
+    source_dest: str | None
+
+
+J = TypeVar("J", bound=JobPaths)
 
 
 @dataclass(frozen=True)
@@ -28,11 +45,11 @@ class HostPaths:
     outbox: Path | None = None
 
     @classmethod
-    def of(cls, settings: Settings) -> HostPaths:
+    def of(cls, settings: Settings | QueueSettings) -> HostPaths:
         """This host's, from its settings (the daemon's and the admin commands')."""
         return cls(settings.inbox_names, settings.outbox)
 
-    def localize(self, job: Job) -> Job:
+    def localize(self, job: J) -> J:
         """``job`` with its paths as this host sees them (changed in place)."""
         folder = self.inboxes.get(job.inbox)
         if folder is not None:

@@ -3,7 +3,6 @@ mode to plain RGB."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -21,19 +20,6 @@ Image.MAX_IMAGE_PIXELS = 200_000_000
 class BadImage(Problem):
     """The file is not a usable image. ``hint`` tells the user what to do about it.
     Permanent: the same bytes fail the same way."""
-
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Hash in chunks: a huge file costs time, never its size in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_image(source: bytes | Path) -> None:

@@ -22,7 +22,8 @@ from .companions import (
     is_companion,
     read_companions,
 )
-from .images import BadImage, check_image, sha256_file, sha256_of
+from .digests import sha256_file, sha256_of
+from .images import BadImage, check_image
 from .reports import clear_stale_reports, failure_report, quarantine_original
 from .rules import LoadedRule, Rule, pick_rule
 from .store import PENDING, Job, JobState, JobStore

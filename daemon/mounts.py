@@ -31,12 +31,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Settings
 from .names import readable
 from .problems import RetryableProblem
-from .store import Job
+
+if TYPE_CHECKING:  # `i2vd status` reads roots.json through this module: it stays light
+    from .config import Settings
+    from .store import Job
 
 log = logging.getLogger(__name__)
 

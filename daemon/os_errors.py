@@ -12,11 +12,12 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import OperationalError
-
-from .config import Settings
 from .names import readable
+
+if TYPE_CHECKING:  # `i2vd status` reads the intake problems through this module
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ def folder_of(path: Path, roots: list[Path]) -> Path:
 def describe(exc: BaseException, path: Path, roots: list[Path]) -> tuple[str, str] | None:
     """(message, hint) for an expected OS or database failure at ``path``; None for
     anything else (a bug)."""
+    # Imported here: only the daemon, which has SQLAlchemy loaded already, gets here.
+    from sqlalchemy.exc import OperationalError
+
     if isinstance(exc, OperationalError):
         detail = str(exc.orig) if exc.orig is not None else str(exc)
         database = folder_of(path, roots)

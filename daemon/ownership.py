@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .images import sha256_of
+from .digests import sha256_of
 from .store import Job
 
 Identity = tuple[int, int, int]  # (inode, size, mtime_ns) of the original when it was read

@@ -13,7 +13,8 @@ from sqlmodel import Session, col, func, select
 
 from .database import clock, make_engine, read_clock
 from .host_paths import HostPaths
-from .tables import PENDING, Job, JobState
+from .job_states import PENDING, JobState
+from .tables import Job
 from .wakeup import NOTIFY_SQL
 
 
@@ -70,6 +71,11 @@ class QueueReads:
         with self._session() as session:
             job = session.get(Job, job_id)
         return self.host_paths.localize(job) if job is not None else None
+
+    def cancel_requested(self, job_id: int) -> bool:
+        """Whether `i2vd cancel` asked the running job to stop (its worker polls this)."""
+        job = self.get(job_id)
+        return bool(job and job.cancel_requested)
 
     def list_jobs(
         self, states: Iterable[str] | None = None, limit: int = 50, newest_first: bool = True

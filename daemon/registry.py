@@ -2,7 +2,9 @@
 
 Every daemon registers itself and beats a heartbeat on the database's clock; a daemon
 is alive while its last heartbeat is recent enough, judged by that same clock. Pause
-lives here too, so it reaches every daemon on the queue and survives restarts.
+lives here too, so it reaches every daemon on the queue and survives restarts. What
+the admin commands read and change here (the listing, pause and resume) is in
+admin_queue.py, written without the ORM.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, literal_column, update
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from .capabilities import Capabilities
-from .database import now_sql, read_clock
+from .dbapi import now_sql
 from .tables import Control, Daemon, DaemonState
 
 
@@ -27,16 +28,6 @@ class Unchanged:
 
 
 UNCHANGED = Unchanged()
-
-
-@dataclass(frozen=True)
-class DaemonStatus:
-    """A registered daemon as seen now: its row, seconds since its last heartbeat (by
-    the database's clock) and whether that is recent enough to count it alive."""
-
-    daemon: Daemon
-    silent_for: float
-    alive: bool
 
 
 class _Table:
@@ -114,20 +105,6 @@ class Daemons(_Table):
             session.execute(delete(Daemon).where(col(Daemon.id) == daemon_id))
             session.commit()
 
-    def listing(self, alive_within: float) -> list[DaemonStatus]:
-        """Every registered daemon, alive ones first, each with how long it has been
-        silent. A daemon that died without unregistering stays listed as not alive."""
-        with self._session() as session:
-            now = read_clock(session.connection())
-            rows = session.exec(select(Daemon).order_by(col(Daemon.id))).all()
-        statuses = [
-            DaemonStatus(
-                row, max(0.0, now - row.heartbeat_at), now - row.heartbeat_at <= alive_within
-            )
-            for row in rows
-        ]
-        return sorted(statuses, key=lambda s: not s.alive)
-
     def alive(self, within: float) -> list[Daemon]:
         """Daemons whose last heartbeat is at most ``within`` seconds old."""
         cutoff = self._now - within
@@ -146,30 +123,10 @@ class Daemons(_Table):
 
 
 class Controls(_Table):
-    """The ``control`` table's one row: pause and resume for the whole queue."""
+    """The ``control`` table's one row: the queue-wide switches, as the daemon reads
+    them (``i2vd pause`` and ``resume`` set them: admin_queue.py)."""
 
     def get(self) -> Control:
         with self._session() as session:
             row = session.get(Control, 1)
         return row if row is not None else Control()
-
-    def pause(self, by: str, stop_running: bool = False, reason: str = "") -> None:
-        """Every daemon stops claiming; with ``stop_running``, running jobs also stop at
-        their next step and go back to the queue."""
-        self._set(
-            paused=True, pause_now=stop_running, paused_at=self._now, paused_by=by, reason=reason
-        )
-
-    def resume(self) -> None:
-        self._set(paused=False, pause_now=False, paused_at=None, paused_by="", reason="")
-
-    def _set(self, **values: Any) -> None:
-        with self._session() as session:
-            changed = session.execute(
-                update(Control).where(col(Control.id) == 1).values(**values)
-            ).rowcount  # type: ignore[attr-defined]
-            if not changed:  # a queue whose row was deleted by hand
-                session.add(Control(id=1))
-                session.flush()
-                session.execute(update(Control).where(col(Control.id) == 1).values(**values))
-            session.commit()

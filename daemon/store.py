@@ -27,15 +27,14 @@ from sqlmodel import col, select, text
 
 from .capabilities import Capabilities
 from .claim import claim_statement
-from .queue_admin import AlreadyQueued, CancelOutcome, QueueAdmin
+from .job_states import PENDING, PENDING_SQL, JobState
+from .queue_reads import QueueReads
 from .registry import Controls, Daemons
 from .schema_version import at_newest
-from .tables import DROP_KEY, PENDING, PENDING_SQL, Job, JobState
+from .tables import DROP_KEY, Job
 
 __all__ = [
     "PENDING",
-    "AlreadyQueued",
-    "CancelOutcome",
     "Capabilities",
     "Job",
     "JobState",
@@ -65,11 +64,15 @@ class Queued:
     new: bool
 
 
-class JobStore(QueueAdmin):
-    """All queue operations. One instance per process; safe to share between threads.
+class JobStore(QueueReads):
+    """The daemon's queue operations. One instance per process; safe to share between
+    threads. (The admin commands' own operations are in admin_queue.py.)
 
     Opening it brings the schema up to date (Alembic, under a lock): see migrate.py.
     """
+
+    daemons: Daemons
+    control: Controls
 
     def __init__(self, url: str, migrate: bool = True) -> None:
         super().__init__(url)
@@ -230,7 +233,8 @@ class JobStore(QueueAdmin):
         return state
 
     def cancel(self, job_id: int, now: float | None, reason: str, owner: str | None = None) -> bool:
-        """End a job as cancelled (its worker's call; for `i2vd cancel` see request_cancel)."""
+        """End a job as cancelled (its worker's call; `i2vd cancel` asks through
+        admin_queue.AdminQueue.request_cancel)."""
         return self._end_lease(
             job_id, owner, state=JobState.CANCELLED, finished_at=self._clock(now), error=reason
         )
@@ -320,6 +324,18 @@ class JobStore(QueueAdmin):
         return stale
 
     # --- helpers ---------------------------------------------------------------------
+
+    def _pending_drop(self, job: Job) -> list[Job]:
+        """The pending jobs of the same file as ``job``: what a second queueing of one
+        drop gets instead of new jobs."""
+        with self._session() as session:
+            query = select(Job).where(
+                Job.inbox == job.inbox,
+                Job.relative == job.relative,
+                Job.sha256 == job.sha256,
+                col(Job.state).in_(PENDING),
+            )
+            return self._local(session.exec(query.order_by(col(Job.id))).all())
 
     def _update(self, job_id: int, owner: str | None = None, **values: Any) -> bool:
         """One atomic UPDATE of a job row. With ``owner``, only while that daemon still

@@ -6,7 +6,6 @@ describe its newest version (a test checks that the two agree on every backend).
 
 from __future__ import annotations
 
-import json
 import time
 from enum import StrEnum
 from typing import Any
@@ -14,8 +13,9 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Index, String, TypeDecorator, text
 from sqlmodel import Field, SQLModel
 
-from .capabilities import Capabilities
+from .job_states import PENDING_SQL, RUNNABLE_SQL, JobState
 from .names import from_db, to_db
+from .records import DaemonFields, JobFields
 
 
 class FileName(TypeDecorator[str]):
@@ -32,28 +32,12 @@ class FileName(TypeDecorator[str]):
         return None if value is None else from_db(value)
 
 
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-PENDING = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
-RUNNABLE = (JobState.QUEUED, JobState.RETRYING)
-
-# SQL for "this job is still to be done", shared by the partial indexes below.
-PENDING_SQL = "state IN ('queued', 'running', 'retrying')"
-RUNNABLE_SQL = "state IN ('queued', 'retrying')"
-
 # A drop is queued once: the same file (inbox name, inbox-relative path, content) for
 # the same rule identity and variant cannot be pending twice, whichever daemon saw it.
 DROP_KEY = ("inbox", "relative", "sha256", "rule_hash", "variant")
 
 
-class Job(SQLModel, table=True):
+class Job(JobFields, SQLModel, table=True):
     __table_args__ = (
         Index("ix_job_claim", "state", "not_before"),
         Index("ix_job_source", "source", "sha256"),
@@ -147,16 +131,6 @@ class Job(SQLModel, table=True):
     progress: float = 0.0
     timings_json: str | None = None
 
-    @property
-    def rule_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.rule_json)
-        return data
-
-    @property
-    def companions(self) -> list[str]:
-        names: list[str] = json.loads(self.companions_json)
-        return names
-
 
 class DaemonState(StrEnum):
     RUNNING = "running"
@@ -166,7 +140,7 @@ class DaemonState(StrEnum):
     STOPPED = "stopped"
 
 
-class Daemon(SQLModel, table=True):
+class Daemon(DaemonFields, SQLModel, table=True):
     """One running daemon: who it is, what it can run, when it last said so."""
 
     id: str = Field(primary_key=True)  # the lease owner name, "host:pid"
@@ -186,30 +160,6 @@ class Daemon(SQLModel, table=True):
     # Both on the database's clock.
     started_at: float = 0.0
     heartbeat_at: float = 0.0
-
-    @property
-    def engines(self) -> list[str]:
-        names: list[str] = json.loads(self.engines_json)
-        return names
-
-    @property
-    def models(self) -> list[str] | None:
-        return None if self.models_json is None else list(json.loads(self.models_json))
-
-    @property
-    def inboxes(self) -> list[str] | None:
-        return None if self.inboxes_json is None else list(json.loads(self.inboxes_json))
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What it said it can run, as the claim's routing takes it."""
-        models, inboxes = self.models, self.inboxes
-        return Capabilities(
-            tuple(self.engines),
-            None if models is None else tuple(models),
-            self.memory_gb,
-            None if inboxes is None else tuple(inboxes),
-        )
 
 
 class Control(SQLModel, table=True):

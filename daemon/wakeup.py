@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from sqlalchemy.engine import make_url
+from .dbapi import pg_conninfo
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,7 @@ class QueueListener:
     """Calls ``on_wake`` for each notification, on a thread of its own."""
 
     def __init__(self, url: str, on_wake: Callable[[], None], retry_seconds: float = 5.0) -> None:
-        parsed = make_url(url).set(drivername="postgresql")
-        self._conninfo = parsed.render_as_string(hide_password=False)
+        self._conninfo = pg_conninfo(url)
         self._on_wake = on_wake
         self._retry_seconds = retry_seconds
         self._stop = threading.Event()

@@ -24,8 +24,9 @@ from .breaker import GPU_ENGINES, DeviceBreaker, DeviceFault
 from .capabilities import ALL_ENGINES, Capabilities
 from .config import Settings
 from .control import JobCancelled
+from .digests import sha256_of
 from .engines import Engine, JobInterrupted
-from .images import read_facts, sha256_of
+from .images import read_facts
 from .mounts import MountGate, ShareUnavailable, job_roots
 from .ownership import identity
 from .plan import context_for, plan_output, source_pixels_needed

@@ -269,3 +269,124 @@ def test_admin_commands_never_import_torch(layout: Layout, tmp_path: Path) -> No
         code, _, err = i2vd(layout, *args, env=env)
         assert code in (0, 1), (args, err)
         assert not marker.exists(), args
+
+
+# Run as `python -c REPORT_IMPORTS VERB …`: `i2vd VERB …`, then the modules it imported
+# written to $I2VD_IMPORTS_REPORT (also when the command exits with an error code).
+REPORT_IMPORTS = """\
+import atexit, json, os, runpy, sys
+
+def report():
+    with open(os.environ["I2VD_IMPORTS_REPORT"], "w") as out:
+        json.dump(sorted(sys.modules), out)
+
+atexit.register(report)
+runpy.run_module("daemon", run_name="__main__", alter_sys=True)
+"""
+# What makes a command slow to start (the ORM, Alembic, imaging, the GPU stack), or is
+# not needed by a SQLite queue (psycopg).
+HEAVY = (
+    "sqlalchemy",
+    "sqlmodel",
+    "alembic",
+    "pydantic",
+    "pydantic_settings",
+    "torch",
+    "PIL",
+    "numpy",
+    "cv2",
+    "jinja2",
+    "psycopg",
+)
+
+
+def imports_of(layout: Layout, tmp_path: Path, *args: str) -> tuple[int, str, set[str]]:
+    report = tmp_path / "imports.json"
+    report.unlink(missing_ok=True)
+    result = subprocess.run(
+        [sys.executable, "-c", REPORT_IMPORTS, *args, "--config", str(layout.config_file)],
+        cwd=layout.root,
+        env={**os.environ, "PYTHONPATH": str(REPO), "I2VD_IMPORTS_REPORT": str(report)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    modules = {name.partition(".")[0] for name in json.loads(report.read_text())}
+    return result.returncode, result.stdout + result.stderr, modules
+
+
+def test_admin_commands_import_no_orm_and_no_imaging(layout: Layout, tmp_path: Path) -> None:
+    """Each verb against a populated queue: plain DB-API, nothing heavy imported."""
+    from daemon.digests import sha256_file
+    from daemon.store import JobStore
+    from store_procs import job_for
+
+    settings = layout.load()
+    (name,) = settings.inbox_names
+    image = make_image(layout.inbox / "a.jpg")
+    waiting = make_image(layout.inbox / "b.jpg", seed=2)
+    store = JobStore(settings.database_url)
+    try:
+        jobs = []
+        for n, path in enumerate((image, waiting)):
+            job = job_for(
+                n,
+                inbox=name,
+                source=str(path),
+                inbox_root=str(layout.inbox),
+                relative=path.name,
+                sha256=sha256_file(path),
+            )
+            jobs.append(store.enqueue(job))
+        failed, queued = (job.id for job in jobs)
+        assert failed is not None and queued is not None
+        store.claim("host:1")
+        store.fail(failed, None, "boom", "hint", retry_at=None, owner="host:1")
+    finally:
+        store.close()
+
+    for args, expected in (
+        (("status",), 0),
+        (("status", "--json"), 0),
+        (("jobs",), 0),
+        (("jobs", "--state", "queued", "--limit", "5", "--json"), 0),
+        (("show", str(failed)), 0),
+        (("show", "999"), 1),
+        (("pause", "--now"), 0),
+        (("resume",), 0),
+        (("cancel", str(queued)), 0),
+        (("retry", str(failed)), 0),  # its image never left the inbox: queued again
+        (("retry", "--failed"), 0),
+    ):
+        code, output, modules = imports_of(layout, tmp_path, *args)
+        assert code == expected, (args, output)
+        assert not modules & set(HEAVY), (args, sorted(modules & set(HEAVY)))
+    assert layout.files(layout.failed) == ["b.jpg", "b.jpg.error.json"]  # the cancelled one
+    code, _, _ = i2vd(layout, "show", str(failed), "--json")
+    assert code == 0
+
+
+def test_an_admin_command_creates_a_queue_no_daemon_has_made(layout: Layout) -> None:
+    database = layout.state / "i2vd.db"
+    assert not database.exists()
+    status = as_json(layout, "status")
+    assert status["counts"] == {} and status["daemons"] == [] and status["paused"] is False
+    assert as_json(layout, "jobs") == []
+    from daemon.admin_queue import AdminQueue
+
+    with AdminQueue(f"sqlite:///{database}") as queue:  # its schema is complete
+        assert queue.count_by_state() == {}
+
+
+def test_an_admin_command_on_a_queue_that_cannot_be_opened(layout: Layout) -> None:
+    layout.write_config(database_url=f"sqlite:///{layout.root / 'missing' / 'i2vd.db'}")
+    code, _, err = i2vd(layout, "status")
+    assert code == 3
+    assert "cannot open the queue database" in err and "check database_url" in err
+    layout.write_config(database_url="mysql://db/i2vd")
+    code, _, err = i2vd(layout, "jobs")
+    assert code == 3 and "must start with sqlite:/// or postgresql://" in err
+    layout.config_file.write_text("inbox: [\n", encoding="utf-8")  # not YAML
+    code, _, err = i2vd(layout, "jobs")
+    assert code == 2 and "not valid YAML" in err

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import Layout, make_image
+from daemon.admin_queue import AdminQueue
 from daemon.breaker import DeviceBreaker, device_fault
 from daemon.intake import Intake
 from daemon.rules import load_rules
@@ -138,7 +139,8 @@ def test_a_broken_gpu_fails_no_image_and_another_daemon_renders_them(layout: Lay
         first = broken.run_once(0)
         assert first is not None and (first.state, first.attempts) == ("queued", 0)
         assert broken.breaker.faulted and "illegal memory access" in broken.breaker.reason
-        [row] = [s.daemon for s in store.daemons.listing(60)]
+        with AdminQueue(settings.database_url) as queue:  # what `i2vd status` lists
+            [row] = [s.daemon for s in queue.daemons(60)]
         assert (row.state, row.reason) == (
             "faulted",
             "CUDA error: an illegal memory access was encountered",

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from conftest import make_image, picture
-from daemon.images import BadImage, check_image, decode_image, read_facts, sha256_of, to_rgb
+from daemon.digests import sha256_of
+from daemon.images import BadImage, check_image, decode_image, read_facts, to_rgb
 
 
 def encode(image: Image.Image, fmt: str, **save: object) -> bytes:

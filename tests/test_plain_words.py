@@ -14,10 +14,10 @@ from conftest import REPO
 
 DAEMON = REPO / "daemon"
 # Command-line output, never a failure report: its messages speak to admins at a shell
-# (`rules check`/`explain` and their parts; queue_admin.py answers `i2vd retry`/`cancel`).
+# (`rules check`/`explain` and their parts; admin_queue.py answers `i2vd retry`/`cancel`).
 NOT_REPORTS = {
     *("explain.py", "explain_format.py", "locate.py", "rules_check.py", "cli.py"),
-    *("admin.py", "admin_text.py", "doctor.py", "queue_admin.py"),
+    *("admin.py", "admin_text.py", "doctor.py", "admin_queue.py"),
 }
 # Words a person who does not program cannot act on; their place is `detail`.
 JARGON = re.compile(

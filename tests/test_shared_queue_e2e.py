@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from conftest import MOTION_RULE, DaemonProcess, Layout, make_image, wait_for
+from daemon.admin_queue import AdminQueue
 from daemon.config import load_settings
 from daemon.store import Job, JobStore
 from pg import create_database, drop_database
@@ -312,13 +313,10 @@ def test_a_broken_gpu_fails_no_image_and_its_daemon_exits_to_be_restarted(
     )
     assert layout.files(layout.failed) == []
     assert all(job.attempts == 1 for job in jobs)  # the faults used no attempt
-    store = JobStore(url)
-    try:
-        [row] = [s.daemon for s in store.daemons.listing(60)]
-        assert (row.id, row.state) == (f"{socket.gethostname()}:{broken.proc.pid}", "faulted")
-        assert "illegal memory access" in row.reason
-    finally:
-        store.close()
+    with AdminQueue(url) as queue:  # what `i2vd status` lists
+        [row] = [s.daemon for s in queue.daemons(60)]
+    assert (row.id, row.state) == (f"{socket.gethostname()}:{broken.proc.pid}", "faulted")
+    assert "illegal memory access" in row.reason
 
 
 SKEWED_CLOCK_SITE = Path(__file__).resolve().parent / "skewed_clock_site"

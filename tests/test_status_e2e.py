@@ -18,7 +18,7 @@ from urllib.parse import unquote
 import pytest
 
 from conftest import DaemonProcess, Layout, make_image, wait_for
-from daemon.store import JobStore
+from daemon.admin_queue import AdminQueue
 from tiny_pipelines import build_i2vgenxl
 
 
@@ -166,9 +166,9 @@ def test_the_page_says_when_the_queue_is_paused(
     settings = layout.load(status_page=True)
     proc = daemon()
     proc.wait_started()
-    store = JobStore(settings.database_url)
+    queue = AdminQueue(settings.database_url)
     try:
-        store.control.pause("test")  # what `i2vd pause` does, on the queue's database
+        queue.pause("test")  # what `i2vd pause` does, on the queue's database
         paused = wait_for(
             lambda: page_shows(layout.inbox, lambda d: d["daemon"]["state"] == "paused")
         )
@@ -177,14 +177,14 @@ def test_the_page_says_when_the_queue_is_paused(
         waiting = wait_for(lambda: page_shows(layout.inbox, lambda d: d["waiting"]))
         assert [(w["source"], w["position"]) for w in waiting["waiting"]] == [("later.jpg", 1)]
         assert "Paused" in (layout.inbox / "i2vd-status.html").read_text("utf-8")
-        store.control.resume()
+        queue.resume()
         done = wait_for(
             lambda: page_shows(layout.outbox, lambda d: d["done"] and not d["waiting"]), 60
         )
         assert done["daemon"]["state"] == "running"
         assert (layout.outbox / done["done"][0]["video"]).is_file()
     finally:
-        store.close()
+        queue.close()
     assert proc.stop() == 0
 
 

@@ -9,15 +9,17 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from daemon.admin import status
+from daemon.admin import open_queue, status
 from daemon.admin_text import status_text
 from daemon.capabilities import Capabilities
 from daemon.config import Settings
 from daemon.mounts import MountGate
 from daemon.os_errors import INTAKE_PROBLEMS_FILE, report_intake_problem, save_intake_problems
+from daemon.queue_settings import QueueSettings
 from daemon.store import JobStore
 from store_procs import job_for
 
@@ -36,12 +38,19 @@ def store(settings: Settings) -> Iterator[JobStore]:
     s.close()
 
 
+def current(settings: Settings) -> dict[str, Any]:
+    """`i2vd status` as the command computes it: through a queue of its own."""
+    queue_settings = QueueSettings.of(settings)
+    with open_queue(queue_settings) as queue:
+        return status(queue, queue_settings)
+
+
 def test_jobs_no_live_daemon_can_run_are_shown(store: JobStore, settings: Settings) -> None:
     store.daemons.register("cpu:1", "cpu", 1, Capabilities(engines=("motion",)))
     store.enqueue(job_for(1))
     for n in (2, 3, 4):
         store.enqueue(job_for(n, engine="diffusion", model="wan", memory_gb=24.0))
-    data = status(store, settings)
+    data = current(settings)
     assert data["stranded"] == [
         {"inbox": "photos", "engine": "diffusion", "model": "wan", "memory_gb": 24.0, "jobs": 3}
     ]
@@ -51,8 +60,8 @@ def test_jobs_no_live_daemon_can_run_are_shown(store: JobStore, settings: Settin
         "running daemon can run them: start one that can (README: Several GPUs and hosts)"
     ) in text
     store.daemons.register("gpu:2", "gpu", 2, Capabilities(("diffusion",), memory_gb=40.0))
-    assert status(store, settings)["stranded"] == []
-    assert "no running daemon can run them" not in status_text(status(store, settings))
+    assert current(settings)["stranded"] == []
+    assert "no running daemon can run them" not in status_text(current(settings))
 
 
 def test_an_unavailable_share_is_shown_with_its_reason(
@@ -62,36 +71,36 @@ def test_an_unavailable_share_is_shown_with_its_reason(
         [("inbox", tmp_path / "inbox"), ("outbox", tmp_path / "outbox")], settings.state_dir
     )
     gate.arm()
-    assert [r["available"] for r in status(store, settings)["roots"]] == [True, True]
+    assert [r["available"] for r in current(settings)["roots"]] == [True, True]
     shutil.rmtree(tmp_path / "outbox")
     gate.check()
-    roots = status(store, settings)["roots"]
+    roots = current(settings)["roots"]
     assert [(r["kind"], r["available"]) for r in roots] == [("inbox", True), ("outbox", False)]
     assert roots[1]["reason"] and roots[1]["path"] == str(tmp_path / "outbox")
     assert f"outbox {tmp_path / 'outbox'} is unavailable: {roots[1]['reason']}" in status_text(
-        status(store, settings)
+        current(settings)
     )
 
 
 def test_files_intake_could_not_take_are_shown_until_taken(
     store: JobStore, settings: Settings, tmp_path: Path
 ) -> None:
-    assert status(store, settings)["not_taken"] == []
+    assert current(settings)["not_taken"] == []
     odd = Path(os.fsdecode(bytes(tmp_path / "inbox") + b"/caf\xe9.jpg"))
     problems: dict[Path, str] = {}
     full = OSError(errno.ENOSPC, "No space left on device", str(settings.state_dir))
     report_intake_problem(problems, odd, full, settings)
     saved = json.loads((settings.state_dir / INTAKE_PROBLEMS_FILE).read_text(encoding="utf-8"))
     assert len(saved["not_taken"]) == 1
-    data = status(store, settings)
+    data = current(settings)
     (item,) = data["not_taken"]
     assert "\udce9" not in item["path"] and item["path"].endswith(".jpg")
     assert item["reason"] == f"the disk holding {settings.state_dir} is full"
     assert f"{item['path']}: {item['reason']}" in status_text(data)
     del problems[odd]
     save_intake_problems(problems, settings.state_dir)
-    assert status(store, settings)["not_taken"] == []
-    assert "not taken" not in status_text(status(store, settings))
+    assert current(settings)["not_taken"] == []
+    assert "not taken" not in status_text(current(settings))
 
 
 def test_a_running_jobs_time_left_is_the_share_pages_estimate(
@@ -100,9 +109,9 @@ def test_a_running_jobs_time_left_is_the_share_pages_estimate(
     store.enqueue(job_for(1))
     job = store.claim("cpu:1", now=store.now() - 20)
     assert job is not None and job.id is not None
-    assert status(store, settings)["running"][0]["eta"] is None  # no progress yet
+    assert current(settings)["running"][0]["eta"] is None  # no progress yet
     store.heartbeat(job.id, "cpu:1", progress=0.5)
-    (running,) = status(store, settings)["running"]
+    (running,) = current(settings)["running"]
     assert 19 <= running["eta"] <= 25  # as long again as the 20 s so far
     store.heartbeat(job.id, "cpu:1", progress=1.0)  # encoding: no pace to go by
-    assert status(store, settings)["running"][0]["eta"] is None
+    assert current(settings)["running"][0]["eta"] is None

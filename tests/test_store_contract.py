@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import wait_for
-from daemon.queue_admin import JobKind
-from daemon.store import AlreadyQueued, CancelOutcome, Capabilities, JobState, JobStore
+from daemon.admin_queue import AdminQueue
+from daemon.store import Capabilities, JobState, JobStore
 from daemon.tables import DaemonState
 from daemon.wakeup import QueueListener
 from store_procs import claim_all, enqueue_all, job_for, open_store, run_in_processes
@@ -247,74 +247,8 @@ def test_retry_in_waits_on_the_database_clock(store: JobStore) -> None:
     assert store.claim("a:1") is not None
 
 
-# --- administration -----------------------------------------------------------------
-
-
-def test_list_retry_and_cancel(store: JobStore) -> None:
-    waiting, running, failed = (store.enqueue(job_for(n)).id for n in range(3))
-    assert None not in (waiting, running, failed)
-    store.claim("a:1")  # waiting
-    store.claim("a:1")  # running
-    store.claim("a:1")  # failed
-    store.requeue_interrupted(waiting, owner="a:1")  # type: ignore[arg-type]
-    store.fail(failed, None, "boom", "hint", retry_at=None, owner="a:1")  # type: ignore[arg-type]
-
-    assert [j.id for j in store.list_jobs(["failed"])] == [failed]
-    assert [j.id for j in store.list_jobs(limit=2)] == [failed, running]
-    assert [j.id for j in store.list_jobs(newest_first=False, limit=1)] == [waiting]
-
-    retried = store.retry(failed)  # type: ignore[arg-type]
-    assert retried is not None and (retried.state, retried.attempts, retried.error) == (
-        "queued",
-        0,
-        None,
-    )
-    assert store.retry(running) is None  # type: ignore[arg-type]
-
-    assert store.request_cancel(waiting) == CancelOutcome.CANCELLED  # type: ignore[arg-type]
-    assert store.get(waiting).state == JobState.CANCELLED  # type: ignore[arg-type,union-attr]
-    assert not store.cancel_requested(running)  # type: ignore[arg-type]
-    assert store.request_cancel(running) == CancelOutcome.REQUESTED  # type: ignore[arg-type]
-    assert store.cancel_requested(running)  # type: ignore[arg-type]
-    assert store.get(running).state == JobState.RUNNING  # type: ignore[arg-type,union-attr]
-    assert store.request_cancel(waiting) == CancelOutcome.ENDED  # type: ignore[arg-type]
-    assert store.request_cancel(9999) == CancelOutcome.NOT_FOUND
-    assert store.count_by_state() == {"queued": 1, "running": 1, "cancelled": 1}
-
-
-def test_retry_refuses_a_drop_already_queued_again(store: JobStore) -> None:
-    first = store.enqueue(job_for(1))
-    assert first.id is not None
-    store.claim("a:1")
-    store.fail(first.id, None, "boom", "hint", retry_at=None, owner="a:1")
-    second = store.enqueue(job_for(1))  # the image was moved back into the inbox
-    with pytest.raises(AlreadyQueued, match=f"as job {second.id}"):
-        store.retry(first.id)
-
-
-def test_pause_reaches_every_daemon_and_survives_restarts(queue_url: str) -> None:
-    one, two = JobStore(queue_url), JobStore(queue_url)
-    try:
-        assert not two.control.get().paused
-        one.control.pause("alice@desk", stop_running=True, reason="driver update")
-        state = two.control.get()
-        assert (state.paused, state.pause_now, state.paused_by, state.reason) == (
-            True,
-            True,
-            "alice@desk",
-            "driver update",
-        )
-        assert state.paused_at is not None and abs(state.paused_at - two.now()) < 5
-    finally:
-        one.close()
-        two.close()
-    reopened = JobStore(queue_url)
-    try:
-        assert reopened.control.get().paused
-        reopened.control.resume()
-        assert not reopened.control.get().paused
-    finally:
-        reopened.close()
+# --- the daemon registry --------------------------------------------------------------
+# (What the admin commands do to the queue, listing included: test_admin_queue.py.)
 
 
 def test_daemon_registry_judges_liveness_by_the_database_clock(
@@ -332,7 +266,8 @@ def test_daemon_registry_judges_liveness_by_the_database_clock(
 
     assert [d.id for d in store.daemons.alive(within=2.5)] == ["cpu1:20"]
     assert [d.id for d in store.daemons.alive(within=60)] == ["cpu1:20", "gpu1:10"]
-    listing = store.daemons.listing(alive_within=2.5)
+    with AdminQueue(store.url) as queue:  # the registry as `i2vd status` lists it
+        listing = queue.daemons(alive_within=2.5)
     assert [(s.daemon.id, s.alive) for s in listing] == [("cpu1:20", True), ("gpu1:10", False)]
     gpu_row = listing[1].daemon
     assert (gpu_row.state, gpu_row.reason, gpu_row.engines, gpu_row.models) == (
@@ -349,30 +284,7 @@ def test_daemon_registry_judges_liveness_by_the_database_clock(
     store.daemons.unregister("cpu1:20")
     assert [d.id for d in store.daemons.alive(within=60)] == ["gpu1:10"]
     assert store.daemons.forget_silent(longer_than=0.1) == 1
-    assert store.daemons.listing(60) == []
-
-
-def test_jobs_no_live_daemon_can_run_are_reported(store: JobStore) -> None:
-    store.enqueue(job_for(1))
-    store.enqueue(job_for(2, engine="diffusion", model="wan", memory_gb=40.0))
-    store.enqueue(job_for(3, engine="diffusion", model="wan", memory_gb=40.0))
-    store.enqueue(job_for(4, engine="diffusion", model="svd", memory_gb=10.0))
-    store.enqueue(job_for(5, inbox="scans"))
-    assert store.stranded(alive_within=60) == {
-        JobKind("photos", "motion", "", 0.0): 1,
-        JobKind("photos", "diffusion", "wan", 40.0): 2,
-        JobKind("photos", "diffusion", "svd", 10.0): 1,
-        JobKind("scans", "motion", "", 0.0): 1,
-    }
-    cpu = Capabilities(engines=("motion",), inboxes=("photos",))
-    store.daemons.register("cpu:1", "cpu", 1, cpu)
-    store.daemons.register("gpu:2", "gpu", 2, Capabilities(("diffusion",), memory_gb=24.0))
-    assert store.stranded(alive_within=60) == {
-        JobKind("photos", "diffusion", "wan", 40.0): 2,
-        JobKind("scans", "motion", "", 0.0): 1,
-    }
-    store.daemons.unregister("gpu:2")
-    assert JobKind("photos", "diffusion", "svd", 10.0) in store.stranded(alive_within=60)
+    assert store.daemons.alive(within=3600) == []
 
 
 # --- the schema -----------------------------------------------------------------------
