@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -65,7 +66,10 @@ class Lifecycle:
         self._last_status = 0.0
         self._last_textfile = 0.0
         self._had_pending = False
-        self._done_this_run = 0
+        # Jobs whose engine is loading a model (no step yet) -> the model, for the status.
+        self._loading: dict[int, str] = {}
+        # Attempts of this run that ended, by outcome: the progress line's "done of total".
+        self._finished: dict[str, int] = {}
         self._counts: dict[str, int] = {}
 
     # --- start, reload, stop --------------------------------------------------------
@@ -148,15 +152,22 @@ class Lifecycle:
         self._had_pending = pending > 0
 
     def status_line(self) -> str:
-        """e.g. ``3 queued · job 12 generating 40% · diffusion closed until 22:00``."""
+        """systemd's, e.g. ``3 queued · job 12 a.jpg 40% · diffusion closed until 22:00``;
+        the terminal's progress line (``run --once``) counts this run's jobs instead:
+        ``3 of 10 done · job 12 a.jpg 40% · ETA 0:00:42``."""
         counts = self._counts
         waiting = counts.get("queued", 0) + counts.get("retrying", 0)
-        parts = [f"{waiting} queued"]
         if self.progress_line is not None:
-            parts.insert(0, f"{self._done_this_run} done")
+            parts = self._run_counts(counts)
+        else:
+            parts = [f"{waiting} queued"]
         # copy(): one step under the GIL, while worker threads add and remove jobs.
         running = sorted(self._running.copy().items())
-        for _job_id, (job, done) in running[:2]:
+        loading = self._loading.copy()
+        for job_id, (job, done) in running[:2]:
+            if job_id in loading:
+                parts.append(f"job {job.id} {job.relative} loading model {loading[job_id]}")
+                continue
             parts.append(f"job {job.id} {job.relative} {100 * done:.0f}%")
             eta = _eta(job, done)
             if eta is not None:
@@ -173,6 +184,16 @@ class Lifecycle:
             parts.append(f"{engine} closed until {when}")
         return " · ".join(parts)
 
+    def _run_counts(self, counts: dict[str, int]) -> list[str]:
+        """``3 of 10 done`` (and ``1 failed``, ``1 cancelled`` when any): the jobs of this
+        run are those that ended in it and those still to do."""
+        finished = self._finished.copy()
+        pending = sum(counts.get(s, 0) for s in ("queued", "retrying", "running"))
+        done = finished.get("done", 0)
+        parts = [f"{done} of {pending + sum(finished.values())} done"]
+        parts += [f"{finished[o]} {o}" for o in ("failed", "cancelled") if finished.get(o)]
+        return parts
+
     # --- jobs ----------------------------------------------------------------------------
 
     def job_started(self, job: Job) -> None:
@@ -185,9 +206,25 @@ class Lifecycle:
         # Said at once (a short job may be over before the next tick's refresh).
         self.notifier.status(self.status_line())
 
+    def model_loading(self, job: Job, model: str) -> None:
+        """The job's engine started loading a model (the first job, or the first after an
+        idle unload): say so, and ask for ``model_load_seconds`` more.
+
+        systemd honours EXTEND_TIMEOUT_USEC only while the unit starts or stops, or
+        against ``RuntimeMaxSec=`` while it runs; a load at run time is otherwise
+        allowed for by the watchdog, which waits ``model_load_seconds`` for a job's
+        first step (``Liveness.load_seconds``), counted from here."""
+        assert job.id is not None
+        self.liveness.loading(job.id)
+        self.notifier.extend_timeout(self.settings.model_load_seconds)
+        # A local folder by its name (the whole path is in the log); a hub id as it is.
+        self._loading[job.id] = Path(model).name if Path(model).is_absolute() else model
+        self.notifier.status(self.status_line())
+
     def job_step(self, job: Job, done: float) -> None:
         assert job.id is not None
         self._running[job.id] = (job, done)
+        self._loading.pop(job.id, None)
         self.liveness.step(job.id)
 
     def job_ended(self, claimed: Job, row: Job | None) -> None:
@@ -195,13 +232,18 @@ class Lifecycle:
         when it could not be read)."""
         assert claimed.id is not None
         self._running.pop(claimed.id, None)
+        self._loading.pop(claimed.id, None)
         self.liveness.job_ended(claimed.id)
-        self._last_status = 0.0  # show the change at the next tick
-        if row is None:
-            return
+        if row is not None:
+            self._ended(row)
+        # Show the change at the next tick; set after counting the job, so that tick's
+        # refresh, which reads the queue afresh, sees it ended in both.
+        self._last_status = 0.0
+
+    def _ended(self, row: Job) -> None:
         outcome = OUTCOME_BY_STATE.get(row.state)
-        if outcome == "done":
-            self._done_this_run += 1
+        if outcome in ("done", "failed", "cancelled"):
+            self._finished[outcome] = self._finished.get(outcome, 0) + 1
         if self.metrics is not None and outcome is not None:
             self.metrics.job_ended(row, outcome)
         if row.state == "failed" and self.webhooks.wants("failed"):

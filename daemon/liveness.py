@@ -7,7 +7,8 @@ come from here, and only while
 - the main loop has ticked recently, and
 - the worker thread runs, and
 - the current job, if any, has reported a step (or a heartbeat) within its allowance:
-  ``load_seconds`` before its first step (a model may be loading), then
+  ``load_seconds`` before its first step (a model may be loading; counted from the
+  load's start when the engine says one began), then
   ``stall_seconds`` between steps.
 
 Then systemd kills the daemon (``WatchdogSec=``), restarts it (``Restart=``), and the
@@ -55,6 +56,13 @@ class Liveness:
     def job_started(self, job_id: int) -> None:
         with self._lock:
             self._jobs[job_id] = (self._clock(), False)
+
+    def loading(self, job_id: int) -> None:
+        """The job's engine started loading a model: ``load_seconds`` from now, not from
+        the claim, until its first step."""
+        with self._lock:
+            if job_id in self._jobs:
+                self._jobs[job_id] = (self._clock(), False)
 
     def step(self, job_id: int) -> None:
         """The job did something: a denoising step, a frame, a heartbeat."""

@@ -3,8 +3,9 @@
 Under systemd (``JOURNAL_STREAM`` names our stderr) journald adds its own timestamps,
 so lines carry none, and each starts with ``<N>``, the syslog priority journald reads
 (``journalctl -p warning`` then works). Elsewhere lines are as they always were. In a
-terminal, ``run --once`` keeps one live progress line under the log; piped or under
-systemd there is none, so log files never fill with carriage returns.
+terminal, ``run --once`` keeps one live progress line under the log (this run's jobs,
+``3 of 10 done``, and the running one's progress); piped or under systemd there is
+none, so log files never fill with carriage returns.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class _ProgressAwareHandler(logging.StreamHandler[TextIO]):
 
 def _columns() -> int:
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        # 0 from a terminal whose size nobody set (a fresh pty): take the usual 80.
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 80
     except (OSError, ValueError):
         return 80
 

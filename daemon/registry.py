@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, literal_column, update
+from sqlalchemy import ColumnElement, case, delete, literal, literal_column, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -52,8 +52,9 @@ class Daemons(_Table):
         can_run: Capabilities,
         version: str = "",
         device: str = "",
+        state: DaemonState = DaemonState.RUNNING,
     ) -> None:
-        """Add (or, for a reused id, replace) this daemon's row, as running now."""
+        """Add (or, for a reused id, replace) this daemon's row, heard from now."""
         with self._session() as session:
             session.execute(delete(Daemon).where(col(Daemon.id) == daemon_id))
             session.add(
@@ -67,6 +68,7 @@ class Daemons(_Table):
                     models_json=None if can_run.models is None else json.dumps(can_run.models),
                     memory_gb=can_run.memory_gb,
                     inboxes_json=None if can_run.inboxes is None else json.dumps(can_run.inboxes),
+                    state=state.value,
                 )
             )
             session.flush()
@@ -83,14 +85,27 @@ class Daemons(_Table):
         state: DaemonState | None = None,
         reason: str | None = None,
         job_id: int | Unchanged | None = UNCHANGED,
+        keep: DaemonState | None = None,
     ) -> bool:
         """Say this daemon is alive (and, when given, its state, why, and its current
-        job, None for none). False when its row is gone: register again."""
-        values: dict[str, Any] = {"heartbeat_at": self._now}
+        job, None for none). False when its row is gone: register again.
+
+        A row in state ``keep`` keeps it (and its reason) whatever ``state`` says,
+        decided in the one UPDATE: the service's timer says running or paused without
+        undoing a worker thread's ``faulted`` written a moment before."""
+        said: dict[str, Any] = {}
         if state is not None:
-            values["state"] = state.value
+            said["state"] = state.value
         if reason is not None:
-            values["reason"] = reason
+            said["reason"] = reason
+        if keep is not None:
+            # Both sides of each CASE read the row as it was (standard SQL's UPDATE).
+            held = col(Daemon.state) == keep.value
+            said = {
+                name: case((held, getattr(Daemon, name)), else_=literal(value))
+                for name, value in said.items()
+            }
+        values: dict[str, Any] = {"heartbeat_at": self._now, **said}
         if not isinstance(job_id, Unchanged):
             values["job_id"] = job_id
         with self._session() as session:

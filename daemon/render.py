@@ -61,9 +61,11 @@ def render_video(
     data: bytes,
     work_file: Path,
     checkpoint: Callable[[float], None],
+    loading: Callable[[str], None] = lambda model: None,
 ) -> Rendered:
     """Render, encode to ``work_file`` and verify it. Problems raise (EngineUnavailable,
-    BadImage, VideoError, an engine's own); JobInterrupted when ``checkpoint`` stops."""
+    BadImage, VideoError, an engine's own); JobInterrupted when ``checkpoint`` stops.
+    ``loading`` is told when the engine starts loading a model."""
     engine = get_engine(rule.engine, engines, engine_options(settings))
     image = decode_image(data, min_side=source_pixels_needed(rule))
     params = rule.resolved()
@@ -81,6 +83,7 @@ def render_video(
         motion=rule.motion,
         diffusion=rule.diffusion,
         checkpoint=checkpoint,
+        loading=loading,
     )
     t_generate = time.time()
     try:

@@ -345,6 +345,7 @@ class Service:
 
     def _register(self, can_run: Capabilities) -> None:
         """Join the queue's daemon registry (what `i2vd status` lists)."""
+        state = DaemonState.FAULTED if self.worker.breaker.faulted else self._queue_state()
         self.store.daemons.register(
             self.owner,
             self.host,
@@ -352,15 +353,28 @@ class Service:
             can_run,
             version=__version__,
             device=self.settings.device,
+            state=state,
         )
 
+    def _queue_state(self) -> DaemonState:
+        """Paused while the queue is (`i2vd pause`), else running."""
+        return DaemonState.PAUSED if self.store.control.get().paused else DaemonState.RUNNING
+
     def _heartbeat(self) -> None:
-        """The running jobs' leases, and this daemon's row in the registry."""
+        """The running jobs' leases, and this daemon's row in the registry: its job and
+        whether it is paused. Faulted is the worker's to set and to clear (when the GPU
+        works again), so it is kept."""
         now = self.store.now()
         for worker in self.workers:
             worker.heartbeat(now)
         current = self.worker.current
-        if not self.store.daemons.heartbeat(self.owner, job_id=current.id if current else None):
+        alive = self.store.daemons.heartbeat(
+            self.owner,
+            self._queue_state(),
+            job_id=current.id if current else None,
+            keep=DaemonState.FAULTED,
+        )
+        if not alive:
             self._register(capabilities(self.settings))  # forgotten while it was silent
 
     def _sweep_work_dir(self) -> None:
@@ -523,6 +537,7 @@ class Service:
             breaker=breaker if breaker is not None else DeviceBreaker(),
             on_claim=self.lifecycle.job_started,
             on_step=self._job_step,
+            on_load=self.lifecycle.model_loading,
             holding=lambda: self.control.gate().held(),
             on_end=self._job_ended,
             gate=self.gate,

@@ -76,6 +76,9 @@ class Worker:
     # Told of each claimed job and each step, for the watchdog, status and metrics.
     on_claim: Callable[[Job], None] = lambda job: None
     on_step: Callable[[Job, float], None] = lambda job, done: None
+    # Told when the job's engine starts loading a model (named): the service manager
+    # and the watchdog allow for a load, which can take minutes.
+    on_load: Callable[[Job, str], None] = lambda job, model: None
     on_end: Callable[[Job], None] = lambda job: None
     # Engines whose jobs must not start now (i2vd pause, schedule windows).
     holding: Callable[[], frozenset[str]] = frozenset
@@ -233,6 +236,7 @@ class Worker:
                 data,
                 work_file,
                 lambda progress: self._checkpoint(job, progress),
+                lambda model: self.on_load(job, model),
             )
             self._mark_progress(job, RENDER_DONE)  # encoded: the crash window closes
             timings = {

@@ -15,6 +15,7 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -232,17 +233,22 @@ def test_pipeline_stays_warm_is_unloaded_when_idle_and_evicted_by_another_model(
     models: dict[str, Path], tmp_path: Path
 ) -> None:
     engine = make_engine(tmp_path, idle_seconds=60)
-    wan = make_request(models["wan_i2v"], SMALL, steps=2)
+    # Each load is told before it starts (the daemon asks systemd for time then).
+    loads: list[str] = []
+    wan = replace(make_request(models["wan_i2v"], SMALL, steps=2), loading=loads.append)
     first = engine.render(wan)
     pipe = engine.pipeline
     assert first.load_seconds > 0
     assert engine.loaded_model == str(models["wan_i2v"])
+    assert loads == [str(models["wan_i2v"])]
 
     # Another rule naming the same model, spelled differently: same warm pipeline.
     relative = os.path.relpath(models["wan_i2v"])
-    second = engine.render(make_request(relative, SMALL, steps=2, prompt="another rule"))
+    other_rule = make_request(relative, SMALL, steps=2, prompt="another rule")
+    second = engine.render(replace(other_rule, loading=loads.append))
     assert second.load_seconds == 0.0
     assert engine.pipeline is pipe
+    assert len(loads) == 1
 
     engine.release_idle(time.monotonic())
     assert engine.pipeline is pipe  # used just now
@@ -255,9 +261,11 @@ def test_pipeline_stays_warm_is_unloaded_when_idle_and_evicted_by_another_model(
 
     third = engine.render(wan)
     assert third.load_seconds > 0
+    assert loads == [str(models["wan_i2v"])] * 2  # loaded again after the idle unload
     wan_pipe = weakref.ref(engine.pipeline)
-    engine.render(make_request(models["svd"], SMALL, steps=2))
+    engine.render(replace(make_request(models["svd"], SMALL, steps=2), loading=loads.append))
     assert engine.loaded_model == str(models["svd"])
+    assert loads[2:] == [str(models["svd"])]
     gc.collect()
     assert wan_pipe() is None, "the first model was not freed when the second was loaded"
 

@@ -65,6 +65,24 @@ def test_a_job_that_never_steps_is_hung_after_the_load_allowance() -> None:
     assert not live.verdict().alive
 
 
+def test_a_model_load_gets_the_load_allowance_from_when_it_began() -> None:
+    clock = Clock()
+    live = Liveness(stall_seconds=10, load_seconds=60, clock=clock)
+    live.job_started(4)
+    clock.now += 50  # reading a large image from a slow share
+    live.loading(4)
+    clock.now += 55  # 105 s since the claim, 55 s into the load
+    live.loop_tick()
+    assert live.verdict().alive
+    clock.now += 6
+    live.loop_tick()
+    verdict = live.verdict()
+    assert not verdict.alive and "job 4" in verdict.reason and "no first step" in verdict.reason
+    live.loading(9)  # a job that is not running (ended meanwhile) is not brought back
+    live.job_ended(4)
+    assert live.verdict().alive
+
+
 def test_each_of_several_jobs_is_judged_on_its_own() -> None:
     clock = Clock()
     live = Liveness(stall_seconds=10, load_seconds=60, clock=clock)

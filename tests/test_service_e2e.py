@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import REPO, Layout, make_image, wait_for
+from tiny_pipelines import build_i2vgenxl
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +105,45 @@ def test_ready_status_watchdog_reload_and_stopping_reach_the_manager(
     stopping = notify.lines("STOPPING=1")
     assert stopping and stopping[0][0] > reload_at
     assert proc.proc.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_i2vgenxl(tmp_path_factory.mktemp("models") / "tiny-i2vgenxl")
+
+
+def test_a_job_loading_its_model_asks_the_manager_for_the_load_allowance(
+    layout: Layout, daemon: Any, notify: NotifySocket, tiny_model: Path
+) -> None:
+    layout.rule(
+        "ai",
+        "engine: diffusion\npriority: 10\n"
+        f"model: {json.dumps(str(tiny_model))}\n"
+        "preset: quick\nparams: {resolution: 256, frames: 8, fps: 8, steps: 10, seed: 1}\n",
+    )
+    layout.write_config(device="cpu", model_load_seconds=1234)
+    proc = daemon(env={"NOTIFY_SOCKET": str(notify.path)})
+    wait_for(lambda: notify.lines("READY=1"), 20)
+    ready_at = notify.lines("READY=1")[0][0]
+    load = "EXTEND_TIMEOUT_USEC=1234000000"
+    assert notify.lines(load) == []  # start-up asks for its own phases' time, not this
+
+    make_image(layout.inbox / "a.jpg")
+    wait_for(lambda: "job 1 done" in proc.log or "failed" in proc.log, 180)
+    assert (layout.outbox / "a.ai.mp4").exists(), proc.log
+    [(asked_at, _)] = notify.lines(load)
+    assert asked_at > ready_at
+    said = "job 1 a.jpg loading model tiny-i2vgenxl"
+    loading = [at for at, line in notify.lines("STATUS=") if said in line]
+    assert loading and loading[0] >= asked_at, notify.lines("STATUS=")
+
+    # The model stays warm: the next job loads nothing, so asks for nothing.
+    make_image(layout.inbox / "b.jpg", seed=2)
+    wait_for(lambda: "job 2 done" in proc.log or "failed" in proc.log, 180)
+    assert (layout.outbox / "b.ai.mp4").exists(), proc.log
+    assert len(notify.lines(load)) == 1
+    assert not any("job 2 b.jpg loading" in line for _, line in notify.lines("STATUS="))
+    assert proc.stop() == 0
 
 
 def test_without_notify_socket_nothing_is_sent_and_logs_are_as_before(

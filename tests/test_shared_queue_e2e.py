@@ -9,6 +9,7 @@ has, as on separate hosts.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from conftest import MOTION_RULE, DaemonProcess, Layout, make_image, wait_for
 from daemon.admin_queue import AdminQueue
 from daemon.config import load_settings
 from daemon.store import Job, JobStore
+from daemon.tables import Daemon
 from pg import create_database, drop_database
 
 pytestmark = pytest.mark.slow
@@ -317,6 +319,56 @@ def test_a_broken_gpu_fails_no_image_and_its_daemon_exits_to_be_restarted(
         [row] = [s.daemon for s in queue.daemons(60)]
     assert (row.id, row.state) == (f"{socket.gethostname()}:{broken.proc.pid}", "faulted")
     assert "illegal memory access" in row.reason
+
+
+def admin(layout: Layout, *args: str) -> subprocess.CompletedProcess[str]:
+    """An admin command (`i2vd pause`, `status`...) run as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args, "--config", str(layout.config_file)],
+        cwd=layout.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_registry_says_paused_while_the_queue_is_and_faulted_outranks_it(
+    layout: Layout, daemon
+) -> None:
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    # A heartbeat every 1.5 s; a GPU that faults once and is not tried again meanwhile.
+    layout.write_config(lease_seconds=6, gpu_fault_limit=100, gpu_fault_cooldown_seconds=3600)
+    url = load_settings(layout.config_file).database_url
+    proc = daemon(env=fake_gpu("faulty"))
+    proc.wait_started()
+    store = JobStore(url)
+    try:
+
+        def row() -> Daemon:
+            [status] = store.daemons.listing(60)
+            return status.daemon
+
+        assert row().state == "running"
+        assert admin(layout, "pause").returncode == 0
+        wait_for(lambda: row().state == "paused", 10)
+        listed = json.loads(admin(layout, "status", "--json").stdout)
+        assert [d["state"] for d in listed["daemons"]] == ["paused"]
+        assert admin(layout, "resume").returncode == 0
+        wait_for(lambda: row().state == "running", 10)
+
+        make_image(layout.inbox / "a.jpg")
+        wait_for(lambda: row().state == "faulted", 60)
+        assert admin(layout, "pause").returncode == 0
+        # The second heartbeat from now began after the pause: it would have said so.
+        beat = row().heartbeat_at
+        wait_for(lambda: row().heartbeat_at >= beat + 2, 10)
+        assert row().state == "faulted" and "illegal memory access" in row().reason
+        assert admin(layout, "resume").returncode == 0
+    finally:
+        store.close()
+    assert proc.stop() == 0, proc.log
 
 
 SKEWED_CLOCK_SITE = Path(__file__).resolve().parent / "skewed_clock_site"

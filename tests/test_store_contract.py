@@ -287,6 +287,31 @@ def test_daemon_registry_judges_liveness_by_the_database_clock(
     assert store.daemons.alive(within=3600) == []
 
 
+def test_a_heartbeat_says_paused_or_running_but_a_faulted_daemon_stays_faulted(
+    store: JobStore,
+) -> None:
+    """The service's timer says paused or running; faulted is the worker's, kept with
+    its reason until the worker itself says the GPU works again."""
+    store.daemons.register("gpu:1", "gpu", 1, Capabilities(("diffusion",)))
+    store.daemons.register("cpu:2", "cpu", 2, Capabilities(("motion",)), state=DaemonState.PAUSED)
+    assert store.daemons.heartbeat("gpu:1", DaemonState.FAULTED, "device lost")
+
+    def states() -> list[tuple[str, str]]:
+        daemons = sorted(store.daemons.alive(within=60), key=lambda d: d.id)
+        return [(d.state, d.reason) for d in daemons]
+
+    assert states() == [("paused", ""), ("faulted", "device lost")]
+    for daemon_id in ("gpu:1", "cpu:2"):
+        assert store.daemons.heartbeat(daemon_id, DaemonState.RUNNING, keep=DaemonState.FAULTED)
+    assert states() == [("running", ""), ("faulted", "device lost")]
+    for daemon_id in ("gpu:1", "cpu:2"):
+        store.daemons.heartbeat(daemon_id, DaemonState.PAUSED, "", keep=DaemonState.FAULTED)
+    assert states() == [("paused", ""), ("faulted", "device lost")]
+    assert not store.daemons.heartbeat("gone:3", DaemonState.PAUSED, keep=DaemonState.FAULTED)
+    store.daemons.heartbeat("gpu:1", DaemonState.RUNNING, "")  # the GPU works again
+    assert states() == [("paused", ""), ("running", "")]
+
+
 # --- the schema -----------------------------------------------------------------------
 
 

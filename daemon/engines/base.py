@@ -30,6 +30,9 @@ class RenderRequest:
     # Called between frames or steps with the fraction done; raises JobInterrupted
     # when the daemon is stopping.
     checkpoint: Callable[[float], None] = lambda done: None
+    # Called with the model's name when the engine starts loading it (a job's first,
+    # or the first after an idle unload): minutes may pass before the first step.
+    loading: Callable[[str], None] = lambda model: None
 
 
 @dataclass

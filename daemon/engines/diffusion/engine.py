@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,9 +125,16 @@ class DiffusionEngine:
         release_memory(resident.device)
 
     def _acquire(
-        self, source: ModelSource, family: Family, dtype: str, variant: str | None, device: str
+        self,
+        source: ModelSource,
+        family: Family,
+        dtype: str,
+        variant: str | None,
+        device: str,
+        loading: Callable[[str], None],
     ) -> tuple[Resident, float]:
-        """The warm pipeline for this key (loading it, after unloading any other one)."""
+        """The warm pipeline for this key (loading it, after unloading any other one;
+        ``loading`` is told first, as a load can take minutes)."""
         key = (source.key, dtype, str(variant), device)
         with self._state_lock:
             current = self._resident
@@ -138,6 +146,7 @@ class DiffusionEngine:
             log.info("unloading model %s to load %s", current.source.model, source.model)
             self._free(current)
         log.info("loading model %s (%s, %s, %s)", source.model, source.class_name, dtype, device)
+        loading(source.model)
         started = time.monotonic()
         failure = None
         try:
@@ -199,7 +208,9 @@ class DiffusionEngine:
         family = family_of(source)
         device = resolve_device(self.options.device)
         dtype = resolve_dtype(settings.dtype, family, device)
-        resident, load_seconds = self._acquire(source, family, dtype, settings.variant, device)
+        resident, load_seconds = self._acquire(
+            source, family, dtype, settings.variant, device, request.loading
+        )
         pipe = resident.pipe
         seed = request.params.seed
         if seed is None:
