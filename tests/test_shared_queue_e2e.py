@@ -347,8 +347,8 @@ def test_the_registry_says_paused_while_the_queue_is_and_faulted_outranks_it(
     try:
 
         def row() -> Daemon:
-            [status] = store.daemons.listing(60)
-            return status.daemon
+            [alive] = store.daemons.alive(within=60)
+            return alive
 
         assert row().state == "running"
         assert admin(layout, "pause").returncode == 0
