@@ -1,8 +1,13 @@
-"""What a daemon can run: the claim's routing, and what the daemon registry records."""
+"""What a daemon can run: the claim's routing, and what the daemon registry records;
+what a daemon's settings make it claim (``Capabilities.of``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the admin commands import this module: it stays without pydantic
+    from .config import Settings
 
 # Every engine i2vd has: what a daemon claims unless its `engines` setting says less.
 ALL_ENGINES = ("motion", "diffusion")
@@ -18,6 +23,15 @@ class Capabilities:
     models: tuple[str, ...] | None = None
     memory_gb: float | None = None
     inboxes: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Capabilities:
+        """What this daemon claims: jobs of its engines (every engine unless `engines`
+        says), from the inboxes this host has, by name or, for jobs queued before
+        inboxes had names, by folder."""
+        engines = tuple(settings.engines) if settings.engines is not None else ALL_ENGINES
+        names = (*settings.inbox_names, *(str(folder) for folder in settings.inbox))
+        return cls(engines, inboxes=tuple(dict.fromkeys(names)))
 
     def without(self, engines: frozenset[str]) -> Capabilities:
         """The same, less ``engines`` (a daemon whose GPU failed stops taking GPU jobs)."""

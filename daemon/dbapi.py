@@ -59,6 +59,14 @@ def dialect_of(url: str) -> str:
     )
 
 
+def without_password(url: str) -> str:
+    """A database_url fit for a log line or a message: never a password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
 def pg_conninfo(url: str) -> str:
     """A PostgreSQL database_url (SQLAlchemy's spelling, driver name and all) as the
     URI libpq takes: the same user, password, host, database and options."""

@@ -24,9 +24,9 @@ from conftest import MOTION_RULE, DaemonProcess, Layout, make_image, wait_for
 from daemon.engines import Clip, RenderRequest
 from daemon.rules import LoadedRule
 from daemon.ruleset import ReloadResult, RuleSet, RulesWatcher
-from daemon.service import Service
 from daemon.store import JobStore
 from daemon.worker import Worker
+from daemon.worker_pool import release_idle
 from test_daemon_e2e import jobs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
@@ -567,18 +567,17 @@ class Unloader:
 def test_the_idle_timer_asks_every_engine_and_survives_a_failure(
     layout: Layout, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The service's 30-second timer body: one engine failing does not stop the others
-    (nor the timer, which only sees the method return)."""
+    """The worker pool's 30-second timer body: one engine failing does not stop the
+    others (nor the timer, which only sees the function return)."""
     settings = layout.load()
-    service = Service(settings)
     store = JobStore(settings.database_url)
     try:
-        service.worker = Worker(settings, store, "test:1")
+        worker = Worker(settings, store, "test:1")
         broken, fine = Unloader("diffusion", fails=True), Unloader("motion")
-        service.worker.engines.update({"diffusion": broken, "motion": fine})
+        worker.engines.update({"diffusion": broken, "motion": fine})
         before = time.monotonic()
-        service._release_idle()
-        service._release_idle()
+        release_idle(worker.engines)
+        release_idle(worker.engines)
     finally:
         store.close()
     assert len(broken.calls) == len(fine.calls) == 2
@@ -612,8 +611,7 @@ def test_an_edited_rule_is_used_for_the_next_drop_without_a_restart(
 
     layout.rule(
         "motion",
-        MOTION_RULE.replace("zoom_in", "pan_right")
-        + 'output: {name: "{{ stem }}.edited"}\n',
+        MOTION_RULE.replace("zoom_in", "pan_right") + 'output: {name: "{{ stem }}.edited"}\n',
     )
     wait_log(proc, "rule motion updated: ")
     make_image(layout.inbox / "b.jpg", seed=1)
