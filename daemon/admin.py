@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # A daemon whose heartbeat is older than this is listed as not answering.
 ALIVE_WITHIN = 60.0
-STATES = tuple(state.value for state in JobState)
 
 
 class AdminProblem(Problem):
@@ -115,7 +114,7 @@ def job_details(job: JobRecord, now: float) -> dict[str, Any]:
             },
             "duplicate_of": job.duplicate_of,
             "lease_owner": job.lease_owner,
-            "cancel_requested": bool(getattr(job, "cancel_requested", False)),
+            "cancel_requested": job.cancel_requested,
             "text": job.text or None,
             "companions": job.companions,
         }

@@ -44,6 +44,12 @@ def _listed(table: str, columns: Iterable[str]) -> str:
 _JOBS = f"SELECT {_listed('job', JOB_COLUMNS)} FROM job"
 _DAEMONS = f"SELECT {_listed('daemon', DAEMON_COLUMNS)} FROM daemon"
 _CONTROL = f"SELECT {_listed('control', CONTROL_COLUMNS)} FROM control"
+# Every table and column read here, in one statement that reads no row: the database
+# checks the names before it runs it.
+_SCHEMA_PROBE = (
+    f"SELECT {_listed('job', JOB_COLUMNS)}, {_listed('daemon', DAEMON_COLUMNS)}, "
+    f"{_listed('control', CONTROL_COLUMNS)} FROM job, daemon, control LIMIT 0"
+)
 
 # Plain strings for the drivers (psycopg would write an Enum by its member name).
 QUEUED, RUNNING, RETRYING = JobState.QUEUED.value, JobState.RUNNING.value, JobState.RETRYING.value
@@ -93,8 +99,7 @@ class AdminQueue:
         self.db = Database(url)
         self.host_paths = host_paths or HostPaths()
         try:
-            for query in (_JOBS, _DAEMONS, _CONTROL):
-                self.db.rows(query + " LIMIT 0")
+            self.db.rows(_SCHEMA_PROBE)
         except BaseException:
             self.db.close()
             raise
@@ -123,6 +128,8 @@ class AdminQueue:
         query, params = _JOBS, []
         if states is not None:
             wanted = list(states)
+            if not wanted:  # `IN ()` is no SQL to PostgreSQL
+                return []
             query += f" WHERE state IN ({_marks(wanted)})"
             params = [str(s) for s in wanted]
         return self._jobs(query + " ORDER BY id DESC LIMIT ?", [*params, int(limit)])

@@ -314,10 +314,26 @@ def admin(args: argparse.Namespace) -> int:
 
 
 def _upgrade(lib: Any, settings: QueueSettings) -> bool:
+    """Make or upgrade the queue's schema; False (the reason printed) when it cannot."""
     from sqlalchemy.exc import SQLAlchemyError
+
+    from .schema_version import SchemaTooNew
 
     try:
         lib.upgrade(settings)
+    except SchemaTooNew as exc:  # the message says what to do: upgrade i2vd here
+        print(f"i2vd: {exc}", file=sys.stderr)
+        return False
+    except OSError as exc:
+        # The lock file beside a SQLite queue, taken while the schema is made: its
+        # folder is read-only, full, or not there.
+        what = exc.filename or "the queue's folder"
+        print(
+            f"i2vd: cannot prepare the queue database: cannot write {what} "
+            f"({exc.strerror or exc}); the folder of the queue's file must be writable",
+            file=sys.stderr,
+        )
+        return False
     except (SQLAlchemyError, ImportError) as exc:
         _cannot_open(exc)
         return False

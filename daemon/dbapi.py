@@ -4,7 +4,8 @@ The daemon reaches its queue through SQLAlchemy (``database.py``). The admin com
 must answer in a fraction of a second, and importing SQLAlchemy alone takes a good
 part of that, so they talk to the same database with the drivers themselves. What both
 need is said here once: the SQLite settings every connection gets, the database's
-clock as SQL, and how a configured URL becomes a driver's connection string.
+clock as SQL, and one connection with errors in the queue's own words
+(``database_url.py`` reads the configured URL as SQLAlchemy does).
 
 Statements are written with ``?`` placeholders; :class:`Database` hands them to
 psycopg as ``%s``.
@@ -12,10 +13,15 @@ psycopg as ``%s``.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+from .database_url import parse, pg_conninfo, sqlite_target
 
 # Seconds since the epoch, as a float, evaluated by the database when the statement
 # runs. SQLite's julianday('now') has millisecond precision; statement_timestamp() is
@@ -37,8 +43,6 @@ SQLITE_PRAGMAS = (
 # Seconds a SQLite connection waits for a lock (the driver's own timeout).
 SQLITE_TIMEOUT = 30.0
 
-_POSTGRES_SCHEMES = ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://")
-
 
 def now_sql(dialect: str) -> str:
     """The database clock as SQL text, for hand-written statements."""
@@ -46,48 +50,6 @@ def now_sql(dialect: str) -> str:
         return _NOW_SQL[dialect]
     except KeyError:
         raise ValueError(f"i2vd's queue runs on SQLite or PostgreSQL, not {dialect}") from None
-
-
-def dialect_of(url: str) -> str:
-    """ "sqlite" or "postgresql" for a database_url; ValueError for anything else."""
-    if url.startswith("sqlite:"):
-        return "sqlite"
-    if url.startswith("postgres"):
-        return "postgresql"
-    raise ValueError(
-        f"database_url must start with sqlite:/// or postgresql://, not {url.split(':')[0]}"
-    )
-
-
-def without_password(url: str) -> str:
-    """A database_url fit for a log line or a message: never a password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
-
-
-def pg_conninfo(url: str) -> str:
-    """A PostgreSQL database_url (SQLAlchemy's spelling, driver name and all) as the
-    URI libpq takes: the same user, password, host, database and options."""
-    for scheme in _POSTGRES_SCHEMES:
-        if url.startswith(scheme):
-            return "postgresql://" + url[len(scheme) :]
-    return url
-
-
-def sqlite_target(url: str) -> tuple[str, bool]:
-    """(what ``sqlite3.connect`` opens, whether it is a URI) for a ``sqlite:///PATH``
-    URL, as SQLAlchemy reads it: ``sqlite:///rel/path``, ``sqlite:////abs/path``,
-    ``sqlite://`` for memory, ``?uri=true`` for a ``file:`` URI."""
-    rest = url.removeprefix("sqlite:")
-    rest = rest[3:] if rest.startswith("///") else rest.removeprefix("//")
-    path, _, query = rest.partition("?")
-    options = dict(item.partition("=")[::2] for item in query.split("&") if item)
-    if options.pop("uri", "").lower() in ("true", "1"):
-        remaining = "&".join(f"{k}={v}" for k, v in options.items())
-        return path + (f"?{remaining}" if remaining else ""), True
-    return path or ":memory:", False
 
 
 def prepare_sqlite(conn: Any) -> None:
@@ -123,30 +85,10 @@ class Database:
 
     def __init__(self, url: str) -> None:
         try:
-            self.dialect = dialect_of(url)
+            self.dialect = parse(url).dialect
         except ValueError as exc:
             raise QueueUnavailable(str(exc)) from None
-        if self.dialect == "sqlite":
-            path, uri = sqlite_target(url)
-            try:
-                conn: Any = sqlite3.connect(
-                    path, timeout=SQLITE_TIMEOUT, isolation_level=None, uri=uri
-                )
-                prepare_sqlite(conn)
-            except sqlite3.Error as exc:
-                raise QueueUnavailable(str(exc)) from None
-        else:
-            try:
-                import psycopg  # only for a PostgreSQL queue: it costs import time
-            except ImportError as exc:
-                raise QueueUnavailable(
-                    f"a PostgreSQL queue needs psycopg ({exc}): pip install 'i2vd[postgres]'"
-                ) from None
-            try:
-                conn = psycopg.connect(pg_conninfo(url), autocommit=True, connect_timeout=10)
-            except psycopg.Error as exc:
-                raise QueueUnavailable(str(exc).strip()) from None
-        self._conn = conn
+        self._conn: Any = _open_sqlite(url) if self.dialect == "sqlite" else _open_postgresql(url)
 
     def close(self) -> None:
         self._conn.close()
@@ -188,10 +130,53 @@ class Database:
             raise translated from exc
 
 
+def _open_sqlite(url: str) -> sqlite3.Connection:
+    """The queue's SQLite file, opened read-write but never created: an admin command
+    that finds no file meets a queue no daemon has made yet (SchemaMissing), which
+    ``i2vd`` then makes as a daemon would, schema and all, instead of leaving an empty
+    file behind."""
+    try:
+        path, uri = sqlite_target(url)
+    except ValueError as exc:
+        raise QueueUnavailable(str(exc)) from None
+    target = path
+    if not uri and path != ":memory:":
+        target, uri = f"file:{quote(os.fsencode(path))}?mode=rw", True
+    try:
+        conn = sqlite3.connect(target, timeout=SQLITE_TIMEOUT, isolation_level=None, uri=uri)
+    except sqlite3.Error as exc:
+        if target != path and not Path(path).exists() and Path(path).parent.is_dir():
+            raise SchemaMissing(f"there is no queue database at {path} yet") from None
+        raise QueueUnavailable(str(exc)) from None
+    try:
+        prepare_sqlite(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise QueueUnavailable(str(exc)) from None
+    return conn
+
+
+def _open_postgresql(url: str) -> Any:
+    try:
+        import psycopg  # only for a PostgreSQL queue: it costs import time
+    except ImportError as exc:
+        raise QueueUnavailable(
+            f"a PostgreSQL queue needs psycopg ({exc}): pip install 'i2vd[postgres]'"
+        ) from None
+    try:
+        return psycopg.connect(pg_conninfo(url), autocommit=True, connect_timeout=10)
+    except ValueError as exc:  # a URL SQLAlchemy would refuse too
+        raise QueueUnavailable(str(exc)) from None
+    except psycopg.Error as exc:
+        raise QueueUnavailable(str(exc).strip()) from None
+
+
 def _translate(dialect: str, exc: BaseException) -> QueueDatabaseError | None:
     message = str(exc).strip()
     if dialect == "sqlite":
-        if isinstance(exc, sqlite3.IntegrityError):
+        if isinstance(exc, sqlite3.IntegrityError) and message.startswith(
+            "UNIQUE constraint failed"
+        ):
             return UniqueViolation(message)
         if isinstance(exc, sqlite3.OperationalError) and (
             message.startswith(("no such table", "no such column")) or "has no column" in message
@@ -202,7 +187,7 @@ def _translate(dialect: str, exc: BaseException) -> QueueDatabaseError | None:
 
     if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
         return SchemaMissing(message)
-    if isinstance(exc, psycopg.IntegrityError):
+    if isinstance(exc, psycopg.errors.UniqueViolation):
         return UniqueViolation(message)
     if isinstance(exc, psycopg.OperationalError):
         return QueueUnavailable(message)

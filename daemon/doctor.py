@@ -343,7 +343,8 @@ def check_database(settings: Settings) -> Iterator[Finding]:
 
     url = settings.database_url
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        shown = parsed.render_as_string(hide_password=True)
     except ArgumentError:
         yield Finding(
             "database",
@@ -352,8 +353,11 @@ def check_database(settings: Settings) -> Iterator[Finding]:
             "write it as e.g. postgresql+psycopg://user@host/i2vd or sqlite:///path",
         )
         return
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        parent = Path(url.removeprefix("sqlite:///")).parent
+    # The file as SQLAlchemy reads the URL (percent-decoded: the default URL of a
+    # state_dir with % or ? in its name has them escaped).
+    file = parsed.database if parsed.drivername.startswith("sqlite") else None
+    if file and file != ":memory:" and not Path(file).exists():
+        parent = Path(file).parent
         level: Level = "ok" if parent.is_dir() or not parent.exists() else "fail"
         yield Finding(
             "database", level, f"{shown} will be created at start", f"make {parent} a folder"

@@ -20,7 +20,6 @@ class JobState(StrEnum):
 
 
 PENDING = (JobState.QUEUED, JobState.RUNNING, JobState.RETRYING)
-RUNNABLE = (JobState.QUEUED, JobState.RETRYING)
 
 # SQL for "this job is still to be done" (and "waits to be claimed"), shared by the
 # partial indexes in tables.py and the hand-written statements.

@@ -71,6 +71,9 @@ class Lifecycle:
         # Attempts of this run that ended, by outcome: the progress line's "done of total".
         self._finished: dict[str, int] = {}
         self._counts: dict[str, int] = {}
+        # Set by stopping(): from then on systemd's stop timeout is the stall allowance
+        # asked for there, never stretched for a model load.
+        self._stopping = False
 
     # --- start, reload, stop --------------------------------------------------------
 
@@ -100,6 +103,7 @@ class Lifecycle:
         self.notifier.ready(self.status_line())
 
     def stopping(self) -> None:
+        self._stopping = True
         self.notifier.stopping()
         self.notifier.extend_timeout(self.settings.stall_seconds)
 
@@ -213,10 +217,13 @@ class Lifecycle:
         systemd honours EXTEND_TIMEOUT_USEC only while the unit starts or stops, or
         against ``RuntimeMaxSec=`` while it runs; a load at run time is otherwise
         allowed for by the watchdog, which waits ``model_load_seconds`` for a job's
-        first step (``Liveness.load_seconds``), counted from here."""
+        first step (``Liveness.load_seconds``), counted from here. Once the daemon is
+        stopping no extension is asked for (the worker begins no load then, but one
+        may have been told a moment before the stop)."""
         assert job.id is not None
         self.liveness.loading(job.id)
-        self.notifier.extend_timeout(self.settings.model_load_seconds)
+        if not self._stopping:
+            self.notifier.extend_timeout(self.settings.model_load_seconds)
         # A local folder by its name (the whole path is in the log); a hub id as it is.
         self._loading[job.id] = Path(model).name if Path(model).is_absolute() else model
         self.notifier.status(self.status_line())

@@ -24,6 +24,12 @@ from dataclasses import dataclass
 
 # The main loop ticks every 0.2 s; this much silence means it is stuck.
 LOOP_ALLOWANCE = 30.0
+# Where a job's silence is counted from, as the verdict says it.
+_SINCE = {
+    "claimed": "since it started (no first step)",
+    "loading": "since its model began loading (no first step)",
+    "stepped": "since its last step",
+}
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,8 @@ class Liveness:
         self._clock = clock
         self._lock = threading.Lock()
         self._loop_at = clock()
-        # job id -> (when it last did something, whether it has made a step yet)
-        self._jobs: dict[int, tuple[float, bool]] = {}
+        # job id -> (when it last did something, what: claimed, loading or stepped)
+        self._jobs: dict[int, tuple[float, str]] = {}
         self.workers: list[threading.Thread] = []
 
     def loop_tick(self) -> None:
@@ -55,20 +61,20 @@ class Liveness:
 
     def job_started(self, job_id: int) -> None:
         with self._lock:
-            self._jobs[job_id] = (self._clock(), False)
+            self._jobs[job_id] = (self._clock(), "claimed")
 
     def loading(self, job_id: int) -> None:
         """The job's engine started loading a model: ``load_seconds`` from now, not from
         the claim, until its first step."""
         with self._lock:
             if job_id in self._jobs:
-                self._jobs[job_id] = (self._clock(), False)
+                self._jobs[job_id] = (self._clock(), "loading")
 
     def step(self, job_id: int) -> None:
         """The job did something: a denoising step, a frame, a heartbeat."""
         with self._lock:
             if job_id in self._jobs:
-                self._jobs[job_id] = (self._clock(), True)
+                self._jobs[job_id] = (self._clock(), "stepped")
 
     def job_ended(self, job_id: int) -> None:
         with self._lock:
@@ -82,10 +88,11 @@ class Liveness:
             return Verdict(False, "a worker thread has died")
         with self._lock:
             jobs = dict(self._jobs)
-        for job, (since, stepped) in sorted(jobs.items()):
-            allowance = self.stall_seconds if stepped else self.load_seconds
+        for job, (since, what) in sorted(jobs.items()):
+            allowance = self.stall_seconds if what == "stepped" else self.load_seconds
             silent = now - since
             if silent > allowance:
-                what = "since its last step" if stepped else "since it started (no first step)"
-                return Verdict(False, f"job {job} has made no progress for {silent:.0f}s {what}")
+                return Verdict(
+                    False, f"job {job} has made no progress for {silent:.0f}s {_SINCE[what]}"
+                )
         return Verdict(True)

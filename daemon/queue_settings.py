@@ -256,8 +256,12 @@ def resolve_path(base: Path, path: Path) -> Path:
 
 
 def default_database_url(state_dir: Path) -> str:
-    """The queue when ``database_url`` is not set: a SQLite file in ``state_dir``."""
-    return f"sqlite:///{state_dir / 'i2vd.db'}"
+    """The queue when ``database_url`` is not set: a SQLite file in ``state_dir``.
+
+    The URL's path is percent-decoded and ends at a ``?`` (SQLAlchemy's reading, and
+    database_url.py's), so a folder with ``%`` or ``?`` in its name has them escaped."""
+    path = str(state_dir / "i2vd.db").replace("%", "%25").replace("?", "%3F")
+    return f"sqlite:///{path}"
 
 
 def check_folders(inbox: list[Path], outbox: Path, failed_dir: Path, state_dir: Path) -> None:

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .breaker import EXIT_DEVICE_FAULT
 from .config import Settings
 from .control import JobControl
-from .dbapi import without_password
+from .database_url import without_password
 from .host_paths import HostPaths
 from .inboxes import Inboxes
 from .leftovers import clear_leftovers

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .dbapi import pg_conninfo
+from .database_url import pg_conninfo
 
 log = logging.getLogger(__name__)
 

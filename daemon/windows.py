@@ -161,12 +161,19 @@ def _days(value: object) -> str:
 
 def _clock_time(key: str, value: object) -> dt.time:
     """A wall-clock time from "HH:MM[:SS]", a ``datetime.time``, or YAML's reading of
-    an unquoted 22:00: the integer 1320 (YAML 1.1 counts minutes in base 60)."""
+    an unquoted 22:00: YAML 1.1 counts in base 60, so that is the integer 1320, read
+    here as minutes after midnight (0 to 1439). Any other integer is refused: an
+    unquoted 22:00:30 is 79230 (seconds), 25:00 is 1500, and neither is a time to
+    guess at. A fraction of a second or a zone ("22:00:00.5", "22:00Z") is refused."""
     if isinstance(value, dt.time) and value.tzinfo is None:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        hours, minutes = divmod(value, 60)
-        return dt.time(hours % 24, minutes)
+        if 0 <= value < 24 * 60:
+            return dt.time(*divmod(value, 60))
+        raise ValueError(
+            f"{key} {value!r}: not a time of day (YAML reads an unquoted time with seconds, "
+            f'or past 23:59, as a number); write it as HH:MM in quotes, e.g. "22:00"'
+        )
     if isinstance(value, str):
         match = _CLOCK.fullmatch(value.strip())
         if match:

@@ -157,7 +157,11 @@ class Worker:
             self._process(scope, job, rule, work_file)
             if self.breaker.faulted and job.engine in GPU_ENGINES:
                 self.breaker.success()
-                self.store.daemons.heartbeat(self.owner, DaemonState.RUNNING, "")
+                # No longer faulted: back to what the queue says (as the service's
+                # heartbeat writes it), paused while `i2vd pause` holds.
+                paused = self.store.control.get().paused
+                state = DaemonState.PAUSED if paused else DaemonState.RUNNING
+                self.store.daemons.heartbeat(self.owner, state, "")
                 log.info("job %d: the GPU works again", job.id)
         except DeviceFault as exc:
             self._device_fault(job, exc.reason)
@@ -236,7 +240,7 @@ class Worker:
                 data,
                 work_file,
                 lambda progress: self._checkpoint(job, progress),
-                lambda model: self.on_load(job, model),
+                lambda model: self._loading(job, model),
             )
             self._mark_progress(job, RENDER_DONE)  # encoded: the crash window closes
             timings = {
@@ -285,6 +289,14 @@ class Worker:
             self.breaker.in_a_row,
             self.breaker.limit,
         )
+
+    def _loading(self, job: Job, model: str) -> None:
+        """Called by an engine before it loads a model, which can take minutes. Once
+        the daemon is stopping, no load begins: the job goes back to the queue now,
+        instead of holding up the stop for the load's length."""
+        if self.stop.is_set():
+            raise JobInterrupted()
+        self.on_load(job, model)
 
     def _checkpoint(self, job: Job, done: float) -> None:
         """Called by engines between frames or steps: stop if asked, report progress.

@@ -1,8 +1,9 @@
-"""Fake GPU engines for the circuit breaker's tests: there is no GPU here to break.
+"""Fake GPU engines for the worker's tests: there is no GPU here to break or load on.
 
 ``FakeFaultyGPU`` raises what torch raises when a device fails (torch's own exception
 type, CUDA's real message); ``FakeHealthyGPU`` stands in for a working GPU by rendering
-with the real motion engine. Both answer to the engine name ``diffusion``.
+with the real motion engine; ``FakeLoadingGPU`` does too, after telling of a model
+load first, as the diffusion engine does. All answer to the engine name ``diffusion``.
 """
 
 from __future__ import annotations
@@ -45,3 +46,16 @@ class FakeHealthyGPU:
 
     def release_idle(self, now: float) -> None:
         pass
+
+
+class FakeLoadingGPU(FakeHealthyGPU):
+    """Each job begins with a model load: told first, then counted as begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    def render(self, request: RenderRequest) -> Clip:
+        request.loading("fake/gpu-model")
+        self.loads += 1  # the load would begin here, and take minutes
+        return super().render(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -390,3 +391,43 @@ def test_an_admin_command_on_a_queue_that_cannot_be_opened(layout: Layout) -> No
     layout.config_file.write_text("inbox: [\n", encoding="utf-8")  # not YAML
     code, _, err = i2vd(layout, "jobs")
     assert code == 2 and "not valid YAML" in err
+
+
+def test_a_queue_upgraded_by_a_newer_i2vd_is_said_plainly(layout: Layout) -> None:
+    """An admin command that finds a column missing upgrades the queue, and learns only
+    then that a newer i2vd made it: it says so, no traceback."""
+    from daemon.dbapi import Database
+    from daemon.store import JobStore
+
+    url = layout.load().database_url
+    JobStore(url).close()
+    db = Database(url)
+    db.write("UPDATE alembic_version SET version_num = '0099'")
+    db.write("ALTER TABLE daemon DROP COLUMN inboxes_json")  # read by every admin command
+    db.close()
+    code, _, err = i2vd(layout, "status")
+    assert code == 3, err
+    assert "newer than this i2vd knows" in err and "upgrade i2vd on this host" in err
+    assert "Traceback" not in err
+
+
+def test_a_read_only_state_folder_is_said_plainly(layout: Layout) -> None:
+    """No queue yet, and the folder it would be made in is read-only (a private mount
+    namespace mounts it so): the lock file cannot be made; said plainly, exit 3."""
+    state = layout.state
+    at = shlex.quote(str(state))
+    read_only = f"mount --bind {at} {at} && mount -o remount,ro,bind {at} {at}"
+    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+    command = [sys.executable, "-m", "daemon", "status", "--config", str(layout.config_file)]
+    result = subprocess.run(
+        [*unshare, f'{read_only} && exec "$0" "$@"', *command],
+        cwd=layout.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert f"cannot write {state / 'i2vd.db.lock'}" in result.stderr
+    assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
+    assert list(state.iterdir()) == []

@@ -7,6 +7,7 @@ PostgreSQL database that is dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -19,10 +20,10 @@ import pytest
 from daemon.admin_queue import AdminQueue, AlreadyQueued, CancelOutcome, JobKind
 from daemon.dbapi import (
     Database,
+    QueueDatabaseError,
     QueueUnavailable,
     SchemaMissing,
-    pg_conninfo,
-    sqlite_target,
+    UniqueViolation,
 )
 from daemon.host_paths import HostPaths
 from daemon.records import (
@@ -122,6 +123,7 @@ def test_counts_listings_and_siblings(store: JobStore, queue: AdminQueue) -> Non
     assert [j.id for j in queue.list_jobs(limit=1)] == [other.id]
     assert [j.id for j in queue.list_jobs([JobState.RUNNING])] == [a.id]
     assert [j.id for j in queue.list_jobs(["done", "failed"])] == []
+    assert queue.list_jobs([]) == []  # no state asked for: no job (and no `IN ()`)
     plain_a = queue.get(a.id)  # type: ignore[arg-type]
     assert plain_a is not None and [j.id for j in queue.siblings(plain_a)] == [b.id]
     assert queue.get(9999) is None
@@ -268,16 +270,36 @@ def test_a_queue_that_cannot_be_opened(tmp_path: Path) -> None:
         AdminQueue("postgresql://nobody@127.0.0.1:1/i2vd")  # nothing listens on port 1
 
 
-def test_database_urls_as_the_drivers_take_them() -> None:
-    assert sqlite_target("sqlite:///state/i2vd.db") == ("state/i2vd.db", False)
-    assert sqlite_target("sqlite:////var/lib/i2vd/i2vd.db") == ("/var/lib/i2vd/i2vd.db", False)
-    assert sqlite_target("sqlite://") == (":memory:", False)
-    assert sqlite_target("sqlite:///file:q.db?mode=ro&uri=true") == ("file:q.db?mode=ro", True)
-    assert pg_conninfo("postgresql+psycopg://u:p%40ss@db:5433/i2vd?sslmode=require") == (
-        "postgresql://u:p%40ss@db:5433/i2vd?sslmode=require"
-    )
-    assert pg_conninfo("postgres://u@db/i2vd") == "postgresql://u@db/i2vd"
-    assert pg_conninfo("postgresql://u@db/i2vd") == "postgresql://u@db/i2vd"
+def open_files() -> set[str]:
+    """What this process has open now (Linux)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, gone by now
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return found
+
+
+def test_a_file_that_is_no_database_is_not_left_open(tmp_path: Path) -> None:
+    path = tmp_path / "i2vd.db"
+    path.write_bytes(b"these are not the rows you are looking for\n" * 200)
+    with pytest.raises(QueueUnavailable, match="not a database") as raised:
+        Database(f"sqlite:///{path}")
+    assert raised.value is not None  # still referenced, with its traceback
+    assert str(path) not in open_files()
+
+
+def test_only_a_unique_index_makes_a_unique_violation(store: JobStore, queue: AdminQueue) -> None:
+    store.enqueue(job_for(1))
+    with pytest.raises(QueueDatabaseError, match=r"(?i)null") as raised:
+        queue.db.write("UPDATE job SET sha256 = NULL")  # a NOT NULL column
+    assert not isinstance(raised.value, UniqueViolation)
+    twin = store.enqueue(job_for(2))
+    assert twin.id is not None
+    with pytest.raises(UniqueViolation):  # the same drop pending twice
+        queue.db.write(
+            'UPDATE job SET relative = ?, sha256 = ?, "drop" = ? WHERE id = ?',
+            ["img1.jpg", job_for(1).sha256, job_for(1).drop, twin.id],
+        )
 
 
 def test_a_sqlite_queue_is_opened_in_wal_mode_as_the_daemon_opens_it(tmp_path: Path) -> None:

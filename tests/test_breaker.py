@@ -180,3 +180,29 @@ def test_the_breaker_closes_after_a_good_gpu_job_and_trips_after_the_limit(
         assert all(job.attempts == 0 for job in store.list_jobs(["queued"]))
     finally:
         store.close()
+
+
+def test_a_gpu_that_works_again_while_the_queue_is_paused_says_paused(layout: Layout) -> None:
+    """The fault clears on a job claimed before `i2vd pause`: the registry row goes
+    back to the queue's state, not to running."""
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    settings = layout.load()
+    store = JobStore(settings.database_url)
+    try:
+        _queue_images(layout, store, 2)
+        store.daemons.register("w:1", "w", 1, Capabilities(("diffusion",)))
+        worker = Worker(settings, store, "w:1", breaker=DeviceBreaker(3, cooldown=0))
+        worker.engines["diffusion"] = FakeFaultyGPU()  # type: ignore[assignment]
+        worker.run_once(0)
+        with AdminQueue(settings.database_url) as queue:
+            assert [s.daemon.state for s in queue.daemons(60)] == ["faulted"]
+            queue.pause("admin@host")
+        worker.engines["diffusion"] = FakeHealthyGPU()  # type: ignore[assignment]
+        done = worker.run_once(0)
+        assert done is not None and done.state == "done" and not worker.breaker.faulted
+        with AdminQueue(settings.database_url) as queue:
+            [row] = [s.daemon for s in queue.daemons(60)]
+        assert (row.state, row.reason) == ("paused", "")
+    finally:
+        store.close()

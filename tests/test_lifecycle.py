@@ -136,3 +136,29 @@ def test_a_model_load_asks_for_more_time_and_says_so(
     finally:
         life.notifier.close()
         manager.close()
+
+
+def test_a_model_load_during_the_stop_asks_for_no_more_time(
+    layout: Layout, store: JobStore, tmp_path: Path
+) -> None:
+    """After SIGTERM systemd waits stall_seconds for the stop; a load told of then (one
+    that began a moment before) must not stretch that to model_load_seconds."""
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(str(tmp_path / "notify.sock"))
+    manager.settimeout(5)
+    store.enqueue(job_for(1))
+    life = lifecycle(layout, store, None, model_load_seconds=1234, stall_seconds=56)
+    life.notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    try:
+        job = claim(store)
+        life.job_started(job)
+        assert manager.recv(4096).decode().startswith("STATUS=")
+        life.stopping()
+        assert manager.recv(4096) == b"STOPPING=1\nSTATUS=stopping"
+        assert manager.recv(4096) == b"EXTEND_TIMEOUT_USEC=56000000"
+        life.model_loading(job, "ali-vilab/i2vgen-xl")
+        status = manager.recv(4096).decode()  # only what it does, no extension
+        assert status == "STATUS=0 queued · job 1 img1.jpg loading model ali-vilab/i2vgen-xl"
+    finally:
+        life.notifier.close()
+        manager.close()

@@ -145,6 +145,25 @@ def test_an_unquoted_yaml_time_is_read_as_a_clock_time() -> None:
     assert (window.start, window.end) == (dt.time(22), dt.time(6, 30))
 
 
+@pytest.mark.parametrize("written", ["22:00:30", "25:00", "24:00", "-1", "99999"])
+def test_an_unquoted_number_that_is_no_minute_of_the_day_is_refused(written: str) -> None:
+    """YAML reads an unquoted 22:00:30 as 79230 and 25:00 as 1500: no guessing."""
+    data = yaml.safe_load(f"engine: diffusion\nstart: {written}\nend: '06:00'\n")
+    assert isinstance(data["start"], int)
+    with pytest.raises(ValueError) as caught:
+        Window.from_mapping(data)
+    assert f"start {data['start']}: not a time of day" in str(caught.value)
+    assert 'write it as HH:MM in quotes, e.g. "22:00"' in str(caught.value)
+
+
+def test_every_minute_of_the_day_written_unquoted_is_that_time() -> None:
+    for minute in (0, 1, 359, 1320, 1439):
+        text = f"{minute // 60}:{minute % 60:02d}"
+        value = yaml.safe_load(f"start: {text}")["start"]
+        window = Window.from_mapping({"engine": "motion", "start": value, "end": "23:00"})
+        assert window.start == dt.time(*divmod(minute, 60)), text
+
+
 def test_clock_times_are_read_from_text_or_a_time() -> None:
     window = night(start="22:00:30", end=dt.time(6, 15))
     assert (window.start, window.end) == (dt.time(22, 0, 30), dt.time(6, 15))

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from conftest import NEEDS_PERMISSIONS, Layout, make_image
+from daemon.store import Job
 from daemon.video import probe
+from fake_gpu import FakeLoadingGPU
 from worker_bench import Bench
 
 CUSTOM_RULE = """\
@@ -269,9 +271,6 @@ def test_a_publish_failure_is_retried_then_quarantined(layout: Layout, block) ->
     bench.assert_clean()
 
 
-
-
-
 @pytest.mark.parametrize(
     "block",
     [
@@ -378,3 +377,40 @@ def test_a_file_overwritten_while_queued_is_processed_as_the_new_content(
     assert sidecar(layout.outbox / "a.motion.json")["sha256"] == newer.sha256
     assert layout.files(layout.failed) == []
     bench.assert_clean()
+
+
+GPU_RULE = """\
+name: gpu
+engine: diffusion
+model: fake/gpu-model
+preset: quick
+params: {resolution: 256}
+"""
+
+
+def test_no_model_load_begins_once_the_daemon_stops(layout: Layout) -> None:
+    """A load takes minutes: after SIGTERM (the stop flag set) the job goes back to the
+    queue before its load begins, and nobody is told of a load."""
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    bench = Bench(layout)
+    try:
+        gpu = FakeLoadingGPU()
+        bench.worker.engines["diffusion"] = gpu  # type: ignore[assignment]
+        told: list[str] = []
+
+        def on_load(_job: Job, model: str) -> None:
+            told.append(model)
+
+        bench.worker.on_load = on_load
+        bench.queue(make_image(layout.inbox / "a.jpg"))
+        bench.worker.stop.set()
+        interrupted = bench.run()
+        assert (interrupted.state, interrupted.attempts) == ("queued", 0)
+        assert (gpu.loads, told) == (0, [])
+        bench.worker.stop.clear()  # the next start
+        assert bench.run().state == "done"
+        assert (gpu.loads, told) == (1, ["fake/gpu-model"])
+        bench.assert_clean()
+    finally:
+        bench.store.close()
