@@ -68,5 +68,11 @@ class Registration:
             self.store.daemons.unregister(self.owner)
 
     def _queue_state(self) -> DaemonState:
-        """Paused while the queue is (`i2vd pause`), else running."""
-        return DaemonState.PAUSED if self.store.control.get().paused else DaemonState.RUNNING
+        return queue_state(self.store)
+
+
+def queue_state(store: JobStore) -> DaemonState:
+    """What a daemon that is not faulted says it is: paused while the queue is (`i2vd
+    pause`), else running. The heartbeat writes it, and the worker when a GPU that
+    had faulted works again."""
+    return DaemonState.PAUSED if store.control.get().paused else DaemonState.RUNNING

@@ -141,6 +141,12 @@ class Service:
             ) from None
         except SchemaTooNew as exc:
             raise StartupError(str(exc)) from None
+        except OSError as exc:  # the migration's lock file, beside a SQLite queue
+            raise StartupError(
+                f"cannot open the queue database {without_password(s.database_url)}: cannot "
+                f"write {exc.filename or s.state_dir} ({exc.strerror or exc}); the service "
+                "user must be able to write to the queue's folder"
+            ) from None
         except SQLAlchemyError as exc:
             raise StartupError(
                 f"cannot open the queue database {without_password(s.database_url)}: "

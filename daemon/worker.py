@@ -32,6 +32,7 @@ from .ownership import identity
 from .plan import context_for, plan_output, source_pixels_needed
 from .problems import Problem, RetryableProblem
 from .publish import describe_os_error
+from .registration import queue_state
 from .render import engine_options, model_location, render_video
 from .rules import Rule
 from .scope import Scope
@@ -157,11 +158,8 @@ class Worker:
             self._process(scope, job, rule, work_file)
             if self.breaker.faulted and job.engine in GPU_ENGINES:
                 self.breaker.success()
-                # No longer faulted: back to what the queue says (as the service's
-                # heartbeat writes it), paused while `i2vd pause` holds.
-                paused = self.store.control.get().paused
-                state = DaemonState.PAUSED if paused else DaemonState.RUNNING
-                self.store.daemons.heartbeat(self.owner, state, "")
+                # No longer faulted: back to what the queue says.
+                self.store.daemons.heartbeat(self.owner, queue_state(self.store), "")
                 log.info("job %d: the GPU works again", job.id)
         except DeviceFault as exc:
             self._device_fault(job, exc.reason)

@@ -431,3 +431,26 @@ def test_a_read_only_state_folder_is_said_plainly(layout: Layout) -> None:
     assert f"cannot write {state / 'i2vd.db.lock'}" in result.stderr
     assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
     assert list(state.iterdir()) == []
+
+
+def test_a_daemon_on_a_read_only_state_folder_says_so_and_exits_3(layout: Layout) -> None:
+    """The same read-only folder for `i2vd run`: a plain message, no traceback."""
+    state = layout.state
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "work").mkdir()  # the daemon's scratch folder, which it would create
+    at = shlex.quote(str(state))
+    read_only = f"mount --bind {at} {at} && mount -o remount,ro,bind {at} {at}"
+    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+    command = [sys.executable, "-m", "daemon", "run", "--config", str(layout.config_file)]
+    result = subprocess.run(
+        [*unshare, f'{read_only} && exec "$0" "$@"', *command],
+        cwd=layout.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "i2vd: cannot start: cannot open the queue database" in result.stderr
+    assert f"cannot write {state / 'i2vd.db.lock'}" in result.stderr
+    assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
