@@ -31,6 +31,7 @@ class DeviceFault(Exception):
         super().__init__(reason)
         self.reason = reason
 
+
 # CUDA runtime/driver errors (and the libraries' equivalents) that mean the device or
 # its context is broken, whatever the input was.
 _DEVICE_FAULTS = re.compile(

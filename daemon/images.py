@@ -158,8 +158,7 @@ def _load(source: bytes | Path, min_side: int | None = None) -> Image.Image:
                 "export or copy the image again; the file on disk is incomplete or corrupt",
             ) from None
         raise BadImage(
-            "this file is not an image i2vd can open: it may be another kind of file, or "
-            "damaged",
+            "this file is not an image i2vd can open: it may be another kind of file, or damaged",
             "open it on your computer to check it, save it as JPEG, PNG, WebP, BMP or TIFF, "
             "and drop it again",
             detail="Pillow cannot identify the image format (wrong extension, or no image)",

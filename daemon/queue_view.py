@@ -206,8 +206,7 @@ class QueueView:
                 col(Job.not_before),
                 col(Job.error),
                 col(Job.priority),
-            )
-            .where(col(Job.state).in_((JobState.QUEUED, JobState.RETRYING)))
+            ).where(col(Job.state).in_((JobState.QUEUED, JobState.RETRYING)))
         ).all()
         served: dict[str, int] = {
             inbox: seq
@@ -360,9 +359,7 @@ def _retaken(session: Session, jobs: Sequence[Job]) -> set[int]:
     if not relatives:
         return set()
     rows = session.exec(
-        select(Job.id, Job.inbox, Job.relative, Job.drop).where(
-            col(Job.relative).in_(relatives)
-        )
+        select(Job.id, Job.inbox, Job.relative, Job.drop).where(col(Job.relative).in_(relatives))
     ).all()
     later: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for job_id, root, relative, drop in rows:

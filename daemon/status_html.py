@@ -277,8 +277,7 @@ def _failed_row(item: Failed, several: bool) -> str:
     if item.detail:
         # Folded away: for whoever looks after i2vd, not for the person who dropped it.
         report += (
-            f'<details class="note"><summary>technical detail</summary>{e(item.detail)}'
-            "</details>"
+            f'<details class="note"><summary>technical detail</summary>{e(item.detail)}</details>'
         )
     return (
         f'<tr data-job="{item.job}">{_name(item.source, item.inbox, several)}'

@@ -51,9 +51,6 @@ FAMILIES = [
 ]
 
 
-
-
-
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """The tiny pipeline ``name`` saved once per test session (shared by the modules)."""
     folder = tmp_path_factory.getbasetemp() / "tiny-pipelines" / name

@@ -151,8 +151,13 @@ def test_preset_problems(tmp_path: Path) -> None:
     presets, problems = load_presets(tmp_path)
     assert set(presets) == {"quick", "standard", "high"}
     kinds = sorted((p.kind, p.field) for p in problems)
-    assert kinds == [("conflict", "(file)"), ("schema", "fps"), ("schema", "guidance"),
-                     ("schema", "resolution"), ("schema", "steps")]
+    assert kinds == [
+        ("conflict", "(file)"),
+        ("schema", "fps"),
+        ("schema", "guidance"),
+        ("schema", "resolution"),
+        ("schema", "steps"),
+    ]
     rules, rule_problems = load_rules(tmp_path)
     assert rules == []
     assert any("preset 'bad' is not one of" in p.message for p in rule_problems)
@@ -252,8 +257,14 @@ def test_variants_make_one_job_each_and_move_the_original_once(layout: Layout) -
     run_all(bench)
     assert layout.files(layout.inbox) == []
     assert layout.files(layout.outbox) == [
-        "a.jpg", "a.motion.calm.json", "a.motion.calm.mp4", "a.motion.v1.json",
-        "a.motion.v1.mp4", "a.motion.v3.json", "a.motion.v3.mp4", "a.txt",
+        "a.jpg",
+        "a.motion.calm.json",
+        "a.motion.calm.mp4",
+        "a.motion.v1.json",
+        "a.motion.v1.mp4",
+        "a.motion.v3.json",
+        "a.motion.v3.mp4",
+        "a.txt",
     ]
     calm = sidecar(layout.outbox / "a.motion.calm.json")
     assert (calm["variant"], calm["prompt"], calm["requested"]["seed"]) == ("calm", "calm", 2)
@@ -323,7 +334,8 @@ def test_variants_differing_only_by_name_are_each_generated(layout: Layout) -> N
     bench.queue(make_image(layout.inbox / "a.jpg"))
     jobs = run_all(bench)
     assert [(j.variant, j.state, j.duplicate_of) for j in jobs] == [
-        ("take1", "done", None), ("take2", "done", None)
+        ("take1", "done", None),
+        ("take2", "done", None),
     ]
     take2 = sidecar(layout.outbox / "a.motion.take2.json")
     assert (take2["variant"], take2["duplicate_of"]) == ("take2", None)
@@ -399,7 +411,11 @@ def test_when_every_variant_fails_the_original_goes_to_failed(layout: Layout) ->
     assert [j.state for j in run_all(bench)] == ["failed", "failed"]
     assert layout.files(layout.inbox) == []
     assert layout.files(layout.failed) == [
-        "a.jpg", "a.jpg.error.json", "a.jpg.v1.error.json", "a.jpg.v2.error.json", "a.txt"
+        "a.jpg",
+        "a.jpg.error.json",
+        "a.jpg.v1.error.json",
+        "a.jpg.v2.error.json",
+        "a.txt",
     ]
     report = sidecar(layout.failed / "a.jpg.error.json")
     assert set(report["variants"]) == {"v1", "v2"}

@@ -41,9 +41,10 @@ def close(actual: np.ndarray, expected: tuple[int, int, int], tol: int = 12) -> 
     return bool(np.all(np.abs(np.asarray(actual, dtype=int) - expected) <= tol))
 
 
-@pytest.mark.parametrize(("name", "fmt"), [("a.jpg", "JPEG"), ("a.png", "PNG"),
-                                          ("a.webp", "WEBP"), ("a.bmp", "BMP"),
-                                          ("a.tif", "TIFF")])
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("a.jpg", "JPEG"), ("a.png", "PNG"), ("a.webp", "WEBP"), ("a.bmp", "BMP"), ("a.tif", "TIFF")],
+)
 def test_read_common_formats(tmp_path: Path, name: str, fmt: str) -> None:
     path = make_image(tmp_path / name, 96, 64, fmt=fmt)
     data = path.read_bytes()
@@ -73,8 +74,9 @@ def test_png_is_lossless(tmp_path: Path) -> None:
         (3, (-1, -1), (0, -1)),
     ],
 )
-def test_exif_orientation_is_applied(orientation: int, corner_red: tuple[int, int],
-                                     corner_blue: tuple[int, int]) -> None:
+def test_exif_orientation_is_applied(
+    orientation: int, corner_red: tuple[int, int], corner_blue: tuple[int, int]
+) -> None:
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = encode(marked(64, 32), "JPEG", exif=exif, quality=95)

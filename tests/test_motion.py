@@ -34,12 +34,19 @@ def render(
     checkpoint: Callable[[float], None] | None = None,
     **motion: object,
 ) -> Clip:
-    params = ResolvedParams(resolution=resolution, frames=frames, fps=fps, steps=30,
-                            guidance=9.0)
+    params = ResolvedParams(resolution=resolution, frames=frames, fps=fps, steps=30, guidance=9.0)
     settings = MotionSettings(effect=effect, zoom=zoom, easing=easing, **motion)
     extra = {"checkpoint": checkpoint} if checkpoint else {}
-    request = RenderRequest(image=image, params=params, aspect=aspect, prompt="p",
-                            negative_prompt="", model=None, motion=settings, **extra)
+    request = RenderRequest(
+        image=image,
+        params=params,
+        aspect=aspect,
+        prompt="p",
+        negative_prompt="",
+        model=None,
+        motion=settings,
+        **extra,
+    )
     return MotionEngine().render(request)
 
 
@@ -72,8 +79,9 @@ def test_every_effect_shape_and_motion(effect: str) -> None:
     for frame in clip.frames:
         assert frame.shape == (256, 256, 3)
         assert frame.dtype == np.uint8
-    diffs = [np.abs(a.astype(int) - b.astype(int)).mean()
-             for a, b in itertools.pairwise(clip.frames)]
+    diffs = [
+        np.abs(a.astype(int) - b.astype(int)).mean() for a, b in itertools.pairwise(clip.frames)
+    ]
     assert all(d > 0.1 for d in diffs), diffs  # every frame moves
     total = np.abs(clip.frames[0].astype(int) - clip.frames[-1].astype(int)).mean()
     assert total > 5
@@ -88,8 +96,12 @@ def test_no_black_borders(effect: str, aspect: str) -> None:
     clip = render(image, effect=effect, zoom=2.0, aspect=aspect, frames=8, easing="ease_in")
     for index, frame in enumerate(clip.frames):
         brightest = frame.max(axis=2).astype(int)
-        edges = {"top": brightest[0], "bottom": brightest[-1],
-                 "left": brightest[:, 0], "right": brightest[:, -1]}
+        edges = {
+            "top": brightest[0],
+            "bottom": brightest[-1],
+            "left": brightest[:, 0],
+            "right": brightest[:, -1],
+        }
         for name, line in edges.items():
             assert line.min() > 40, f"frame {index} {name} edge dips to {line.min()}"
             assert line.mean() > 60, f"frame {index} {name} edge mean {line.mean()}"
@@ -285,7 +297,13 @@ def test_motion_module_does_not_import_torch(tmp_path: Path) -> None:
         "assert not heavy, heavy\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

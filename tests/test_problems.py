@@ -47,7 +47,9 @@ def test_default_hints_and_report_details() -> None:
     oom = OutOfMemory("out of memory", "lower the resolution", ladder)
     assert oom.backoff == ladder
     assert oom.report() == {
-        "error": "out of memory", "hint": "lower the resolution", "backoff": ladder
+        "error": "out of memory",
+        "hint": "lower the resolution",
+        "backoff": ladder,
     }
     detailed = PublishError("no space", "free some", detail="ENOSPC on /out")
     assert detailed.report_extra() == {"detail": "ENOSPC on /out"}
@@ -56,13 +58,18 @@ def test_default_hints_and_report_details() -> None:
 def test_the_worker_imports_no_engine_exceptions() -> None:
     """Job code catches Problem; only engines/ may name an engine's own classes."""
     job_modules = (
-        "worker", "failure", "outputs", "original", "ownership", "recovery", "reports", "render"
+        "worker",
+        "failure",
+        "outputs",
+        "original",
+        "ownership",
+        "recovery",
+        "reports",
+        "render",
     )
     for name in job_modules:
         tree = ast.parse((REPO / "daemon" / f"{name}.py").read_text(encoding="utf-8"))
         imported = [
-            node.module or ""
-            for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom)
+            node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
         ]
         assert not [m for m in imported if "diffusion" in m], (name, imported)

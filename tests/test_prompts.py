@@ -23,11 +23,21 @@ NOW = dt.datetime(2024, 3, 9, 7, 5, 1)
 def test_template_context() -> None:
     ctx = template_context(PurePosixPath("people/kids/Anna.Beach.JPG"), "wave", NOW)
     assert ctx == {
-        "stem": "Anna.Beach", "name": "Anna.Beach.JPG", "ext": "JPG",
-        "folder": "people/kids", "folders": ["people", "kids"], "rule": "wave",
-        "date": "2024-03-09", "time": "07-05-01",
-        "width": None, "height": None, "orientation": "",
-        "description": "", "comment": "", "text": "", "variant": "",
+        "stem": "Anna.Beach",
+        "name": "Anna.Beach.JPG",
+        "ext": "JPG",
+        "folder": "people/kids",
+        "folders": ["people", "kids"],
+        "rule": "wave",
+        "date": "2024-03-09",
+        "time": "07-05-01",
+        "width": None,
+        "height": None,
+        "orientation": "",
+        "description": "",
+        "comment": "",
+        "text": "",
+        "variant": "",
     }
     root = template_context(PurePosixPath("a.png"), "r", NOW)
     assert (root["folder"], root["folders"]) == ("", [])
@@ -58,8 +68,20 @@ def test_render_syntax_error_and_sandbox() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["../x", "a/b", "a\\b", "a\x00b", "a\nb", "tab\there", "\x7fdel", ".hidden", "..", "",
-     "x" * 201, "é" * 101],
+    [
+        "../x",
+        "a/b",
+        "a\\b",
+        "a\x00b",
+        "a\nb",
+        "tab\there",
+        "\x7fdel",
+        ".hidden",
+        "..",
+        "",
+        "x" * 201,
+        "é" * 101,
+    ],
 )
 def test_safe_output_name_rejects(bad: str) -> None:
     with pytest.raises(TemplateProblem):
@@ -77,15 +99,18 @@ def test_safe_output_name_accepts(good: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "orientation"), [((640, 480), "landscape"), ((480, 640), "portrait"),
-                              ((500, 500), "square")],
+    ("size", "orientation"),
+    [((640, 480), "landscape"), ((480, 640), "portrait"), ((500, 500), "square")],
 )
 def test_image_facts_in_context(size: tuple[int, int], orientation: str) -> None:
     facts = ImageFacts(*size, description="A beach", comment="sunset")
     ctx = template_context(PurePosixPath("a.jpg"), "r", NOW, facts, text="waves", variant="v2")
     assert (ctx["width"], ctx["height"], ctx["orientation"]) == (*size, orientation)
     assert (ctx["description"], ctx["comment"], ctx["text"], ctx["variant"]) == (
-        "A beach", "sunset", "waves", "v2"
+        "A beach",
+        "sunset",
+        "waves",
+        "v2",
     )
 
 
@@ -102,7 +127,8 @@ def test_prompt_from_every_source() -> None:
 
 
 @pytest.mark.parametrize(
-    "hostile", ["../../etc/x", "/etc/passwd", "a\x00b", "..", "sub/dir", "C:\\x", "\x1b[31m"],
+    "hostile",
+    ["../../etc/x", "/etc/passwd", "a\x00b", "..", "sub/dir", "C:\\x", "\x1b[31m"],
 )
 def test_hostile_output_templates_are_contained(hostile: str) -> None:
     ctx = template_context(PurePosixPath("a.jpg"), "r", NOW)

@@ -186,15 +186,17 @@ def test_quarantine_suffixes_when_taken(tmp_path: Path) -> None:
     (failed / "bad.jpg.error.json").write_text('{"error": "older"}', encoding="utf-8")
     source = tmp_path / "bad.jpg"
     source.write_bytes(b"newer")
-    dest = quarantine(source, failed, {"error": "newer", "hint": "h", "attempts": 3,
-                                       "rule": "r"})
+    dest = quarantine(source, failed, {"error": "newer", "hint": "h", "attempts": 3, "rule": "r"})
     assert dest == failed / "bad-2.jpg"
     assert dest.read_bytes() == b"newer"
     assert (failed / "bad.jpg").read_bytes() == b"older"
     assert json.loads((failed / "bad.jpg.error.json").read_text(encoding="utf-8")) == {
-        "error": "older"}
-    assert json.loads((failed / "bad-2.jpg.error.json").read_text(encoding="utf-8"))[
-        "error"] == "newer"
+        "error": "older"
+    }
+    assert (
+        json.loads((failed / "bad-2.jpg.error.json").read_text(encoding="utf-8"))["error"]
+        == "newer"
+    )
 
 
 def test_quarantine_of_a_vanished_source_still_reports(tmp_path: Path) -> None:
@@ -213,7 +215,8 @@ def test_quarantine_never_overwrites_an_error_report(tmp_path: Path) -> None:
     reports = sorted(p.name for p in failed.glob("*.error.json"))
     assert len(reports) == 2, reports
     assert json.loads((failed / "gone.png.error.json").read_text(encoding="utf-8")) == {
-        "error": "first"}
+        "error": "first"
+    }
     assert dest.read_bytes() == b"again"
 
 
@@ -250,16 +253,21 @@ def test_sweep_temporaries_removes_only_ours(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("code", "strerror", "message", "hint"),
     [
-        (errno.ENOSPC, "No space left on device", "no space left on the device holding",
-         "free disk space"),
+        (
+            errno.ENOSPC,
+            "No space left on device",
+            "no space left on the device holding",
+            "free disk space",
+        ),
         (errno.EACCES, "Permission denied", "permission denied for", "read and write access"),
         (errno.EPERM, "Operation not permitted", "permission denied for", "read and write access"),
         (errno.EROFS, "Read-only file system", "read-only filesystem", "mount it writable"),
         (errno.EIO, "Input/output error", "could not access", "share is mounted"),
     ],
 )
-def test_describe_os_error(tmp_path: Path, code: int, strerror: str, message: str,
-                           hint: str) -> None:
+def test_describe_os_error(
+    tmp_path: Path, code: int, strerror: str, message: str, hint: str
+) -> None:
     target = tmp_path / "out" / "a.mp4"
     result = describe_os_error(OSError(code, strerror), target)
     assert isinstance(result, PublishError)

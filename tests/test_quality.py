@@ -1,4 +1,5 @@
-"""ruff and mypy are part of the suite, so a lint or type error fails CI like a bug does."""
+"""ruff and mypy are part of the suite, so a lint, format or type error fails CI like a
+bug does."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ruff_is_clean() -> None:
     result = _run("ruff", "check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_code_is_formatted() -> None:
+    """One layout everywhere (`ruff format .` writes it), so diffs show only changes."""
+    result = _run("ruff", "format", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -95,7 +95,10 @@ def test_daemon_runs_on_its_defaults(tmp_path: Path) -> None:
     # Hidden entries (the .i2vd-root marker of a mounted root) are not outputs.
     outbox = (tmp_path / "outbox").iterdir()
     assert sorted(p.name for p in outbox if not p.name.startswith(".")) == [
-        "beach.jpg", "beach.motion.json", "beach.motion.mp4", "i2vd-status.html",
-        "i2vd-status.json"
+        "beach.jpg",
+        "beach.motion.json",
+        "beach.motion.mp4",
+        "i2vd-status.html",
+        "i2vd-status.json",
     ]
     assert (tmp_path / "state" / "i2vd.db").exists()

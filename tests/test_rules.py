@@ -60,10 +60,15 @@ def one_problem(path: Path) -> RuleProblem:
     return problems[0]
 
 
-def loaded(name: str, priority: int = 0, folders: tuple[str, ...] = ("**",),
-           patterns: tuple[str, ...] = DEFAULT_PATTERNS) -> LoadedRule:
-    rule = Rule(name=name, priority=priority,
-                match={"folders": list(folders), "patterns": list(patterns)})
+def loaded(
+    name: str,
+    priority: int = 0,
+    folders: tuple[str, ...] = ("**",),
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS,
+) -> LoadedRule:
+    rule = Rule(
+        name=name, priority=priority, match={"folders": list(folders), "patterns": list(patterns)}
+    )
     return LoadedRule(rule, Path(f"/rules/{name}.yaml"))
 
 
@@ -88,7 +93,12 @@ def test_load_full_rule(tmp_path: Path) -> None:
     resolved = rule.resolved()
     # high = 768p, 24 frames, 80 steps, 8 fps, guidance 9.0; params override frames and seed.
     assert resolved.model_dump() == {
-        "resolution": 768, "frames": 12, "fps": 8, "steps": 80, "guidance": 9.0, "seed": 42,
+        "resolution": 768,
+        "frames": 12,
+        "fps": 8,
+        "steps": 80,
+        "guidance": 9.0,
+        "seed": 42,
     }
 
 
@@ -127,15 +137,29 @@ def test_builtin_presets(preset: str, expected: tuple) -> None:
     p = BUILTIN_PRESETS[preset]
     assert (p.resolution, p.frames, p.fps, p.steps, p.guidance) == expected
     resolved = Rule(name="r", preset=preset).resolved()
-    assert (resolved.resolution, resolved.frames, resolved.fps, resolved.steps,
-            resolved.guidance, resolved.seed) == (*expected, None)
+    assert (
+        resolved.resolution,
+        resolved.frames,
+        resolved.fps,
+        resolved.steps,
+        resolved.guidance,
+        resolved.seed,
+    ) == (*expected, None)
 
 
 def test_params_override_preset() -> None:
-    rule = Rule(name="r", preset="quick",
-                params={"resolution": 256, "steps": 12, "fps": 24, "guidance": 3.5})
+    rule = Rule(
+        name="r",
+        preset="quick",
+        params={"resolution": 256, "steps": 12, "fps": 24, "guidance": 3.5},
+    )
     assert rule.resolved().model_dump() == {
-        "resolution": 256, "frames": 8, "fps": 24, "steps": 12, "guidance": 3.5, "seed": None,
+        "resolution": 256,
+        "frames": 8,
+        "fps": 24,
+        "steps": 12,
+        "guidance": 3.5,
+        "seed": None,
     }
 
 

@@ -36,8 +36,10 @@ def write(path: Path, text: str) -> Path:
 def test_check_all_good_uses_the_settings_rules_dir(
     layout: Layout, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    write(layout.rules / "presets" / "tiny.yaml", "{resolution: 256, frames: 8, fps: 8, "
-          "steps: 10, guidance: 5}\n")
+    write(
+        layout.rules / "presets" / "tiny.yaml",
+        "{resolution: 256, frames: 8, fps: 8, steps: 10, guidance: 5}\n",
+    )
     layout.rule("wave", "preset: tiny\nprompt: '{{ text or description or stem }}'\n")
     code, out, err = cli(capsys, "rules", "check", "--config", str(layout.config_file))
     assert (code, out, err) == (0, "", "2 rules ok, 1 preset ok, no problems\n")
@@ -99,8 +101,10 @@ def test_check_templates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_check_conflicts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = write(tmp_path / "c.yaml", "name: same\n")
     second = write(tmp_path / "d.yaml", "name: same\npriority: 3\n")
-    shadow = write(tmp_path / "presets" / "quick.yaml", "{resolution: 256, frames: 8, fps: 8, "
-                   "steps: 10, guidance: 5}\n")
+    shadow = write(
+        tmp_path / "presets" / "quick.yaml",
+        "{resolution: 256, frames: 8, fps: 8, steps: 10, guidance: 5}\n",
+    )
     code, out, err = cli(capsys, "rules", "check", str(tmp_path))
     assert code == 6
     assert out.splitlines() == [
@@ -169,8 +173,12 @@ def test_check_help_documents_exit_codes(capsys: pytest.CaptureFixture[str]) -> 
         main(["rules", "check", "--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    for line in ("0  every rule and preset is valid", "4  a file is not valid YAML",
-                 "5  a rule or preset does not validate", "6  a conflict"):
+    for line in (
+        "0  every rule and preset is valid",
+        "4  a file is not valid YAML",
+        "5  a rule or preset does not validate",
+        "6  a conflict",
+    ):
         assert line in text
     with pytest.raises(SystemExit):
         main(["rules", "explain", "--help"])
@@ -231,18 +239,32 @@ def test_explain_existing_image_with_companions_and_variants(
     code, [report] = explain_json(capsys, rules, str(image))
     assert code == 0
     assert list(report) == [
-        "path", "inbox", "relative", "exists", "ok", "verdict", "errors", "image",
-        "companions", "skipped_rule_files", "rules", "winner",
+        "path",
+        "inbox",
+        "relative",
+        "exists",
+        "ok",
+        "verdict",
+        "errors",
+        "image",
+        "companions",
+        "skipped_rule_files",
+        "rules",
+        "winner",
     ]
     assert report["relative"] == "people/anna.jpg" and report["exists"] and report["ok"]
     assert report["verdict"] == "rule wave wins"
     assert report["image"] == {
-        "width": 320, "height": 240, "orientation": "landscape",
-        "description": "A girl on a beach", "comment": "",
+        "width": 320,
+        "height": 240,
+        "orientation": "landscape",
+        "description": "A girl on a beach",
+        "comment": "",
     }
     assert report["companions"]["text"] == "Anna at the sea"
     assert report["companions"]["overrides"] == {
-        "negative_prompt": "dark", "params": {"frames": 24}
+        "negative_prompt": "dark",
+        "params": {"frames": 24},
     }
     assert report["skipped_rule_files"] == [
         f"{rules.rules / 'broken.yaml'}:1:11: priority: Input should be a valid integer, "
@@ -258,7 +280,9 @@ def test_explain_existing_image_with_companions_and_variants(
     winner = report["winner"]
     assert (winner["name"], winner["engine"], winner["source"]) == ("wave", "motion", "keep")
     assert winner["original"] == {
-        "action": "keep", "path": str(image), "text": "stays in the inbox"
+        "action": "keep",
+        "path": str(image),
+        "text": "stays in the inbox",
     }
     v1, calm = winner["outputs"]
     assert (v1["variant"], calm["variant"]) == ("v1", "calm")
@@ -266,29 +290,40 @@ def test_explain_existing_image_with_companions_and_variants(
     assert calm["prompt"] == "calm anna"
     assert v1["negative_prompt"] == calm["negative_prompt"] == "dark"
     assert v1["params"] == {
-        "resolution": 512, "frames": 24, "fps": 8, "steps": 50, "guidance": 9.0, "seed": 1
+        "resolution": 512,
+        "frames": 24,
+        "fps": 8,
+        "steps": 50,
+        "guidance": 9.0,
+        "seed": 1,
     }
     assert v1["param_sources"] == {
-        "resolution": "preset standard", "frames": "image .yaml", "fps": "preset standard",
-        "steps": "preset standard", "guidance": "preset standard", "seed": "variant v1",
+        "resolution": "preset standard",
+        "frames": "image .yaml",
+        "fps": "preset standard",
+        "steps": "preset standard",
+        "guidance": "preset standard",
+        "seed": "variant v1",
     }
     assert calm["params"]["seed"] == 2
     assert (v1["frame"]["width"], v1["frame"]["height"], v1["frame"]["frames"]) == (592, 444, 24)
     assert v1["memory"] == "CPU only, no GPU memory"
     folder = rules.outbox / "people"
     assert (v1["video"], v1["sidecar"], v1["name_taken"]) == (
-        str(folder / "anna.wave.v1.mp4"), str(folder / "anna.wave.v1.json"), False
+        str(folder / "anna.wave.v1.mp4"),
+        str(folder / "anna.wave.v1.json"),
+        False,
     )
     assert (calm["video"], calm["sidecar"], calm["name_taken"]) == (
-        str(folder / "anna.wave.calm-2.mp4"), str(folder / "anna.wave.calm-2.json"), True
+        str(folder / "anna.wave.calm-2.mp4"),
+        str(folder / "anna.wave.calm-2.json"),
+        True,
     )
 
 
 def test_explain_human_output(rules: Layout, capsys: pytest.CaptureFixture[str]) -> None:
     image = anna(rules)
-    code, out, err = cli(
-        capsys, "rules", "explain", "--config", str(rules.config_file), str(image)
-    )
+    code, out, err = cli(capsys, "rules", "explain", "--config", str(rules.config_file), str(image))
     assert (code, err) == (0, "")
     folder = rules.outbox / "people"
     assert out.splitlines() == [
@@ -344,14 +379,15 @@ def test_explain_hypothetical_path(rules: Layout, capsys: pytest.CaptureFixture[
     code, [report] = explain_json(capsys, rules, "people/bob.jpg")
     assert code == 0 and report["ok"]
     assert (report["inbox"], report["relative"], report["exists"]) == (
-        str(rules.inbox), "people/bob.jpg", False
+        str(rules.inbox),
+        "people/bob.jpg",
+        False,
     )
     assert report["image"] is None and report["errors"] == []
     v1, calm = report["winner"]["outputs"]
     assert v1["prompt"] is None
     assert v1["errors"] == [
-        "prompt template of this image's rule could not be filled in: 'description' is "
-        "undefined"
+        "prompt template of this image's rule could not be filled in: 'description' is undefined"
     ]
     assert calm["prompt"] == "calm bob" and calm["errors"] == []
     assert v1["frame"]["width"] is None
@@ -464,17 +500,30 @@ def test_explain_diffusion_memory_and_model_folder(
     layout: Layout, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HF_HOME", str(layout.root / "hf"))  # no real downloads consulted
-    write(layout.root / "models" / "i2vgen" / "model_index.json",
-          '{"_class_name": "I2VGenXLPipeline", "_diffusers_version": "0.31.0"}')
-    for resolution, memory in ((256, "< 8 GB"), (512, "12–14 GB"), (768, "16–18 GB"),  # noqa: RUF001
-                               (1024, "> 20 GB")):
-        layout.rule("ai", f"match: {{folders: [ai]}}\npriority: 1\nengine: diffusion\n"
-                    f"model: models/i2vgen\nparams: {{resolution: {resolution}}}\n")
+    write(
+        layout.root / "models" / "i2vgen" / "model_index.json",
+        '{"_class_name": "I2VGenXLPipeline", "_diffusers_version": "0.31.0"}',
+    )
+    for resolution, memory in (
+        (256, "< 8 GB"),
+        (512, "12–14 GB"),  # noqa: RUF001
+        (768, "16–18 GB"),  # noqa: RUF001
+        (1024, "> 20 GB"),
+    ):
+        layout.rule(
+            "ai",
+            f"match: {{folders: [ai]}}\npriority: 1\nengine: diffusion\n"
+            f"model: models/i2vgen\nparams: {{resolution: {resolution}}}\n",
+        )
         _, [report] = explain_json(capsys, layout, "ai/cat.jpg")
         winner = report["winner"]
         assert winner["model_family"] == {
-            "local": True, "pipeline": "I2VGenXLPipeline", "family": "I2VGen-XL",
-            "size_multiple": 8, "frame_step": 1, "frame_form": "any count",
+            "local": True,
+            "pipeline": "I2VGenXLPipeline",
+            "family": "I2VGen-XL",
+            "size_multiple": 8,
+            "frame_step": 1,
+            "frame_form": "any count",
             "known_from": str(layout.root / "models" / "i2vgen" / "model_index.json"),
         }
         [output] = winner["outputs"]
@@ -495,21 +544,34 @@ def test_explain_diffusion_families(
 
     hf = layout.root / "hf"
     monkeypatch.setenv("HF_HOME", str(hf))
-    write(hf / "hub" / "models--me--svd" / "snapshots" / "abc" / "model_index.json",
-          '{"_class_name": "StableVideoDiffusionPipeline"}')
-    write(layout.root / "m" / "wan" / "model_index.json",
-          '{"_class_name": "WanImageToVideoPipeline"}')
+    write(
+        hf / "hub" / "models--me--svd" / "snapshots" / "abc" / "model_index.json",
+        '{"_class_name": "StableVideoDiffusionPipeline"}',
+    )
+    write(
+        layout.root / "m" / "wan" / "model_index.json", '{"_class_name": "WanImageToVideoPipeline"}'
+    )
     write(layout.root / "m" / "odd" / "model_index.json", '{"_class_name": "MysteryPipeline"}')
-    for folder, model in (("svd", "me/svd"), ("wan", "m/wan"), ("odd", "m/odd"),
-                          ("ref", "ali-vilab/i2vgen-xl"), ("hub", "someone/else")):
-        layout.rule(folder, f"match: {{folders: [{folder}]}}\npriority: 1\nengine: diffusion\n"
-                    f"model: {model}\nparams: {{frames: 14}}\n")
-    _, reports = explain_json(capsys, layout, "svd/a.jpg", "wan/a.jpg", "odd/a.jpg",
-                              "ref/a.jpg", "hub/a.jpg")
+    for folder, model in (
+        ("svd", "me/svd"),
+        ("wan", "m/wan"),
+        ("odd", "m/odd"),
+        ("ref", "ali-vilab/i2vgen-xl"),
+        ("hub", "someone/else"),
+    ):
+        layout.rule(
+            folder,
+            f"match: {{folders: [{folder}]}}\npriority: 1\nengine: diffusion\n"
+            f"model: {model}\nparams: {{frames: 14}}\n",
+        )
+    _, reports = explain_json(
+        capsys, layout, "svd/a.jpg", "wan/a.jpg", "odd/a.jpg", "ref/a.jpg", "hub/a.jpg"
+    )
     info = {r["relative"].split("/")[0]: r["winner"]["model_family"] for r in reports}
     frames = {r["relative"].split("/")[0]: r["winner"]["outputs"][0]["frame"] for r in reports}
     assert (info["svd"]["pipeline"], info["svd"]["family"]) == (
-        "StableVideoDiffusionPipeline", "Stable Video Diffusion"
+        "StableVideoDiffusionPipeline",
+        "Stable Video Diffusion",
     )
     assert info["svd"]["known_from"].endswith("models--me--svd/snapshots/abc/model_index.json")
     wan = families.BY_CLASS["WanImageToVideoPipeline"]
@@ -525,8 +587,7 @@ def test_explain_diffusion_families(
     assert (info["ref"]["family"], info["ref"]["known_from"]) == ("I2VGen-XL", "hub id")
     assert info["hub"]["pipeline"] is None and frames["hub"]["frames"] == 14
     assert frames["hub"]["notes"] == [
-        "the model family is not known here: its rounding of size and frames is applied at "
-        "run time"
+        "the model family is not known here: its rounding of size and frames is applied at run time"
     ]
 
 
@@ -559,8 +620,14 @@ def test_explain_imports_no_torch(layout: Layout, tmp_path: Path) -> None:
         "assert not heavy, heavy\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fakes), str(REPO)])}
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -574,8 +641,14 @@ def command() -> list[str]:
 
 def test_rules_commands_as_a_subprocess(rules: Layout) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("I2VD_")}
-    check = subprocess.run([*command(), "rules", "check"], cwd=rules.root, env=env,
-                           capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        [*command(), "rules", "check"],
+        cwd=rules.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert check.returncode == 5
     assert check.stdout == (
         f"{rules.rules / 'broken.yaml'}:1:11: priority: Input should be a valid integer, "
@@ -583,14 +656,22 @@ def test_rules_commands_as_a_subprocess(rules: Layout) -> None:
     )
     assert check.stderr == "5 rules ok, 1 problem in 1 file\n"
 
-    shipped = subprocess.run([*command(), "rules", "check", str(REPO / "rules")], env=env,
-                             capture_output=True, text=True, check=False)
+    shipped = subprocess.run(
+        [*command(), "rules", "check", str(REPO / "rules")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert (shipped.returncode, shipped.stdout) == (0, ""), shipped.stderr
 
     explain = subprocess.run(
         [*command(), "rules", "explain", "--json", "pets/rex.jpg"],
-        cwd=rules.root, env={**env, "I2VD_CONFIG": str(rules.config_file)},
-        capture_output=True, text=True, check=False,
+        cwd=rules.root,
+        env={**env, "I2VD_CONFIG": str(rules.config_file)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert explain.returncode == 0, explain.stderr
     assert json.loads(explain.stdout)[0]["winner"]["name"] == "alpha"

@@ -58,42 +58,155 @@ any_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=300)
 yamlish = st.lists(
     st.sampled_from(
         [
-            ":", ": ", " ", "  ", "\n", "\t", "- ", "-", "{", "}", "[", "]", ",", "'", '"', "#",
-            "&a ", "*a", "!!str ", "!!int ", "!!timestamp ", "!!binary ", "!!python/object ",
-            "!!set ", "? ", "|", ">", "---", "...", "%YAML 1.1", "\\", "\x00", "\ufeff",
-            "name", "match", "folders", "patterns", "priority", "engine", "model", "preset",
-            "prompt", "params", "frames", "seed", "resolution", "variants", "motion", "zoom",
-            "effect", "pan_left", "output", "source", "keep", "diffusion", "ladder",
-            "preset_values", "10", "-1", "1e999", "0x1F", ".nan", "2024-13-01", "null", "~",
-            "yes", "on", "512", "9.0", "{{ stem }}", "**", "é", "\u2028", "\x85",
+            ":",
+            ": ",
+            " ",
+            "  ",
+            "\n",
+            "\t",
+            "- ",
+            "-",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            "'",
+            '"',
+            "#",
+            "&a ",
+            "*a",
+            "!!str ",
+            "!!int ",
+            "!!timestamp ",
+            "!!binary ",
+            "!!python/object ",
+            "!!set ",
+            "? ",
+            "|",
+            ">",
+            "---",
+            "...",
+            "%YAML 1.1",
+            "\\",
+            "\x00",
+            "\ufeff",
+            "name",
+            "match",
+            "folders",
+            "patterns",
+            "priority",
+            "engine",
+            "model",
+            "preset",
+            "prompt",
+            "params",
+            "frames",
+            "seed",
+            "resolution",
+            "variants",
+            "motion",
+            "zoom",
+            "effect",
+            "pan_left",
+            "output",
+            "source",
+            "keep",
+            "diffusion",
+            "ladder",
+            "preset_values",
+            "10",
+            "-1",
+            "1e999",
+            "0x1F",
+            ".nan",
+            "2024-13-01",
+            "null",
+            "~",
+            "yes",
+            "on",
+            "512",
+            "9.0",
+            "{{ stem }}",
+            "**",
+            "é",
+            "\u2028",
+            "\x85",
         ]
     ),
     max_size=60,
 ).map("".join)
 
 FIELDS = [
-    "name", "match", "folders", "patterns", "priority", "engine", "model", "preset", "prompt",
-    "negative_prompt", "params", "resolution", "frames", "fps", "steps", "guidance", "seed",
-    "aspect", "output", "format", "source", "variants", "motion", "effect", "zoom", "easing",
-    "fade_in", "fade_out", "interpolate_fps", "diffusion", "dtype", "variant", "ladder",
-    "decode_chunk_size", "motion_bucket_id", "noise_aug_strength", "min_frames",
-    "min_resolution", "preset_values",
+    "name",
+    "match",
+    "folders",
+    "patterns",
+    "priority",
+    "engine",
+    "model",
+    "preset",
+    "prompt",
+    "negative_prompt",
+    "params",
+    "resolution",
+    "frames",
+    "fps",
+    "steps",
+    "guidance",
+    "seed",
+    "aspect",
+    "output",
+    "format",
+    "source",
+    "variants",
+    "motion",
+    "effect",
+    "zoom",
+    "easing",
+    "fade_in",
+    "fade_out",
+    "interpolate_fps",
+    "diffusion",
+    "dtype",
+    "variant",
+    "ladder",
+    "decode_chunk_size",
+    "motion_bucket_id",
+    "noise_aug_strength",
+    "min_frames",
+    "min_resolution",
+    "preset_values",
 ]
 scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(),
-    st.sampled_from(["motion", "diffusion", "square", "source", "zoom_in", "pan_up", "keep",
-                     "quick", "standard", "{{ stem }}", "{{ width // 2 }}", "**", "*.jpg", ""]),
+    st.sampled_from(
+        [
+            "motion",
+            "diffusion",
+            "square",
+            "source",
+            "zoom_in",
+            "pan_up",
+            "keep",
+            "quick",
+            "standard",
+            "{{ stem }}",
+            "{{ width // 2 }}",
+            "**",
+            "*.jpg",
+            "",
+        ]
+    ),
     any_text,
 )
 keys = st.one_of(st.sampled_from(FIELDS), any_text, st.integers(), st.booleans())
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=5)),
     max_leaves=20,
 )
 near_rule = st.fixed_dictionaries(
@@ -101,8 +214,11 @@ near_rule = st.fixed_dictionaries(
     optional={
         "name": st.one_of(st.sampled_from(["a", "b-1", "x y", ""]), any_text),
         "match": st.fixed_dictionaries(
-            {}, optional={"folders": st.lists(any_text, max_size=3),
-                          "patterns": st.lists(st.sampled_from(["*.jpg", "*", ""]), max_size=3)}
+            {},
+            optional={
+                "folders": st.lists(any_text, max_size=3),
+                "patterns": st.lists(st.sampled_from(["*.jpg", "*", ""]), max_size=3),
+            },
         ),
         "priority": st.one_of(st.integers(), st.text(max_size=5)),
         "engine": st.sampled_from(["motion", "diffusion", "gpu"]),
@@ -111,29 +227,41 @@ near_rule = st.fixed_dictionaries(
         "prompt": st.sampled_from(["{{ stem }}", "{{ stem ", "{{ nope }}", "{{ 1 / 0 }}"]),
         "params": st.dictionaries(
             st.sampled_from(["resolution", "frames", "fps", "steps", "guidance", "seed", "x"]),
-            st.one_of(st.integers(-10, 2**33), st.floats(), st.none()), max_size=4,
+            st.one_of(st.integers(-10, 2**33), st.floats(), st.none()),
+            max_size=4,
         ),
         "aspect": st.sampled_from(["square", "source", "wide"]),
         "source": st.sampled_from(["move", "keep", "delete", "copy"]),
         "variants": st.lists(
-            st.fixed_dictionaries({}, optional={
-                "name": st.sampled_from(["v", "v", "calm", "-bad", None]),
-                "seed": st.integers(-1, 2**33),
-                "params": st.dictionaries(st.sampled_from(["frames", "fps"]),
-                                          st.integers(0, 64), max_size=2),
-            }),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "name": st.sampled_from(["v", "v", "calm", "-bad", None]),
+                    "seed": st.integers(-1, 2**33),
+                    "params": st.dictionaries(
+                        st.sampled_from(["frames", "fps"]), st.integers(0, 64), max_size=2
+                    ),
+                },
+            ),
             max_size=20,
         ),
-        "motion": st.fixed_dictionaries({}, optional={
-            "effect": st.sampled_from(["zoom_in", "pan_left", "spin"]),
-            "zoom": st.floats(0, 5),
-            "interpolate_fps": st.integers(0, 100),
-        }),
-        "diffusion": st.fixed_dictionaries({}, optional={
-            "ladder": st.lists(st.sampled_from(["vae_slicing", "fewer_frames", "oops"]),
-                               max_size=25),
-            "min_resolution": st.sampled_from([256, 300]),
-        }),
+        "motion": st.fixed_dictionaries(
+            {},
+            optional={
+                "effect": st.sampled_from(["zoom_in", "pan_left", "spin"]),
+                "zoom": st.floats(0, 5),
+                "interpolate_fps": st.integers(0, 100),
+            },
+        ),
+        "diffusion": st.fixed_dictionaries(
+            {},
+            optional={
+                "ladder": st.lists(
+                    st.sampled_from(["vae_slicing", "fewer_frames", "oops"]), max_size=25
+                ),
+                "min_resolution": st.sampled_from([256, 300]),
+            },
+        ),
         "preset_values": st.just({"resolution": 256}),
     },
 )
@@ -156,8 +284,30 @@ def mutated(draw: st.DrawFn) -> str:
         elif how == "duplicate":
             text = text[:at] + text[at] + text[at:]
         elif how == "insert":
-            char = draw(st.sampled_from([":", " ", "\t", "-", "{", "[", "'", '"', "\n", "&",
-                                         "*", "!", "%", "@", "`", "|", "x", "0"]))
+            char = draw(
+                st.sampled_from(
+                    [
+                        ":",
+                        " ",
+                        "\t",
+                        "-",
+                        "{",
+                        "[",
+                        "'",
+                        '"',
+                        "\n",
+                        "&",
+                        "*",
+                        "!",
+                        "%",
+                        "@",
+                        "`",
+                        "|",
+                        "x",
+                        "0",
+                    ]
+                )
+            )
             text = text[:at] + char + text[at:]
         elif how == "line":
             lines = text.splitlines(keepends=True)
@@ -253,8 +403,9 @@ def test_valid_rules_survive_a_round_trip(data: dict[str, Any]) -> None:
 EXIT = {"read": 4, "yaml": 4, "schema": 5, "conflict": 6}
 
 
-@settings(max_examples=40, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     st.lists(any_yaml, min_size=1, max_size=3),
     st.lists(any_yaml, max_size=2),
@@ -278,8 +429,11 @@ def test_rules_check_on_a_fuzzed_folder(rules: list[str], presets: list[str]) ->
             assert PROBLEM.fullmatch(str(problem))
             assert len(str(problem).splitlines()) == 1
         summary = err.getvalue().splitlines()[0]
-        assert re.fullmatch(r"\d+ rules? ok(, \d+ presets? ok)?, (no problems|\d+ problems? "
-                            r"in \d+ files?)", summary)
+        assert re.fullmatch(
+            r"\d+ rules? ok(, \d+ presets? ok)?, (no problems|\d+ problems? "
+            r"in \d+ files?)",
+            summary,
+        )
 
 
 def test_refused_character_is_one_problem_line(tmp_path: Path) -> None:

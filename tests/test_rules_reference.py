@@ -57,8 +57,12 @@ def test_reference_covers_every_field() -> None:
             assert f"| `{name}` |" in text, name
     assert "preset_values" not in text
     blocks: list[tuple[str, type[BaseModel]]] = [
-        ("match", Match), ("params", ParamOverrides), ("output", OutputSettings),
-        ("variants[]", Variant), ("motion", MotionSettings), ("diffusion", DiffusionSettings),
+        ("match", Match),
+        ("params", ParamOverrides),
+        ("output", OutputSettings),
+        ("variants[]", Variant),
+        ("motion", MotionSettings),
+        ("diffusion", DiffusionSettings),
     ]
     for block, nested in blocks:
         for name in nested.model_fields:
@@ -71,8 +75,13 @@ def test_reference_covers_every_field() -> None:
 
 
 def test_reference_is_a_printable_module() -> None:
-    result = subprocess.run([sys.executable, "-m", "daemon.rules_reference"], cwd=REPO,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.rules_reference"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout == rules_reference_markdown()
 
 

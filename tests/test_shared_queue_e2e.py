@@ -102,8 +102,8 @@ def test_two_daemons_on_one_sqlite_file(layout: Layout, daemon) -> None:
 
     def recovered() -> bool:
         row = next(j for j in queue_rows(url) if j.id == killed_job)
-        finished_first = row.state == "done" and row.attempts == 1 and taken_over not in (
-            second.log
+        finished_first = (
+            row.state == "done" and row.attempts == 1 and taken_over not in (second.log)
         )
         return taken_over in second.log or finished_first
 
@@ -162,9 +162,19 @@ class HostDaemon:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()
         self.proc = subprocess.Popen(
             [
-                "unshare", "--mount", "--propagation", "private",
-                "sh", "-c", f'{mounts} && exec "$0" "$@"',
-                sys.executable, "-m", "daemon", "run", "--config", str(config_file),
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f'{mounts} && exec "$0" "$@"',
+                sys.executable,
+                "-m",
+                "daemon",
+                "run",
+                "--config",
+                str(config_file),
             ],
             cwd=self.home,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -239,8 +249,10 @@ def test_three_hosts_on_postgresql_each_seeing_the_share_elsewhere(
         first.wait()
         # A live host takes the dead one's job over once its lease runs out.
         wait_for(
-            lambda: next(j for j in queue_rows(url) if j.id == killed_job).lease_owner
-            not in (first.owner,),
+            lambda: (
+                next(j for j in queue_rows(url) if j.id == killed_job).lease_owner
+                not in (first.owner,)
+            ),
             timeout=60,
         )
         names += drop_images(share / "in", IMAGES - len(names), first=len(names))
@@ -379,9 +391,7 @@ def test_a_daemon_whose_clock_is_an_hour_off_steals_nothing(layout: Layout, daem
     other daemon's running jobs as expired, nor is its own taken from it."""
     layout.write_config(lease_seconds=6)
     url = load_settings(layout.config_file).database_url
-    path = os.pathsep.join(
-        p for p in (str(SKEWED_CLOCK_SITE), os.environ.get("PYTHONPATH")) if p
-    )
+    path = os.pathsep.join(p for p in (str(SKEWED_CLOCK_SITE), os.environ.get("PYTHONPATH")) if p)
     ahead = daemon(env={"PYTHONPATH": path, "I2VD_TEST_CLOCK_SKEW": "3600"})
     normal = daemon()
     ahead.wait_started()

@@ -15,11 +15,18 @@ def test_square_is_n_by_n(resolution: int) -> None:
 
 @pytest.mark.parametrize(
     ("src_w", "src_h", "resolution"),
-    [(640, 480, 512), (480, 640, 512), (1920, 1080, 768), (640, 360, 256), (1000, 1000, 512),
-     (3000, 2000, 1024)],
+    [
+        (640, 480, 512),
+        (480, 640, 512),
+        (1920, 1080, 768),
+        (640, 360, 256),
+        (1000, 1000, 512),
+        (3000, 2000, 1024),
+    ],
 )
-def test_source_aspect_keeps_ratio_at_the_pixel_budget(src_w: int, src_h: int,
-                                                       resolution: int) -> None:
+def test_source_aspect_keeps_ratio_at_the_pixel_budget(
+    src_w: int, src_h: int, resolution: int
+) -> None:
     width, height = frame_size(resolution, "source", src_w, src_h)
     assert width % 2 == 0 and height % 2 == 0
     assert abs(width * height / resolution**2 - 1) < 0.02
@@ -66,8 +73,9 @@ def test_never_below_the_multiple() -> None:
         ((512, 512), (512, 512), (0.0, 0.0, 512.0, 512.0)),
     ],
 )
-def test_crop_box_is_centred_with_output_aspect(src: tuple[int, int], out: tuple[int, int],
-                                                expected: tuple | None) -> None:
+def test_crop_box_is_centred_with_output_aspect(
+    src: tuple[int, int], out: tuple[int, int], expected: tuple | None
+) -> None:
     left, top, right, bottom = crop_box(*src, *out)
     if expected is not None:
         assert (left, top, right, bottom) == pytest.approx(expected)

@@ -13,12 +13,25 @@ import pytest
 from daemon.store import Job, JobState, JobStore
 
 
-def make_job(n: int = 0, sha: str | None = None, rule: str = "motion", rule_hash: str = "h1",
-             source: str | None = None, **extra: object) -> Job:
+def make_job(
+    n: int = 0,
+    sha: str | None = None,
+    rule: str = "motion",
+    rule_hash: str = "h1",
+    source: str | None = None,
+    **extra: object,
+) -> Job:
     return Job(
-        source=source or f"/in/img{n}.jpg", inbox_root="/in", relative=f"img{n}.jpg",
-        sha256=sha or f"{n:064x}", size_bytes=100 + n, rule_name=rule, rule_hash=rule_hash,
-        rule_file=f"/rules/{rule}.yaml", rule_json=json.dumps({"name": rule}), engine="motion",
+        source=source or f"/in/img{n}.jpg",
+        inbox_root="/in",
+        relative=f"img{n}.jpg",
+        sha256=sha or f"{n:064x}",
+        size_bytes=100 + n,
+        rule_name=rule,
+        rule_hash=rule_hash,
+        rule_file=f"/rules/{rule}.yaml",
+        rule_json=json.dumps({"name": rule}),
+        engine="motion",
         **extra,
     )
 
@@ -70,10 +83,17 @@ def test_life_cycle(store: JobStore) -> None:
     assert done is not None
     assert done.state == JobState.DONE
     assert (done.finished_at, done.progress, done.lease_owner, done.lease_expires) == (
-        150.0, 1.0, None, None)
+        150.0,
+        1.0,
+        None,
+        None,
+    )
     assert json.loads(done.timings_json or "") == {"total": 1.5}
     assert (done.video_path, done.sidecar_path, done.source_dest) == (
-        "/out/a.mp4", "/out/a.json", "/out/a.jpg")
+        "/out/a.mp4",
+        "/out/a.json",
+        "/out/a.jpg",
+    )
     assert store.claim("host:1", now=1000.0, lease_seconds=60) is None
 
 
@@ -108,8 +128,12 @@ def test_fail_with_retry_then_give_up(store: JobStore) -> None:
     assert state == JobState.RETRYING
     got = store.get(job.id)
     assert got is not None
-    assert (got.state, got.error, got.hint, got.not_before) == ("retrying", "boom",
-                                                                 "try later", 150.0)
+    assert (got.state, got.error, got.hint, got.not_before) == (
+        "retrying",
+        "boom",
+        "try later",
+        150.0,
+    )
     assert (got.lease_owner, got.lease_expires, got.finished_at) == (None, None, None)
     assert store.pending() == 1
     assert store.next_due() == 150.0
@@ -122,7 +146,11 @@ def test_fail_with_retry_then_give_up(store: JobStore) -> None:
     failed = store.get(job.id)
     assert failed is not None
     assert (failed.state, failed.finished_at, failed.attempts, failed.error) == (
-        "failed", 160.0, 2, "boom again")
+        "failed",
+        160.0,
+        2,
+        "boom again",
+    )
     assert store.claim("h:1", 10_000.0, 60) is None
     assert store.pending() == 0
     assert [j.id for j in store.failed_since(160.0)] == [job.id]
@@ -145,8 +173,12 @@ def test_requeue_interrupted_refunds_the_attempt(store: JobStore) -> None:
     store.requeue_interrupted(job.id)
     got = store.get(job.id)
     assert got is not None
-    assert (got.state, got.attempts, got.lease_owner, got.lease_expires) == ("queued", 0,
-                                                                            None, None)
+    assert (got.state, got.attempts, got.lease_owner, got.lease_expires) == (
+        "queued",
+        0,
+        None,
+        None,
+    )
     again = store.claim("h:2", 101.0, 60)
     assert again is not None and again.id == job.id and again.attempts == 1
     store.requeue_interrupted(12345)  # unknown id: no error
@@ -212,8 +244,7 @@ def test_seen_and_find_done(store: JobStore) -> None:
 
     done = store.find_done("a" * 64, "motion", "h1")
     assert [j.id for j in done] == [first.id, copy.id]  # oldest (the generated one) first
-    assert [j.id for j in store.find_done("a" * 64, "motion", "h1", exclude=copy.id)] == [
-        first.id]
+    assert [j.id for j in store.find_done("a" * 64, "motion", "h1", exclude=copy.id)] == [first.id]
     assert store.find_done("a" * 64, "motion", "h2") == []
     assert [j.id for j in store.find_done("a" * 64, "other", "h1")] == [second.id]
     assert store.get(copy.id).duplicate_of == first.id  # type: ignore[union-attr]
@@ -231,14 +262,24 @@ def test_counts(store: JobStore) -> None:
     store.fail(ids[2], 100.0, "e", "h", retry_at=500.0)
     store.claim("h:1", 100.0, 60)  # ids[3]
     store.fail(ids[3], 100.0, "e", "h", retry_at=None)
-    assert store.count_by_state() == {"running": 1, "done": 1, "retrying": 1, "failed": 1,
-                                      "queued": 2}
+    assert store.count_by_state() == {
+        "running": 1,
+        "done": 1,
+        "retrying": 1,
+        "failed": 1,
+        "queued": 2,
+    }
     assert store.pending() == 4
     assert store.next_due() == 4.0  # ids[4] queued with not_before 4; retrying one at 500
 
 
-def _claim_all(store: JobStore, owner: str, barrier: threading.Barrier, out: list[int],
-               errors: list[BaseException]) -> None:
+def _claim_all(
+    store: JobStore,
+    owner: str,
+    barrier: threading.Barrier,
+    out: list[int],
+    errors: list[BaseException],
+) -> None:
     try:
         barrier.wait()
         while (job := store.claim(owner, 100.0, 60)) is not None:
@@ -302,8 +343,7 @@ def test_wal_mode_and_durability(tmp_path: Path) -> None:
     raw = sqlite3.connect(tmp_path / "queue.db")
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("SELECT state, relative FROM job").fetchall() == [("queued",
-                                                                              "img7.jpg")]
+        assert raw.execute("SELECT state, relative FROM job").fetchall() == [("queued", "img7.jpg")]
     finally:
         raw.close()
     reopened = JobStore(db_url)

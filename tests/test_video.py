@@ -65,10 +65,10 @@ def test_faststart_puts_moov_before_mdat(clip16: tuple[Path, list[np.ndarray]]) 
     assert moov < mdat
 
 
-@pytest.mark.parametrize(("fps", "count", "size"), [(24, 10, (64, 48)), (12, 9, (256, 144)),
-                                                    (5, 8, (2, 2))])
-def test_other_rates_and_sizes(tmp_path: Path, fps: int, count: int,
-                               size: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("fps", "count", "size"), [(24, 10, (64, 48)), (12, 9, (256, 144)), (5, 8, (2, 2))]
+)
+def test_other_rates_and_sizes(tmp_path: Path, fps: int, count: int, size: tuple[int, int]) -> None:
     width, height = size
     frames = [np.full((height, width, 3), 20 * i, np.uint8) for i in range(count)]
     path = tmp_path / "x.mp4"
@@ -100,8 +100,9 @@ def test_verify_accepts_the_truth(clip16: tuple[Path, list[np.ndarray]]) -> None
     "claim",
     [(128, 96, 8, 17), (128, 96, 8, 15), (128, 98, 8, 16), (130, 96, 8, 16), (128, 96, 24, 16)],
 )
-def test_verify_refuses_a_mismatch(clip16: tuple[Path, list[np.ndarray]],
-                                   claim: tuple[int, int, int, int]) -> None:
+def test_verify_refuses_a_mismatch(
+    clip16: tuple[Path, list[np.ndarray]], claim: tuple[int, int, int, int]
+) -> None:
     width, height, fps, frames = claim
     with pytest.raises(VideoError) as err:
         verify(clip16[0], width, height, fps, frames)
@@ -112,8 +113,9 @@ def test_verify_refuses_a_mismatch(clip16: tuple[Path, list[np.ndarray]],
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9, 0.02])
-def test_verify_refuses_a_truncated_file(tmp_path: Path, clip16: tuple[Path, list[np.ndarray]],
-                                         keep: float) -> None:
+def test_verify_refuses_a_truncated_file(
+    tmp_path: Path, clip16: tuple[Path, list[np.ndarray]], keep: float
+) -> None:
     data = clip16[0].read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: int(len(data) * keep)])

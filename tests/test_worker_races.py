@@ -50,7 +50,9 @@ def test_a_crashed_jobs_plan_never_removes_another_jobs_video(layout: Layout, be
     bench.store.claim("host:999", time.time(), 120)
     outbox = layout.outbox
     bench.store.plan_outputs(
-        crashed.id, str(outbox / "x.motion.mp4"), str(outbox / "x.motion.json"),
+        crashed.id,
+        str(outbox / "x.motion.mp4"),
+        str(outbox / "x.motion.json"),
         str(outbox / "x.jpg"),
     )
     # Meanwhile x.png takes the free name x.motion.* and is published.
@@ -65,7 +67,12 @@ def test_a_crashed_jobs_plan_never_removes_another_jobs_video(layout: Layout, be
     assert bench.sidecar("x.motion.json")["source"] == "x.png"
     assert bench.sidecar("x.motion-2.json")["source"] == "x.jpg"
     assert sorted(layout.files(outbox)) == [
-        "x.jpg", "x.motion-2.json", "x.motion-2.mp4", "x.motion.json", "x.motion.mp4", "x.png",
+        "x.jpg",
+        "x.motion-2.json",
+        "x.motion-2.mp4",
+        "x.motion.json",
+        "x.motion.mp4",
+        "x.png",
     ]
 
 

@@ -81,20 +81,31 @@ class MotionSettings(_Strict):
     fade_in: float = Field(0.0, ge=0.0, le=10.0, description="seconds")
     fade_out: float = Field(0.0, ge=0.0, le=10.0, description="seconds")
     interpolate_fps: int | None = Field(
-        None, ge=8, le=60, description="older setting: render at this rate, keeping the "
-        "preset's length (every frame is rendered, none interpolated); fps wins"
+        None,
+        ge=8,
+        le=60,
+        description="older setting: render at this rate, keeping the "
+        "preset's length (every frame is rendered, none interpolated); fps wins",
     )
     duration: float | None = Field(
-        None, ge=0.25, le=60.0, description="seconds of video (default: the preset's frames "
-        "at its fps)"
+        None,
+        ge=0.25,
+        le=60.0,
+        description="seconds of video (default: the preset's frames at its fps)",
     )
     fps: int | None = Field(
-        None, ge=4, le=60, description="frames per second, every one rendered (default: the "
-        "preset's, or interpolate_fps)"
+        None,
+        ge=4,
+        le=60,
+        description="frames per second, every one rendered (default: the "
+        "preset's, or interpolate_fps)",
     )
     crf: int = Field(
-        18, ge=0, le=35, description="H.264 quality: lower is better and larger (18: no "
-        "visible loss on most photos)"
+        18,
+        ge=0,
+        le=35,
+        description="H.264 quality: lower is better and larger (18: no "
+        "visible loss on most photos)",
     )
 
     @model_validator(mode="after")

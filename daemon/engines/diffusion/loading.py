@@ -306,8 +306,7 @@ def _load_failure(source: ModelSource, exc: BaseException) -> Exception:
     reason = f"{type(exc).__name__}: {_first_line(exc)}"
     if source.folder is not None:
         return ModelUnavailable(
-            f"the AI model in {source.folder} could not be loaded: it looks incomplete or "
-            "damaged",
+            f"the AI model in {source.folder} could not be loaded: it looks incomplete or damaged",
             "ask whoever looks after i2vd to copy or download it again (e.g. `hf download "
             f"<hub id> --local-dir {source.folder}`); i2vd tries again by itself",
             detail=reason,
