@@ -125,4 +125,7 @@ def setup(level: str, *, live: bool = False, stream: TextIO | None = None) -> Pr
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # At DEBUG, watchdog logs every raw inotify event, the daemon's own reads included.
     logging.getLogger("watchdog").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    # Alembic names each of its plugins at INFO when it loads (the upgrades themselves
+    # are still logged).
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     return progress

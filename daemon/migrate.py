@@ -14,7 +14,6 @@ To add a migration: change the models in ``daemon/tables.py``, then run
 from __future__ import annotations
 
 import fcntl
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,9 +59,6 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     Raises SchemaTooNew when the database is at a revision this i2vd does not know
     (a newer i2vd upgraded it: this host must be upgraded too)."""
-    # Alembic names each of its plugins at INFO on every run: noise in the daemon's log
-    # (the upgrades themselves are still logged).
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     with _migration_lock(engine), engine.connect() as conn:
         config = alembic_config(conn)
         tables = set(inspect(conn).get_table_names())

@@ -113,3 +113,13 @@ def test_piped_output_has_no_progress_line(layout: Layout) -> None:
     with open(log_path, "wb") as out:
         assert run_once(layout, out.fileno(), {}) == 0
     assert "\r" not in log_path.read_text()
+
+
+def test_a_first_start_logs_the_upgrade_but_not_alembics_plugins(layout: Layout, daemon) -> None:
+    """The queue's upgrades are worth a line each; Alembic naming its plugins is not."""
+    layout.write_config(log_level="INFO")
+    proc = daemon()
+    proc.wait_started()
+    assert "Running upgrade" in proc.log
+    assert "alembic.runtime.plugins" not in proc.log
+    assert proc.stop() == 0
