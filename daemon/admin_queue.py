@@ -229,12 +229,14 @@ class AdminQueue:
         return CancelOutcome.ENDED if self.get(job_id) is not None else CancelOutcome.NOT_FOUND
 
     def retry(self, job_id: int) -> JobRecord | None:
-        """Queue a failed or cancelled job again with fresh attempts; None when it is
-        not one. Raises AlreadyQueued when its drop is pending as another job."""
+        """Queue a failed or cancelled job again with fresh attempts (and no device
+        faults counted); None when it is not one. Raises AlreadyQueued when its drop is
+        pending as another job."""
         try:
             changed = self.db.write(
-                "UPDATE job SET state = ?, attempts = 0, not_before = 0.0, error = NULL, "
-                "hint = NULL, finished_at = NULL, cancel_requested = ?, progress = 0.0 "
+                "UPDATE job SET state = ?, attempts = 0, device_faults = 0, not_before = 0.0, "
+                "error = NULL, hint = NULL, finished_at = NULL, cancel_requested = ?, "
+                "progress = 0.0 "
                 "WHERE id = ? AND state IN (?, ?)",
                 [QUEUED, False, job_id, FAILED, CANCELLED],
                 notify=NOTIFY_SQL,

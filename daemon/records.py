@@ -115,6 +115,7 @@ class JobRecord(JobFields):
     state: str
     attempts: int
     max_attempts: int
+    device_faults: int
     not_before: float
     lease_owner: str | None
     lease_expires: float | None

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, update
+from sqlalchemy import case, false, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select, text
@@ -36,6 +36,7 @@ from .tables import DROP_KEY, Job
 __all__ = [
     "PENDING",
     "Capabilities",
+    "DeviceFaults",
     "Job",
     "JobState",
     "JobStore",
@@ -53,6 +54,15 @@ class LeaseLost(Exception):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id}: the lease was lost")
         self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class DeviceFaults:
+    """A job handed back after a device fault: its counted faults so far, and whether
+    they reached the cap (then it is still running, for its worker to fail it)."""
+
+    counted: int
+    cap_reached: bool
 
 
 @dataclass(frozen=True)
@@ -261,6 +271,50 @@ class JobStore(QueueReads):
             cancel_requested=False,
             attempts=case((col(Job.attempts) > 0, col(Job.attempts) - 1), else_=0),
         )
+
+    def hand_back_after_device_fault(
+        self, job_id: int, owner: str, counted: bool, limit: int
+    ) -> DeviceFaults | None:
+        """After a device fault (breaker.py): like :meth:`requeue_interrupted`, and when
+        ``counted`` (the GPU was working when the job started on it) the job's
+        ``device_faults`` goes up by one. Once that reaches ``limit`` the job is the
+        image's fault: it stays running, leased to ``owner``, for the worker to fail it
+        (``cap_reached``). None when ``owner`` no longer holds the job.
+
+        One UPDATE … RETURNING, so two daemons cannot both count from the same number,
+        and a daemon whose lease was taken over changes nothing."""
+        step = 1 if counted else 0
+        faults = col(Job.device_faults) + step
+        # Every value below is computed from the row as it was: the cap is reached
+        # only by a counted fault, never by one that belongs to the GPU.
+        reached = (faults >= limit) if counted else false()
+        values: dict[str, Any] = {
+            "device_faults": faults,
+            "state": case((reached, col(Job.state)), else_=JobState.QUEUED.value),
+            "lease_owner": case((reached, col(Job.lease_owner)), else_=None),
+            "lease_expires": case((reached, col(Job.lease_expires)), else_=None),
+            "cancel_requested": case((reached, col(Job.cancel_requested)), else_=false()),
+            # The fault used no attempt (the failure path counts the one it ends on).
+            "attempts": case(
+                (reached, col(Job.attempts)),
+                (col(Job.attempts) > 0, col(Job.attempts) - 1),
+                else_=0,
+            ),
+        }
+        statement = (
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.lease_owner) == owner)
+            .values(**values)
+            .returning(col(Job.device_faults), col(Job.state))
+        )
+        with self._session() as session:
+            row = session.execute(statement).first()
+            if row is not None and row[1] == JobState.QUEUED:
+                self._notify(session)  # a job for someone to claim
+            session.commit()
+        if row is None:
+            return None
+        return DeviceFaults(int(row[0]), row[1] != JobState.QUEUED)
 
     def postpone(self, job_id: int, until: float, owner: str | None = None) -> bool:
         """Back to the queue until ``until``, the attempt handed back: a folder the job

@@ -101,6 +101,10 @@ class Job(JobFields, SQLModel, table=True):
     state: str = JobState.QUEUED
     attempts: int = 0
     max_attempts: int = 3
+    # Device faults (breaker.py) this job met on a GPU that was working when the job
+    # started on it: they use no attempt, but at `gpu_fault_limit` the image is to
+    # blame and the job fails. A GPU already faulting counts none.
+    device_faults: int = 0
     # Times are seconds since the epoch on the database's clock (see store.py).
     not_before: float = 0.0
     lease_owner: str | None = None

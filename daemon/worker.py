@@ -51,7 +51,7 @@ SHARE_WAIT_SECONDS = 5.0
 
 class PermanentFailure(Problem):
     """The job can never succeed as queued (its image left the inbox, it crashed i2vd
-    on every attempt)."""
+    on every attempt, it made working GPUs fault ``gpu_fault_limit`` times)."""
 
 
 class Bug(RetryableProblem):
@@ -162,7 +162,7 @@ class Worker:
                 self.store.daemons.heartbeat(self.owner, queue_state(self.store), "")
                 log.info("job %d: the GPU works again", job.id)
         except DeviceFault as exc:
-            self._device_fault(job, exc.reason)
+            self._device_fault(scope, job, rule, exc.reason)
         except LeaseLost:
             # Another daemon runs the job now: its row and its outputs are not ours.
             log.warning("job %d: its lease ran out and another daemon took it over", job.id)
@@ -270,23 +270,56 @@ class Worker:
             plan.video,
         )
 
-    def _device_fault(self, job: Job, reason: str) -> None:
-        """The GPU failed, not the image: the job goes back without using an attempt,
-        and this daemon takes no GPU job for a while (see breaker.py)."""
+    def _device_fault(self, scope: Scope, job: Job, rule: Rule | None, reason: str) -> None:
+        """The GPU failed: the job goes back without using an attempt, and this daemon
+        takes no GPU job for a while (see breaker.py).
+
+        The fault counts against the job only when the GPU was working when the job
+        started on it (no fault in a row before this one; a fresh daemon's GPU counts
+        as working): faults of a GPU already faulting are the GPU's. A job whose
+        counted faults reach ``gpu_fault_limit`` is an image that breaks GPUs, and
+        fails instead of going round every daemon for ever."""
         assert job.id is not None
-        outputs.discard_partial(self.scope, job)
-        self.store.requeue_interrupted(job.id, owner=self.owner)
+        outputs.discard_partial(scope, job)
+        counted = not self.breaker.faulted  # read before this fault is recorded
+        limit = self.settings.gpu_fault_limit
+        faults = self.store.hand_back_after_device_fault(job.id, self.owner, counted, limit)
         self.breaker.fault(reason, time.monotonic())
         self.store.daemons.heartbeat(self.owner, DaemonState.FAULTED, reason)
+        if faults is None:
+            fate = "another daemon had taken the job over"
+        elif faults.cap_reached:
+            fate = f"the job fails: the image faulted a working GPU {faults.counted} times"
+        elif counted:
+            fate = (
+                f"the job is back in the queue (device fault {faults.counted} of {limit} on "
+                "a working GPU)"
+            )
+        else:
+            fate = "the job is back in the queue (not counted: this GPU was already faulting)"
         log.error(
-            "job %d: the GPU failed (%s); the job is back in the queue. This daemon takes "
-            "no GPU job for %.0fs (fault %d in a row; it restarts at %d)",
+            "job %d: the GPU failed (%s); %s. This daemon takes no GPU job for %.0fs "
+            "(fault %d in a row; it restarts at %d)",
             job.id,
             reason,
+            fate,
             self.breaker.cooldown,
             self.breaker.in_a_row,
             self.breaker.limit,
         )
+        if faults is not None and faults.cap_reached:
+            problem = PermanentFailure(
+                "the graphics card failed each time it tried to make this video, on "
+                f"{faults.counted} tries on a card that was otherwise working",
+                "the picture may trigger a fault in the graphics driver: try a smaller size "
+                "or another rule, or ask whoever looks after i2vd to update the driver; to "
+                f"try again: i2vd retry {job.id}",
+                detail=f"device faults on a GPU that was working when the job started: "
+                f"{faults.counted} of {limit}; the last: {reason} (each earlier one is in "
+                "the log of the daemon that met it)",
+                extra={"device_faults": faults.counted},
+            )
+            failure.job_failed(scope, job, rule, problem)
 
     def _loading(self, job: Job, model: str) -> None:
         """Called by an engine before it loads a model, which can take minutes. Once

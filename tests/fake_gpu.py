@@ -3,7 +3,9 @@
 ``FakeFaultyGPU`` raises what torch raises when a device fails (torch's own exception
 type, CUDA's real message); ``FakeHealthyGPU`` stands in for a working GPU by rendering
 with the real motion engine; ``FakeLoadingGPU`` does too, after telling of a model
-load first, as the diffusion engine does. All answer to the engine name ``diffusion``.
+load first, as the diffusion engine does; ``FakePoisonedGPU`` works, except that one
+kind of picture (any taller than wide) makes it fault, as a driver bug that an input
+triggers would. All answer to the engine name ``diffusion``.
 """
 
 from __future__ import annotations
@@ -58,4 +60,19 @@ class FakeLoadingGPU(FakeHealthyGPU):
     def render(self, request: RenderRequest) -> Clip:
         request.loading("fake/gpu-model")
         self.loads += 1  # the load would begin here, and take minutes
+        return super().render(request)
+
+
+class FakePoisonedGPU(FakeHealthyGPU):
+    """A working GPU whose (fake) driver faults on every picture taller than wide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.faults = 0
+
+    def render(self, request: RenderRequest) -> Clip:
+        if request.image.height > request.image.width:
+            self.faults += 1
+            request.checkpoint(0.1)
+            raise torch.AcceleratorError(ILLEGAL_ADDRESS)
         return super().render(request)

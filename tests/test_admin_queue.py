@@ -164,6 +164,20 @@ def test_list_retry_and_cancel(store: JobStore, queue: AdminQueue) -> None:
     assert queue.retry(waiting) is not None  # a cancelled job comes back too
 
 
+def test_retry_forgets_the_device_faults_of_a_job_that_broke_gpus(
+    store: JobStore, queue: AdminQueue
+) -> None:
+    job = store.enqueue(job_for(1))
+    assert job.id is not None
+    for owner in ("a:1", "b:2"):
+        store.claim(owner)
+        store.hand_back_after_device_fault(job.id, owner, counted=True, limit=2)
+    store.fail(job.id, None, "the graphics card failed", "hint", retry_at=None, owner="b:2")
+    assert queue.get(job.id).device_faults == 2  # type: ignore[union-attr]
+    retried = queue.retry(job.id)
+    assert retried is not None and (retried.state, retried.device_faults) == ("queued", 0)
+
+
 def test_retry_refuses_a_drop_already_queued_again(store: JobStore, queue: AdminQueue) -> None:
     first = store.enqueue(job_for(1))
     assert first.id is not None

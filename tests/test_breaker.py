@@ -6,17 +6,20 @@ here by hand, or by the fake engines in fake_gpu.py: there is no GPU to break)."
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from conftest import Layout, make_image
 from daemon.admin_queue import AdminQueue
 from daemon.breaker import DeviceBreaker, device_fault
+from daemon.config import Settings
 from daemon.intake import Intake
 from daemon.rules import load_rules
 from daemon.store import Capabilities, JobStore
 from daemon.worker import Worker
-from fake_gpu import FakeFaultyGPU, FakeHealthyGPU
+from fake_gpu import FakeFaultyGPU, FakeHealthyGPU, FakePoisonedGPU
 
 ASYNC_NOTE = (
     "\nCUDA kernel errors might be asynchronously reported at some other API call, so the "
@@ -112,13 +115,21 @@ params: {resolution: 256}
 """
 
 
-def _queue_images(layout: Layout, store: JobStore, count: int) -> None:
+def _queue_images(layout: Layout, store: JobStore, count: int, poison: bool = False) -> int | None:
+    """Queue ``count`` pictures p0.jpg…, after a first one, poison.jpg, taller than
+    wide (what FakePoisonedGPU faults on) with ``poison``: its job id then."""
     settings = layout.load()
     rules, problems = load_rules(settings.rules_dir)
     assert problems == []
     intake = Intake(store, lambda: rules, settings.failed_dir, 3)
+    poisoned = None
+    if poison:
+        taken = intake.take(layout.inbox, make_image(layout.inbox / "poison.jpg", 240, 320))
+        assert taken.job is not None
+        poisoned = taken.job.id
     for n in range(count):
         assert intake.take(layout.inbox, make_image(layout.inbox / f"p{n}.jpg", seed=n)).job
+    return poisoned
 
 
 def test_a_broken_gpu_fails_no_image_and_another_daemon_renders_them(layout: Layout) -> None:
@@ -204,5 +215,123 @@ def test_a_gpu_that_works_again_while_the_queue_is_paused_says_paused(layout: La
         with AdminQueue(settings.database_url) as queue:
             [row] = [s.daemon for s in queue.daemons(60)]
         assert (row.state, row.reason) == ("paused", "")
+    finally:
+        store.close()
+
+
+# --- an image that makes working GPUs fault ---------------------------------------------
+
+
+def _fresh_daemon(settings: Settings, store: JobStore, owner: str, gpu: object) -> Worker:
+    """A worker as a (re)started daemon has it: a breaker with no fault yet, and a long
+    cool-down, so that after a fault it takes no more GPU jobs (as one that stops)."""
+    breaker = DeviceBreaker(settings.gpu_fault_limit, cooldown=3600)
+    worker = Worker(settings, store, owner, breaker=breaker)
+    worker.engines["diffusion"] = gpu  # type: ignore[assignment]
+    return worker
+
+
+def _run_until_idle(worker: Worker) -> None:
+    while worker.run_once(0) is not None:
+        pass
+
+
+def test_an_image_that_faults_working_gpus_fails_with_a_plain_report(layout: Layout) -> None:
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    settings = layout.load(gpu_fault_limit=3)
+    store = JobStore(settings.database_url)
+    try:
+        poison = _queue_images(layout, store, 3, poison=True)
+        assert poison is not None
+        gpus = [FakePoisonedGPU() for _ in range(4)]
+        for n, gpu in enumerate(gpus[:2]):
+            # A daemon just (re)started, its GPU working: the poison, first in the
+            # queue, faults it and goes back, counted against the image.
+            _run_until_idle(_fresh_daemon(settings, store, f"gpu{n}:1", gpu))
+            again = store.get(poison)
+            assert again is not None and (again.state, again.device_faults) == ("queued", n + 1)
+            assert again.attempts == 0  # the faults used no attempt
+        _run_until_idle(_fresh_daemon(settings, store, "gpu2:1", gpus[2]))
+        assert store.count_by_state() == {"failed": 1, "queued": 3}
+        _run_until_idle(_fresh_daemon(settings, store, "gpu3:1", gpus[3]))
+        assert [gpu.faults for gpu in gpus] == [1, 1, 1, 0]
+
+        failed = store.get(poison)
+        assert failed is not None and (failed.state, failed.device_faults) == ("failed", 3)
+        assert store.count_by_state() == {"done": 3, "failed": 1}
+        assert layout.files(layout.failed) == ["poison.jpg", "poison.jpg.error.json"]
+        report = json.loads((layout.failed / "poison.jpg.error.json").read_text("utf-8"))
+        assert report["error"] == (
+            "the graphics card failed each time it tried to make this video, on 3 tries on "
+            "a card that was otherwise working"
+        )
+        assert report["hint"].startswith("the picture may trigger a fault in the graphics driver")
+        assert report["hint"].endswith(f"to try again: i2vd retry {poison}")
+        assert "CUDA error: an illegal memory access was encountered" in report["detail"]
+        assert (report["device_faults"], report["attempts"], report["job"]) == (3, 1, poison)
+        assert sorted(p.name for p in layout.outbox.glob("*.mp4")) == [
+            f"p{n}.gpu.mp4" for n in range(3)
+        ]
+    finally:
+        store.close()
+
+
+def test_a_gpu_that_renders_between_two_faults_counts_both(layout: Layout) -> None:
+    """One daemon, no restart: the poison and the other images come from two inboxes
+    taken in turn, so the GPU shows it works between the poison's tries."""
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    settings = layout.load(gpu_fault_limit=2)
+    store = JobStore(settings.database_url)
+    try:
+        _queue_images(layout, store, 2)
+        rules, _ = load_rules(settings.rules_dir)
+        intake = Intake(store, lambda: rules, settings.failed_dir, 3)
+        other = layout.inbox / "other"  # an inbox of its own name
+        taken = intake.take(other, make_image(other / "poison.jpg", 240, 320))
+        assert taken.job is not None
+        worker = Worker(settings, store, "w:1", breaker=DeviceBreaker(3, cooldown=0))
+        worker.engines["diffusion"] = FakePoisonedGPU()  # type: ignore[assignment]
+        seen = []
+        while (job := worker.run_once(0)) is not None:
+            seen.append((job.relative, job.state, job.device_faults))
+            assert not worker.breaker.exhausted
+        assert [s for s in seen if s[0] == "poison.jpg"] == [
+            ("poison.jpg", "queued", 1),
+            ("poison.jpg", "failed", 2),
+        ]
+        assert (
+            seen.index(("poison.jpg", "failed", 2)) - seen.index(("poison.jpg", "queued", 1)) == 2
+        )
+        assert store.count_by_state() == {"done": 2, "failed": 1}
+        assert layout.files(layout.failed) == ["poison.jpg", "poison.jpg.error.json"]
+    finally:
+        store.close()
+
+
+def test_a_broken_gpu_counts_one_fault_per_fresh_start_and_fails_no_image(
+    layout: Layout,
+) -> None:
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    settings = layout.load(gpu_fault_limit=3)
+    store = JobStore(settings.database_url)
+    try:
+        _queue_images(layout, store, 2)
+        worker = Worker(settings, store, "broken:1", breaker=DeviceBreaker(3, cooldown=0))
+        faulty = FakeFaultyGPU()
+        worker.engines["diffusion"] = faulty  # type: ignore[assignment]
+        while not worker.breaker.exhausted:  # what the daemon runs until it exits 7
+            job = worker.run_once(0)
+            assert job is not None and job.state == "queued"
+        assert faulty.calls == 3
+        jobs = store.list_jobs(newest_first=False)
+        # Only the fault on a GPU not yet faulting counts; the rest were the GPU's.
+        assert [(j.state, j.device_faults, j.attempts) for j in jobs] == [
+            ("queued", 1, 0),
+            ("queued", 0, 0),
+        ]
+        assert layout.files(layout.failed) == []
     finally:
         store.close()

@@ -123,6 +123,11 @@ LISTED = {
         "i2vd stopped while making this video, {job.max_attempts} times in a row (it "
         "crashed, was stopped by force, or the computer lost power)",
     ),
+    (
+        "PermanentFailure",
+        "the graphics card failed each time it tried to make this video, on "
+        "{faults.counted} tries on a card that was otherwise working",
+    ),
     ("PermanentFailure", "{job.relative} is no longer in the inbox"),
     ("PublishError", "could not access {path}"),
     ("PublishError", "no space left on the device holding {path}"),

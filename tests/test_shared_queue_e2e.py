@@ -333,6 +333,45 @@ def test_a_broken_gpu_fails_no_image_and_its_daemon_exits_to_be_restarted(
     assert "illegal memory access" in row.reason
 
 
+def test_an_image_that_faults_every_working_gpu_fails_instead_of_going_round(
+    layout: Layout, daemon
+) -> None:
+    """The fake driver faults on pictures taller than wide. The first daemon's GPU
+    worked when the poison started (counted), then faulted again on it (the GPU's, not
+    counted) and exited 7; its restart, working again, counts the second and fails it."""
+    (layout.rules / "motion.yaml").unlink()
+    layout.rule("gpu", GPU_RULE)
+    layout.write_config(lease_seconds=6, gpu_fault_limit=2, gpu_fault_cooldown_seconds=1)
+    url = load_settings(layout.config_file).database_url
+    first = daemon(env=fake_gpu("poisoned"))
+    first.wait_started()
+    make_image(layout.root / "poison.jpg", 120, 160).rename(layout.inbox / "poison.jpg")
+    wait_for(lambda: "the GPU failed" in first.log, timeout=60)
+    names = drop_images(layout.inbox, 3)  # queued after it: the poison goes first again
+    assert first.wait(120) == 7, first.log
+    assert "device fault 1 of 2 on a working GPU" in first.log
+    assert "not counted: this GPU was already faulting" in first.log
+
+    restarted = daemon(env=fake_gpu("poisoned"))  # as systemd would
+    restarted.wait_started()
+    wait_for(lambda: done_count(url) == 3, timeout=120, interval=0.5)
+    assert restarted.stop() == 0, restarted.log
+    assert "the image faulted a working GPU 2 times" in restarted.log
+
+    by_name = {job.relative: job for job in queue_rows(url)}
+    poison = by_name.pop("poison.jpg")
+    assert (poison.state, poison.device_faults, poison.attempts) == ("failed", 2, 1)
+    assert {job.state for job in by_name.values()} == {"done"}
+    assert layout.files(layout.failed) == ["poison.jpg", "poison.jpg.error.json"]
+    report = json.loads((layout.failed / "poison.jpg.error.json").read_text(encoding="utf-8"))
+    assert report["error"].startswith("the graphics card failed each time it tried")
+    assert report["hint"].endswith(f"i2vd retry {poison.id}")
+    outbox = sorted(p.name for p in layout.outbox.iterdir() if not p.name.startswith("."))
+    assert outbox == sorted(
+        f"{Path(n).stem}{suffix}" for n in names for suffix in (".jpg", ".gpu.mp4", ".gpu.json")
+    )
+
+
 def admin(layout: Layout, *args: str) -> subprocess.CompletedProcess[str]:
     """An admin command (`i2vd pause`, `status`...) run as a user runs it."""
     return subprocess.run(

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import wait_for
-from daemon.admin_queue import AdminQueue
-from daemon.store import Capabilities, JobState, JobStore
+from daemon.admin_queue import AdminQueue, CancelOutcome
+from daemon.store import Capabilities, DeviceFaults, JobState, JobStore
 from daemon.tables import DaemonState
 from daemon.wakeup import QueueListener
 from store_procs import claim_all, enqueue_all, job_for, open_store, run_in_processes
@@ -245,6 +245,70 @@ def test_retry_in_waits_on_the_database_clock(store: JobStore) -> None:
     assert store.claim("a:1") is None
     time.sleep(4.3)
     assert store.claim("a:1") is not None
+
+
+def test_device_faults_are_counted_only_when_asked_and_the_cap_leaves_the_job_running(
+    store: JobStore,
+) -> None:
+    job = store.enqueue(job_for(1))
+    assert job.id is not None
+
+    def faults(owner: str, counted: bool) -> DeviceFaults | None:
+        claimed = store.claim(owner)
+        assert claimed is not None and claimed.id == job.id
+        return store.hand_back_after_device_fault(job.id, owner, counted, limit=3)
+
+    assert faults("a:1", counted=True) == DeviceFaults(1, cap_reached=False)
+    row = store.get(job.id)
+    assert row is not None and (row.state, row.attempts, row.lease_owner) == ("queued", 0, None)
+    assert faults("b:2", counted=False) == DeviceFaults(1, cap_reached=False)  # the GPU's
+    assert faults("c:3", counted=True) == DeviceFaults(2, cap_reached=False)
+    assert store.get(job.id).attempts == 0  # type: ignore[union-attr]  # faults use none
+
+    assert faults("d:4", counted=True) == DeviceFaults(3, cap_reached=True)
+    # Still running and leased, with the attempt it ends on: its worker fails it.
+    row = store.get(job.id)
+    assert row is not None and (row.state, row.lease_owner, row.attempts) == ("running", "d:4", 1)
+    assert row.device_faults == 3
+    assert store.fail(job.id, None, "gpu", "hint", retry_at=None, owner="d:4") == "failed"
+
+
+def test_a_fault_not_counted_never_reaches_the_cap(store: JobStore) -> None:
+    """A job over a lowered limit is failed only by a fault of its own."""
+    job = store.enqueue(job_for(1))
+    assert job.id is not None
+    for owner in ("a:1", "b:2"):
+        store.claim(owner)
+        store.hand_back_after_device_fault(job.id, owner, counted=True, limit=5)
+    store.claim("c:3")
+    assert store.hand_back_after_device_fault(job.id, "c:3", False, limit=1) == DeviceFaults(
+        2, cap_reached=False
+    )
+    assert store.get(job.id).state == "queued"  # type: ignore[union-attr]
+
+
+def test_a_device_fault_of_a_daemon_that_lost_its_lease_changes_nothing(store: JobStore) -> None:
+    job = store.enqueue(job_for(1))
+    assert job.id is not None
+    store.claim("slow:1", None, lease_seconds=2)
+    time.sleep(2.3)
+    store.recover(None)
+    store.claim("fast:2", None, 60)
+    with AdminQueue(store.url) as queue:
+        assert queue.request_cancel(job.id) == CancelOutcome.REQUESTED
+    assert store.hand_back_after_device_fault(job.id, "slow:1", True, limit=1) is None
+    row = store.get(job.id)
+    assert row is not None and (row.state, row.lease_owner, row.device_faults) == (
+        "running",
+        "fast:2",
+        0,
+    )
+    # The holder's own fault hands it back, its cancel request cleared like a shutdown's.
+    assert store.hand_back_after_device_fault(job.id, "fast:2", True, limit=3) == DeviceFaults(
+        1, cap_reached=False
+    )
+    row = store.get(job.id)
+    assert row is not None and (row.state, row.cancel_requested) == ("queued", False)
 
 
 # --- the daemon registry --------------------------------------------------------------
