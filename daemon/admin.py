@@ -113,6 +113,7 @@ def job_details(job: JobRecord, now: float) -> dict[str, Any]:
                 "original": job.source_dest,
             },
             "duplicate_of": job.duplicate_of,
+            "device_faults": job.device_faults,
             "lease_owner": job.lease_owner,
             "cancel_requested": job.cancel_requested,
             "text": job.text or None,

@@ -129,7 +129,8 @@ def show_text(data: dict[str, Any]) -> str:
         f"  rule:      {data['rule']}"
         + (f", variant {data['variant']}" if data["variant"] else "")
         + f" ({data['engine']}; file {data['rule_file']})",
-        f"  attempts:  {data['attempts']} of {data['max_attempts']}",
+        f"  attempts:  {data['attempts']} of {data['max_attempts']}"
+        + (f" (GPU faults: {data['device_faults']})" if data.get("device_faults") else ""),
         f"  queued:    {data['created_at']}",
         f"  started:   {data['started_at'] or '-'}",
         f"  finished:  {data['finished_at'] or '-'}",

@@ -115,3 +115,21 @@ def test_a_running_jobs_time_left_is_the_share_pages_estimate(
     assert 19 <= running["eta"] <= 25  # as long again as the 20 s so far
     store.heartbeat(job.id, "cpu:1", progress=1.0)  # encoding: no pace to go by
     assert current(settings)["running"][0]["eta"] is None
+
+
+def test_show_says_how_often_a_job_made_the_gpu_fail(store: JobStore, settings: Settings) -> None:
+    from daemon.admin import show
+    from daemon.admin_text import show_text
+
+    job = store.enqueue(job_for(1))
+    assert job.id is not None
+    queue_settings = QueueSettings.of(settings)
+    with open_queue(queue_settings) as queue:
+        assert "GPU faults" not in show_text(show(queue, job.id))
+    claimed = store.claim("gpu:1")
+    assert claimed is not None and claimed.id == job.id
+    store.hand_back_after_device_fault(job.id, "gpu:1", counted=True, limit=3)
+    with open_queue(queue_settings) as queue:
+        data = show(queue, job.id)
+    assert data["device_faults"] == 1
+    assert "attempts:  0 of 3 (GPU faults: 1)" in show_text(data)
