@@ -36,7 +36,7 @@ class Registration:
 
     def join(self) -> None:
         """Join the queue's daemon registry."""
-        state = DaemonState.FAULTED if self.breaker.faulted else self._queue_state()
+        state = DaemonState.FAULTED if self.breaker.faulted else queue_state(self.store)
         self.store.daemons.register(
             self.owner,
             self.host,
@@ -52,7 +52,7 @@ class Registration:
         worker's to set and to clear (when the GPU works again), so it is kept."""
         alive = self.store.daemons.heartbeat(
             self.owner,
-            self._queue_state(),
+            queue_state(self.store),
             job_id=current.id if current else None,
             keep=DaemonState.FAULTED,
         )
@@ -66,9 +66,6 @@ class Registration:
             self.store.daemons.heartbeat(self.owner, DaemonState.FAULTED, breaker.reason)
         else:
             self.store.daemons.unregister(self.owner)
-
-    def _queue_state(self) -> DaemonState:
-        return queue_state(self.store)
 
 
 def queue_state(store: JobStore) -> DaemonState:

@@ -29,6 +29,18 @@ params: {resolution: 256}
 motion: {effect: zoom_in, zoom: 1.2}
 """
 
+# Valid for `rules check` (no unknown variable), fails when the worker renders its
+# prompt: a job that fails for sure.
+FAILING_RULE = """\
+name: broken
+match: {patterns: ["broken*"]}
+priority: 5
+engine: motion
+preset: quick
+params: {resolution: 256}
+prompt: "{{ 1 // 0 }}"
+"""
+
 
 def permissions_enforced() -> bool:
     """Whether this process is refused a write into a read-only folder (root is not,

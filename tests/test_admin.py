@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, Layout, make_image, wait_for
+from conftest import FAILING_RULE, REPO, Layout, make_image, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +27,6 @@ engine: motion
 preset: quick
 params: {resolution: 1024}
 motion: {duration: 60, fps: 24}
-"""
-
-# Valid for `rules check`, fails when the worker renders its prompt.
-FAILING_RULE = """\
-name: broken
-match: {patterns: ["broken*"]}
-priority: 5
-engine: motion
-preset: quick
-params: {resolution: 256}
-prompt: "{{ 1 // 0 }}"
 """
 
 DIFFUSION_RULE = """\
@@ -411,15 +400,13 @@ def test_a_queue_upgraded_by_a_newer_i2vd_is_said_plainly(layout: Layout) -> Non
     assert "Traceback" not in err
 
 
-def test_a_read_only_state_folder_is_said_plainly(layout: Layout) -> None:
-    """No queue yet, and the folder it would be made in is read-only (a private mount
-    namespace mounts it so): the lock file cannot be made; said plainly, exit 3."""
-    state = layout.state
-    at = shlex.quote(str(state))
+def i2vd_on_read_only(layout: Layout, folder: Path, verb: str) -> subprocess.CompletedProcess[str]:
+    """`i2vd VERB` with ``folder`` mounted read-only in a private mount namespace."""
+    at = shlex.quote(str(folder))
     read_only = f"mount --bind {at} {at} && mount -o remount,ro,bind {at} {at}"
     unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
-    command = [sys.executable, "-m", "daemon", "status", "--config", str(layout.config_file)]
-    result = subprocess.run(
+    command = [sys.executable, "-m", "daemon", verb, "--config", str(layout.config_file)]
+    return subprocess.run(
         [*unshare, f'{read_only} && exec "$0" "$@"', *command],
         cwd=layout.root,
         capture_output=True,
@@ -427,6 +414,13 @@ def test_a_read_only_state_folder_is_said_plainly(layout: Layout) -> None:
         timeout=60,
         check=False,
     )
+
+
+def test_a_read_only_state_folder_is_said_plainly(layout: Layout) -> None:
+    """No queue yet, and the folder it would be made in is read-only (a private mount
+    namespace mounts it so): the lock file cannot be made; said plainly, exit 3."""
+    state = layout.state
+    result = i2vd_on_read_only(layout, state, "status")
     assert result.returncode == 3, result.stderr
     assert f"cannot write {state / 'i2vd.db.lock'}" in result.stderr
     assert "Read-only file system" in result.stderr and "Traceback" not in result.stderr
@@ -438,18 +432,7 @@ def test_a_daemon_on_a_read_only_state_folder_says_so_and_exits_3(layout: Layout
     state = layout.state
     state.mkdir(parents=True, exist_ok=True)
     (state / "work").mkdir()  # the daemon's scratch folder, which it would create
-    at = shlex.quote(str(state))
-    read_only = f"mount --bind {at} {at} && mount -o remount,ro,bind {at} {at}"
-    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
-    command = [sys.executable, "-m", "daemon", "run", "--config", str(layout.config_file)]
-    result = subprocess.run(
-        [*unshare, f'{read_only} && exec "$0" "$@"', *command],
-        cwd=layout.root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = i2vd_on_read_only(layout, state, "run")
     assert result.returncode == 3, result.stderr
     assert "i2vd: cannot start: cannot open the queue database" in result.stderr
     assert f"cannot write {state / 'i2vd.db.lock'}" in result.stderr

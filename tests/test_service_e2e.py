@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, Layout, make_image, wait_for
+from conftest import FAILING_RULE, REPO, Layout, make_image, wait_for
 from tiny_pipelines import build_i2vgenxl
 
 pytestmark = pytest.mark.slow
@@ -255,18 +255,6 @@ class HookReceiver:
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/i2vd"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-# Valid for `rules check` (no unknown variable), fails when the worker renders it.
-FAILING_RULE = """\
-name: broken
-match: {patterns: ["broken*"]}
-priority: 5
-engine: motion
-preset: quick
-params: {resolution: 256}
-prompt: "{{ 1 // 0 }}"
-"""
 
 
 def test_a_webhook_receiver_gets_the_failure_post(layout: Layout, daemon: Any) -> None:
